@@ -1,0 +1,118 @@
+// The communication module: the only place that calls MPI. Everything above it talks to
+// a small typed interface: a RAII communicator (duplicated, freed), reductions over
+// typed spans and the all-to-all family used by token dispatch. MPI errors are returned
+// (not fatal) on our communicators and turned into CommError exceptions; the driver
+// catches them and ends the whole job (Environment::abort) so no rank waits forever.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace moesim::comm {
+
+class CommError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Element types that may cross the wire.
+enum class DType { f32, f64, i32, i64, u64, u8 };
+
+template <typename T>
+constexpr DType dtype_of() {
+  if constexpr (std::is_same_v<T, float>) return DType::f32;
+  else if constexpr (std::is_same_v<T, double>) return DType::f64;
+  else if constexpr (std::is_same_v<T, std::int32_t>) return DType::i32;
+  else if constexpr (std::is_same_v<T, std::int64_t>) return DType::i64;
+  else if constexpr (std::is_same_v<T, std::uint64_t>) return DType::u64;
+  else if constexpr (std::is_same_v<T, char> || std::is_same_v<T, std::uint8_t>) return DType::u8;
+  else static_assert(sizeof(T) == 0, "type has no MPI mapping in moesim::comm");
+}
+
+enum class ReduceOp { sum, max, min };
+
+// MPI_Init / MPI_Finalize for the process (one per program, created by main).
+class Environment {
+ public:
+  Environment(int* argc, char*** argv);
+  ~Environment();
+  Environment(const Environment&) = delete;
+  Environment& operator=(const Environment&) = delete;
+  // Ends every rank of the job with `code` (MPI_Abort on the world communicator).
+  [[noreturn]] static void abort(int code);
+  static double wtime();  // seconds, MPI_Wtime
+};
+
+// A duplicated communicator. Copying is disabled; moving is allowed.
+class Comm {
+ public:
+  static Comm world();  // a duplicate of MPI_COMM_WORLD
+  static Comm self();   // a duplicate of MPI_COMM_SELF (single-rank runs, tools)
+  ~Comm();
+  Comm(Comm&&) noexcept;
+  Comm& operator=(Comm&&) noexcept;
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+
+  [[nodiscard]] int rank() const;
+  [[nodiscard]] int size() const;
+  void barrier() const;
+
+  template <typename T>
+  void allreduce(std::span<T> inout, ReduceOp op) const {
+    allreduce_raw(inout.data(), inout.size(), dtype_of<T>(), op);
+  }
+  template <typename T>
+  T allreduce(T value, ReduceOp op) const {
+    allreduce_raw(&value, 1, dtype_of<T>(), op);
+    return value;
+  }
+  template <typename T>
+  void bcast(std::span<T> data, int root) const {
+    bcast_raw(data.data(), data.size(), dtype_of<T>(), root);
+  }
+  void bcast(std::string& s, int root) const;
+
+  // Gathers `send` (same length on every rank) to `root`; `recv` has size()*send.size()
+  // elements on root and is ignored elsewhere.
+  template <typename T>
+  void gather(std::span<const T> send, std::span<T> recv, int root) const {
+    gather_raw(send.data(), recv.data(), send.size(), dtype_of<T>(), root);
+  }
+
+  // Fixed-size all-to-all: `send` and `recv` hold size()*n elements, block p for peer p.
+  template <typename T>
+  void alltoall(std::span<const T> send, std::span<T> recv) const {
+    alltoall_raw(send.data(), recv.data(), send.size() / static_cast<std::size_t>(size()),
+                 dtype_of<T>());
+  }
+
+  // Variable-size all-to-all of rows of `row_width` elements: counts and displacements
+  // are in rows (a contiguous row datatype keeps counts small for wide rows).
+  template <typename T>
+  void alltoallv_rows(const T* send, std::span<const int> send_rows,
+                      std::span<const int> send_displ, T* recv, std::span<const int> recv_rows,
+                      std::span<const int> recv_displ, std::int64_t row_width) const {
+    alltoallv_raw(send, send_rows.data(), send_displ.data(), recv, recv_rows.data(),
+                  recv_displ.data(), row_width, dtype_of<T>());
+  }
+
+ private:
+  struct Impl;
+  explicit Comm(std::unique_ptr<Impl> impl);
+  void allreduce_raw(void* data, std::size_t n, DType t, ReduceOp op) const;
+  void bcast_raw(void* data, std::size_t n, DType t, int root) const;
+  void gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const;
+  void alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const;
+  void alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
+                     const int* rcounts, const int* rdispl, std::int64_t row_width,
+                     DType t) const;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moesim::comm

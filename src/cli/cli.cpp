@@ -1,0 +1,333 @@
+// The moesim program's phases (cli.hpp): command line, parameters, echo, run, route.
+#include "moesim/cli/cli.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <numeric>
+#include <sstream>
+
+#include "moesim/io/result_file.hpp"
+#include "moesim/routing/router.hpp"
+#include "moesim/train/trainer.hpp"
+
+#ifndef MOESIM_VERSION
+#define MOESIM_VERSION "0.0.0"
+#endif
+#ifndef MOESIM_GIT_COMMIT
+#define MOESIM_GIT_COMMIT "unknown"
+#endif
+
+namespace moesim::cli {
+namespace {
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  moesim run PARAMS.ini [--section.key=value ...]   train a distributed MoE model\n"
+    "  moesim route [PARAMS.ini] --trace.input=IN.h5 --trace.output=OUT.h5 [--routing.key=value ...]\n"
+    "                                                    replay a router-logits trace\n"
+    "  moesim --help | moesim run --help                 list every parameter\n"
+    "  moesim --version\n"
+    "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
+    "Exit codes: 0 success, 2 bad parameters or input files, 1 runtime failure.\n";
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+std::string format_duration(double s) {
+  char buf[32];
+  if (s < 90) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 5400) std::snprintf(buf, sizeof buf, "%.1fmin", s / 60);
+  else std::snprintf(buf, sizeof buf, "%.1fh", s / 3600);
+  return buf;
+}
+
+// Rank 0's view of the run: rows into the result file, a progress line every N steps.
+class RunReporter final : public train::Observer {
+ public:
+  RunReporter(io::ResultWriter& writer, const Config& cfg)
+      : writer_(writer), cfg_(cfg), start_(std::chrono::steady_clock::now()) {}
+
+  void on_step(const io::StepRecord& rec) override {
+    writer_.append_step(rec);
+    elapsed_ += rec.time_step;
+    const std::int64_t done = rec.step + 1;
+    const std::int64_t every = cfg_.output.log_every;
+    if (every > 0 && (done % every == 0 || done == cfg_.training.steps)) {
+      writer_.flush();  // rows so far survive a kill
+      const double tps = static_cast<double>(cfg_.data.tokens_per_step * done) / std::max(elapsed_, 1e-12);
+      const double eta = elapsed_ / static_cast<double>(done) * static_cast<double>(cfg_.training.steps - done);
+      std::printf("step %6lld/%lld  loss %.5f  task %.5f  aux %.4f  z %.3f  dropped %5.2f%%  %9.0f tok/s  step %.1f ms  ETA %s\n",
+                  static_cast<long long>(done), static_cast<long long>(cfg_.training.steps), rec.loss,
+                  rec.task_loss, rec.aux_loss, rec.z_loss, 100.0 * rec.dropped_fraction, tps,
+                  1e3 * rec.time_step, format_duration(eta).c_str());
+      std::fflush(stdout);
+    }
+  }
+  void on_eval(const io::EvalRecord& rec) override {
+    writer_.append_eval(rec);
+    if (cfg_.output.log_every > 0) {
+      std::printf("eval  step %6lld  loss %.5f  accuracy %.4f  macro-F1 %.4f  dropped %5.2f%%\n",
+                  static_cast<long long>(rec.step), rec.loss, rec.accuracy, rec.macro_f1,
+                  100.0 * rec.dropped_fraction);
+      std::fflush(stdout);
+    }
+  }
+  [[nodiscard]] double wall_seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  io::ResultWriter& writer_;
+  const Config& cfg_;
+  std::chrono::steady_clock::time_point start_;
+  double elapsed_ = 0;
+};
+
+}  // namespace
+
+Invocation parse_command_line(int argc, char** argv) {
+  Invocation inv;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) throw UsageError(std::string("missing command\n") + kUsage);
+  const std::string& cmd = args[0];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    inv.command = Command::help;
+    return inv;
+  }
+  if (cmd == "--version") {
+    inv.command = Command::version;
+    return inv;
+  }
+  if (cmd == "run") inv.command = Command::run;
+  else if (cmd == "route") inv.command = Command::route;
+  else throw UsageError("unknown command '" + cmd + "': allowed are run, route, --help, --version\n" + kUsage);
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      inv.command = Command::help;
+      inv.help_topic = cmd;
+      return inv;
+    }
+    if (a.rfind("--", 0) == 0) {
+      inv.overrides.push_back(a);
+      // "--key value" form: the value is the next token unless it is an option itself.
+      if (a.find('=') == std::string::npos && i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0)
+        inv.overrides.push_back(args[++i]);
+      continue;
+    }
+    if (!inv.param_file.empty())
+      throw UsageError("unexpected argument '" + a + "': only one parameter file is allowed (got '" + inv.param_file + "')");
+    inv.param_file = a;
+  }
+  if (inv.command == Command::run && inv.param_file.empty())
+    throw UsageError(std::string("moesim run needs a parameter file\n") + kUsage);
+  return inv;
+}
+
+int print_help(const Invocation& inv, const comm::Comm& comm) {
+  if (comm.rank() != 0) return 0;
+  if (inv.command == Command::version) {
+    std::printf("moesim %s (git %s)\n", MOESIM_VERSION, MOESIM_GIT_COMMIT);
+    return 0;
+  }
+  std::printf("%s\n%s", kUsage, help_text().c_str());
+  return 0;
+}
+
+Config load_config(const Invocation& inv, const comm::Comm& comm, Mode mode) {
+  std::string text, problem;
+  if (comm.rank() == 0 && !inv.param_file.empty()) {
+    std::ifstream in(inv.param_file, std::ios::binary);
+    if (!in) problem = "cannot be opened";
+    else {
+      std::ostringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+    }
+  }
+  comm.bcast(problem, 0);
+  if (!problem.empty())
+    throw ConfigError("parameter file", inv.param_file, "an existing, readable INI file (it " + problem + ")");
+  comm.bcast(text, 0);
+  Config cfg = parse_config(text, inv.param_file.empty() ? "<defaults>" : inv.param_file, inv.overrides);
+  validate(cfg, mode, comm.size());
+  return cfg;
+}
+
+void echo_config(const Config& cfg, const comm::Comm& comm) {
+  if (comm.rank() != 0 || !cfg.output.echo_config) return;
+  std::printf("moesim %s (git %s), %d MPI rank%s\n%s\n", MOESIM_VERSION, MOESIM_GIT_COMMIT,
+              comm.size(), comm.size() == 1 ? "" : "s", to_table(cfg).c_str());
+  std::fflush(stdout);
+}
+
+int run_experiment(const Config& cfg, const comm::Comm& comm) {
+  // Open the result file on rank 0 first: an unwritable path is bad input (exit 2 on
+  // every rank) and must be found before any training time is spent.
+  std::unique_ptr<io::ResultWriter> writer;
+  std::string problem;
+  if (comm.rank() == 0) {
+    io::RunMetadata meta;
+    meta.config_ini = to_ini(cfg);
+    meta.moesim_version = MOESIM_VERSION;
+    meta.git_commit = MOESIM_GIT_COMMIT;
+    meta.created_utc = utc_now();
+    meta.slurm_job_id = env_or_empty("SLURM_JOB_ID");
+    meta.ranks = comm.size();
+    meta.seed = cfg.training.seed;
+    meta.layers = cfg.model.layers;
+    meta.num_experts = cfg.routing.num_experts;
+    try {
+      writer = std::make_unique<io::ResultWriter>(cfg.output.file, meta);
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+  }
+  comm.bcast(problem, 0);
+  if (!problem.empty()) throw ConfigError("output.file", cfg.output.file, "a writable file path (" + problem + ")");
+
+  std::unique_ptr<RunReporter> reporter;
+  if (writer) reporter = std::make_unique<RunReporter>(*writer, cfg);
+  const train::RunResult res = train::train(cfg, comm, reporter.get());
+
+  if (comm.rank() == 0) {
+    io::Summary s;
+    s.tokens_per_second = res.tokens_per_second;
+    s.step_time_median = res.step_time_median;
+    s.dropped_fraction_mean = res.dropped_fraction_mean;
+    s.wall_seconds = reporter->wall_seconds();
+    s.ranks = comm.size();
+    s.traffic_tokens = res.traffic_tokens;
+    writer->finish(s);
+    const io::EvalRecord last = res.evals.empty() ? io::EvalRecord{} : res.evals.back();
+    std::printf(
+        "summary: %lld steps on %d ranks in %.2f s wall | loss %.5f -> %.5f | eval accuracy %.4f "
+        "(macro-F1 %.4f) | dropped %.2f%% | %.0f tokens/s | median step %.2f ms | result %s\n",
+        static_cast<long long>(cfg.training.steps), comm.size(), s.wall_seconds,
+        res.loss.empty() ? 0.0 : res.loss.front(), res.loss.empty() ? 0.0 : res.loss.back(),
+        last.accuracy, last.macro_f1, 100.0 * res.dropped_fraction_mean, res.tokens_per_second,
+        1e3 * res.step_time_median, cfg.output.file.c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
+  // Rank 0 does the work; the outcome is broadcast so every rank exits alike.
+  std::string problem;
+  std::int64_t code = 0;
+  if (comm.rank() == 0) {
+    try {
+      io::Trace trace;
+      try {
+        trace = io::read_trace(cfg_in.trace.input);
+      } catch (const std::exception& e) {
+        throw ConfigError("trace.input", cfg_in.trace.input, std::string("a readable trace file: ") + e.what());
+      }
+      Config cfg = cfg_in;
+      // The trace defines E; routing.num_experts is taken from it (and recorded).
+      if (cfg.routing.num_experts != trace.experts) {
+        std::fprintf(stderr, "moesim route: routing.num_experts set to %lld from the trace's /logits width\n",
+                     static_cast<long long>(trace.experts));
+        cfg.routing.num_experts = trace.experts;
+      }
+      validate(cfg, Mode::route, 1);
+      const std::int64_t T = trace.tokens, E = trace.experts;
+      const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : T;
+      if (T % S != 0)
+        throw ConfigError("routing.group_size", std::to_string(cfg.routing.group_size),
+                          "a divisor of the trace's token count (" + std::to_string(T) + ")");
+      const routing::Router router(cfg.routing, S);
+      io::RouteOutput out;
+      out.load_routed.assign(static_cast<std::size_t>(E), 0);
+      out.load_kept.assign(static_cast<std::size_t>(E), 0);
+      out.capacity = router.capacity(true);
+      std::vector<double> probs(static_cast<std::size_t>(S * E));
+      routing::GroupRouting r;
+      double aux = 0, z = 0;
+      std::int64_t dropped = 0, total = 0;
+      for (std::int64_t g = 0; g < T / S; ++g) {
+        const auto off = static_cast<std::size_t>(g * S * E);
+        router.route(std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)), probs, true, r);
+        aux += r.aux;
+        z += r.z;
+        dropped += r.dropped;
+        total += static_cast<std::int64_t>(r.cands.size());
+        std::vector<routing::Candidate> sorted = r.cands;
+        std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+          return a.token != b.token ? a.token < b.token : a.expert < b.expert;
+        });
+        for (const routing::Candidate& c : sorted) {
+          const std::int64_t tok = g * S + c.token;
+          ++out.load_routed[static_cast<std::size_t>(c.expert)];
+          if (c.kept) {
+            ++out.load_kept[static_cast<std::size_t>(c.expert)];
+            out.token.push_back(tok);
+            out.expert.push_back(c.expert);
+            out.slot.push_back(c.slot);
+            out.weight.push_back(c.weight);
+          } else {
+            out.dropped_token.push_back(tok);
+            out.dropped_expert.push_back(c.expert);
+          }
+        }
+      }
+      const double groups = static_cast<double>(T / S);
+      out.aux_loss = aux / groups;
+      out.z_loss = z / groups;
+      out.dropped_fraction = total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0.0;
+      out.config_ini = to_ini(cfg);
+      io::write_route_output(cfg.trace.output, out);
+      std::printf("route: %lld tokens, %lld experts, %lld group%s of %lld, capacity %lld, kept %zu, dropped %zu (%.2f%%), aux %.6f, z %.6f -> %s\n",
+                  static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(T / S),
+                  T / S == 1 ? "" : "s", static_cast<long long>(S), static_cast<long long>(out.capacity),
+                  out.token.size(), out.dropped_token.size(), 100.0 * out.dropped_fraction, out.aux_loss,
+                  out.z_loss, cfg.trace.output.c_str());
+    } catch (const ConfigError& e) {
+      problem = e.what();
+      code = kExitBadInput;
+    } catch (const std::exception& e) {
+      problem = e.what();
+      code = kExitRuntime;
+    }
+  }
+  comm.bcast(std::span<std::int64_t>(&code, 1), 0);
+  comm.bcast(problem, 0);
+  if (code != 0 && comm.rank() == 0) std::fprintf(stderr, "moesim: error: %s\n", problem.c_str());
+  return static_cast<int>(code);
+}
+
+int guarded(const comm::Comm& comm, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const ConfigError& e) {
+    if (comm.rank() == 0) std::fprintf(stderr, "moesim: error: %s\n", e.what());
+    return kExitBadInput;
+  } catch (const UsageError& e) {
+    if (comm.rank() == 0) std::fprintf(stderr, "moesim: error: %s\n", e.what());
+    return kExitBadInput;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moesim: fatal error on rank %d of %d: %s\n", comm.rank(), comm.size(), e.what());
+    std::fflush(stderr);
+    comm::Environment::abort(kExitRuntime);
+  }
+}
+
+}  // namespace moesim::cli

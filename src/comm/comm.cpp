@@ -1,0 +1,156 @@
+// MPI behind the typed interface of comm.hpp. Our communicators use MPI_ERRORS_RETURN so
+// that every failure becomes a CommError naming the call, instead of MPI's default abort
+// without context.
+#include "moesim/comm/comm.hpp"
+
+// Only the C API: keep Open MPI's deprecated C++ bindings (and their warnings) out.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <climits>
+#include <map>
+#include <string>
+#include <utility>
+
+namespace moesim::comm {
+namespace {
+
+void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  throw CommError(std::string("MPI error in ") + what + ": " + std::string(msg, static_cast<std::size_t>(len)));
+}
+
+MPI_Datatype to_mpi(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::i64: return MPI_INT64_T;
+    case DType::u64: return MPI_UINT64_T;
+    case DType::u8: return MPI_BYTE;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+MPI_Op to_mpi(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return MPI_SUM;
+    case ReduceOp::max: return MPI_MAX;
+    case ReduceOp::min: return MPI_MIN;
+  }
+  return MPI_OP_NULL;
+}
+
+int to_int_count(std::size_t n, const char* what) {
+  if (n > static_cast<std::size_t>(INT_MAX)) throw CommError(std::string(what) + ": message of " + std::to_string(n) + " elements exceeds the MPI int count limit");
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+Environment::Environment(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_Init(argc, argv);
+}
+
+Environment::~Environment() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+void Environment::abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
+}
+
+double Environment::wtime() { return MPI_Wtime(); }
+
+// ---------------------------------------------------------------------------------------
+struct Comm::Impl {
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rank = 0;
+  int size = 1;
+  // Contiguous row types, created on first use per (element type, width), freed with us.
+  std::map<std::pair<DType, std::int64_t>, MPI_Datatype> row_types;
+
+  explicit Impl(MPI_Comm parent) {
+    check(MPI_Comm_dup(parent, &comm), "MPI_Comm_dup");
+    check(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+    check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  }
+  ~Impl() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    for (auto& [key, type] : row_types) MPI_Type_free(&type);
+    if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
+  }
+  MPI_Datatype row_type(DType t, std::int64_t width) {
+    auto it = row_types.find({t, width});
+    if (it != row_types.end()) return it->second;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
+    check(MPI_Type_contiguous(to_int_count(static_cast<std::size_t>(width), "row type"), to_mpi(t), &type), "MPI_Type_contiguous");
+    check(MPI_Type_commit(&type), "MPI_Type_commit");
+    row_types.emplace(std::make_pair(t, width), type);
+    return type;
+  }
+};
+
+Comm::Comm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Comm::~Comm() = default;
+Comm::Comm(Comm&&) noexcept = default;
+Comm& Comm::operator=(Comm&&) noexcept = default;
+
+Comm Comm::world() { return Comm(std::make_unique<Impl>(MPI_COMM_WORLD)); }
+Comm Comm::self() { return Comm(std::make_unique<Impl>(MPI_COMM_SELF)); }
+
+int Comm::rank() const { return impl_->rank; }
+int Comm::size() const { return impl_->size; }
+
+void Comm::barrier() const { check(MPI_Barrier(impl_->comm), "MPI_Barrier"); }
+
+void Comm::allreduce_raw(void* data, std::size_t n, DType t, ReduceOp op) const {
+  if (n == 0) return;
+  check(MPI_Allreduce(MPI_IN_PLACE, data, to_int_count(n, "MPI_Allreduce"), to_mpi(t), to_mpi(op), impl_->comm),
+        "MPI_Allreduce");
+}
+
+void Comm::bcast_raw(void* data, std::size_t n, DType t, int root) const {
+  if (n == 0) return;
+  check(MPI_Bcast(data, to_int_count(n, "MPI_Bcast"), to_mpi(t), root, impl_->comm), "MPI_Bcast");
+}
+
+void Comm::bcast(std::string& s, int root) const {
+  std::int64_t len = static_cast<std::int64_t>(s.size());
+  bcast_raw(&len, 1, DType::i64, root);
+  s.resize(static_cast<std::size_t>(len));
+  bcast_raw(s.data(), s.size(), DType::u8, root);
+}
+
+void Comm::gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const {
+  const int count = to_int_count(n, "MPI_Gather");
+  check(MPI_Gather(send, count, to_mpi(t), recv, count, to_mpi(t), root, impl_->comm), "MPI_Gather");
+}
+
+void Comm::alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const {
+  const int count = to_int_count(n_per_peer, "MPI_Alltoall");
+  check(MPI_Alltoall(send, count, to_mpi(t), recv, count, to_mpi(t), impl_->comm), "MPI_Alltoall");
+}
+
+void Comm::alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
+                         const int* rcounts, const int* rdispl, std::int64_t row_width,
+                         DType t) const {
+  MPI_Datatype row = impl_->row_type(t, row_width);
+  check(MPI_Alltoallv(send, scounts, sdispl, row, recv, rcounts, rdispl, row, impl_->comm),
+        "MPI_Alltoallv");
+}
+
+}  // namespace moesim::comm

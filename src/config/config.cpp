@@ -1,0 +1,847 @@
+// Parsing (INI + command line), validation and printing of the MoESim Config.
+// This is the only file that includes Boost.Program_options; every error leaves as ConfigError.
+#include "moesim/config/config.hpp"
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <set>
+#include <span>
+#include <sstream>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace moesim {
+namespace {
+
+namespace po = boost::program_options;
+
+// Rational::str needs a remainder up to 10 * 2^63 during long division.
+__extension__ typedef unsigned __int128 u128;
+
+// ---------------------------------------------------------------------------------------------
+// Enum names: one table per enum serves parsing, printing and the allowed lists in messages.
+
+template <class E>
+struct Named {
+  E value;
+  const char* name;
+};
+
+constexpr Named<Activation> kActivationNames[] = {{Activation::relu, "relu"},
+                                                  {Activation::gelu, "gelu"}};
+constexpr Named<Precision> kPrecisionNames[] = {{Precision::float32, "float32"},
+                                                {Precision::float64, "float64"}};
+constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::topk, "topk"},
+                                                 {RoutingRuleKind::switch_top1, "switch"}};
+constexpr Named<DropPolicyKind> kDropPolicyNames[] = {{DropPolicyKind::position, "position"},
+                                                      {DropPolicyKind::probs, "probs"}};
+constexpr Named<OptimizerKind> kOptimizerNames[] = {{OptimizerKind::sgd, "sgd"},
+                                                    {OptimizerKind::adam, "adam"}};
+
+constexpr std::span<const Named<Activation>> names_of(Activation) { return kActivationNames; }
+constexpr std::span<const Named<Precision>> names_of(Precision) { return kPrecisionNames; }
+constexpr std::span<const Named<RoutingRuleKind>> names_of(RoutingRuleKind) { return kRuleNames; }
+constexpr std::span<const Named<DropPolicyKind>> names_of(DropPolicyKind) {
+  return kDropPolicyNames;
+}
+constexpr std::span<const Named<OptimizerKind>> names_of(OptimizerKind) { return kOptimizerNames; }
+
+template <class E>
+const char* enum_name(E v) {
+  for (const auto& n : names_of(E{})) {
+    if (n.value == v) return n.name;
+  }
+  return "?";  // only reachable through a cast of an out-of-range integer
+}
+
+template <class E>
+std::string enum_list(const char* sep) {
+  std::string out;
+  for (const auto& n : names_of(E{})) {
+    if (!out.empty()) out += sep;
+    out += n.name;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text -> value. Each returns nullopt on anything but a complete, exact match so that the caller
+// can name the key; none of them depends on the C locale.
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+enum class IntStatus { ok, not_integer, out_of_range };
+
+template <class Int>
+IntStatus to_integer(std::string_view s, Int& out) {
+  // from_chars rejects '+', but "+3" is a reasonable thing to write; "+-3" is not.
+  if (!s.empty() && s[0] == '+') {
+    s.remove_prefix(1);
+    if (!s.empty() && s[0] == '-') return IntStatus::not_integer;
+  }
+  if (s.empty()) return IntStatus::not_integer;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  if (ec == std::errc::result_out_of_range) return IntStatus::out_of_range;
+  if (ec != std::errc{} || end != s.data() + s.size()) return IntStatus::not_integer;
+  return IntStatus::ok;
+}
+
+std::optional<double> to_double(std::string_view s) {
+  if (!s.empty() && s[0] == '+') {
+    s.remove_prefix(1);
+    if (!s.empty() && s[0] == '-') return std::nullopt;
+  }
+  if (s.empty()) return std::nullopt;
+  double v = 0.0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || end != s.data() + s.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::optional<bool> to_bool(std::string_view s) {
+  if (s == "true" || s == "1" || s == "yes" || s == "on") return true;
+  if (s == "false" || s == "0" || s == "no" || s == "off") return false;
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value -> text, such that parsing the text gives back exactly the same value.
+
+std::string format_double(double v) {
+  char buf[64];
+  // Shortest text that round-trips (C++17 to_chars without a format).
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc{} ? std::string(buf, end) : std::string("?");
+}
+
+template <class T>
+std::string format_value(const T& v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return v ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, double>) {
+    return format_double(v);
+  } else if constexpr (std::is_same_v<T, Rational>) {
+    return v.str();
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return v;
+  } else if constexpr (std::is_enum_v<T>) {
+    return enum_name(v);
+  } else {
+    static_assert(std::is_integral_v<T>);
+    return std::to_string(v);
+  }
+}
+
+template <class T>
+T parse_value(const std::string& key, const std::string& text, const std::string& where) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (auto v = to_bool(text)) return *v;
+    throw ConfigError(key, text, "must be one of true|false|1|0|yes|no|on|off" + where);
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (auto v = to_double(text)) return *v;
+    throw ConfigError(key, text, "must be a finite number (e.g. 0.5, 1e-3)" + where);
+  } else if constexpr (std::is_same_v<T, Rational>) {
+    try {
+      return Rational::parse(text);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(
+          key, text,
+          std::string("must be an exact decimal number such as 1.25 (") + e.what() + ")" + where);
+    }
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return text;
+  } else if constexpr (std::is_enum_v<T>) {
+    for (const auto& n : names_of(T{})) {
+      if (text == n.name) return n.value;
+    }
+    throw ConfigError(key, text, "must be one of " + enum_list<T>("|") + where);
+  } else if constexpr (std::is_same_v<T, std::uint64_t>) {
+    // Explicit, because Boost would wrap "-1" to 2^64-1 for an unsigned option (platform.md).
+    T v{};
+    if (to_integer(text, v) == IntStatus::ok) return v;
+    throw ConfigError(
+        key, text,
+        "must be an integer in [0, " + std::to_string(std::numeric_limits<T>::max()) + "]" + where);
+  } else {
+    static_assert(std::is_same_v<T, std::int64_t>);
+    T v{};
+    switch (to_integer(text, v)) {
+      case IntStatus::ok:
+        return v;
+      case IntStatus::out_of_range:
+        throw ConfigError(key, text, "must be an integer that fits in 64 bits" + where);
+      case IntStatus::not_integer:
+        break;
+    }
+    throw ConfigError(key, text, "must be an integer" + where);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key table: one entry per Config field, in the order of sections and fields of config.hpp.
+// Every printer, the help and the parser walk this table, so a field cannot be forgotten by one
+// of them.
+
+struct Field {
+  std::string key;      // "section.field"
+  std::string allowed;  // for the help text
+  std::string meaning;  // one line, from the comment in config.hpp
+  bool is_bool = false;
+  std::function<std::string(const Config&)> get;
+  std::function<void(Config&, const std::string& text, const std::string& where)> set;
+};
+
+template <auto Section, auto Member>
+Field make_field(const char* key, const char* allowed, const char* meaning) {
+  using T = std::remove_cvref_t<decltype((std::declval<Config&>().*Section).*Member)>;
+  Field f;
+  f.key = key;
+  f.allowed = allowed;
+  f.meaning = meaning;
+  f.is_bool = std::is_same_v<T, bool>;
+  f.get = [](const Config& c) { return format_value<T>((c.*Section).*Member); };
+  f.set = [k = f.key](Config& c, const std::string& text, const std::string& where) {
+    (c.*Section).*Member = parse_value<T>(k, text, where);
+  };
+  return f;
+}
+
+const std::vector<Field>& fields() {
+  using C = Config;
+  static const std::vector<Field> table = [] {
+    const std::string bools = "true|false (also 1|0, yes|no, on|off)";
+    const std::string activation = enum_list<Activation>(" | ");
+    const std::string precision = enum_list<Precision>(" | ");
+    const std::string rule = enum_list<RoutingRuleKind>(" | ");
+    const std::string policy = enum_list<DropPolicyKind>(" | ");
+    const std::string optimizer = enum_list<OptimizerKind>(" | ");
+    std::vector<Field> t;
+    // model
+    t.push_back(make_field<&C::model, &ModelConfig::d_model>("model.d_model", "integer >= 1",
+                                                             "token width"));
+    t.push_back(make_field<&C::model, &ModelConfig::d_ff>("model.d_ff", "integer >= 1",
+                                                          "expert hidden width"));
+    t.push_back(make_field<&C::model, &ModelConfig::layers>(
+        "model.layers", "integer >= 1", "number of MoE layers (each residual)"));
+    t.push_back(make_field<&C::model, &ModelConfig::activation>(
+        "model.activation", activation.c_str(), "expert nonlinearity"));
+    t.push_back(make_field<&C::model, &ModelConfig::precision>(
+        "model.precision", precision.c_str(), "arithmetic of activations and parameters"));
+    t.push_back(make_field<&C::model, &ModelConfig::init_scale>(
+        "model.init_scale", "number > 0",
+        "multiplies the default (He/Xavier-like) init standard deviation"));
+    // routing
+    t.push_back(make_field<&C::routing, &RoutingConfig::num_experts>(
+        "routing.num_experts", "integer >= 1; run: divisible by the number of MPI ranks",
+        "E, experts per MoE layer over all ranks"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::rule>("routing.rule", rule.c_str(),
+                                                              "routing rule (routing.md)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::k>(
+        "routing.k", "integer in [1, routing.num_experts]; 1 for switch", "choices per token"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::renormalize>(
+        "routing.renormalize", bools.c_str(), "topk: renormalise kept weights to sum 1"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::capacity_factor>(
+        "routing.capacity_factor", "exact decimal >= 0 (e.g. 1.25)",
+        "training capacity factor; 0 = dropless"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::eval_capacity_factor>(
+        "routing.eval_capacity_factor", "exact decimal >= 0 (e.g. 2)",
+        "evaluation capacity factor; 0 = dropless"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::min_capacity>(
+        "routing.min_capacity", "integer >= 0", "lower bound of the capacity per (group, expert)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::dropless>(
+        "routing.dropless", bools.c_str(), "true: no capacity limit at all"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::drop_policy>(
+        "routing.drop_policy", policy.c_str(),
+        "which assignments survive when an expert is over capacity"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::group_size>(
+        "routing.group_size",
+        "integer >= 0; run: a positive value must divide each rank's share of "
+        "data.tokens_per_step and of data.eval_tokens",
+        "tokens per routing group; 0 = each rank's share is one group (route: the whole trace)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::aux_loss_coef>(
+        "routing.aux_loss_coef", "number >= 0", "coefficient of the load-balance loss"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::z_loss_coef>(
+        "routing.z_loss_coef", "number >= 0", "coefficient of the router z-loss"));
+    // training
+    t.push_back(make_field<&C::training, &TrainingConfig::steps>("training.steps", "integer >= 1",
+                                                                 "optimizer steps"));
+    t.push_back(make_field<&C::training, &TrainingConfig::seed>(
+        "training.seed", "integer in [0, 18446744073709551615]",
+        "keys every random stream (data, init)"));
+    t.push_back(make_field<&C::training, &TrainingConfig::optimizer>(
+        "training.optimizer", optimizer.c_str(), "sgd (with momentum) or adam"));
+    t.push_back(make_field<&C::training, &TrainingConfig::learning_rate>(
+        "training.learning_rate", "number > 0", "step size"));
+    t.push_back(make_field<&C::training, &TrainingConfig::momentum>(
+        "training.momentum", "number in [0, 1)", "sgd momentum"));
+    t.push_back(make_field<&C::training, &TrainingConfig::beta1>("training.beta1",
+                                                                 "number in [0, 1)", "adam beta1"));
+    t.push_back(make_field<&C::training, &TrainingConfig::beta2>("training.beta2",
+                                                                 "number in [0, 1)", "adam beta2"));
+    t.push_back(make_field<&C::training, &TrainingConfig::epsilon>("training.epsilon", "number > 0",
+                                                                   "adam epsilon"));
+    t.push_back(make_field<&C::training, &TrainingConfig::weight_decay>(
+        "training.weight_decay", "number >= 0", "decoupled (AdamW-style) decay; sgd: L2"));
+    t.push_back(make_field<&C::training, &TrainingConfig::eval_every>(
+        "training.eval_every", "integer >= 0", "evaluate every N steps (0 = only at the end)"));
+    // data
+    t.push_back(make_field<&C::data, &DataConfig::task>(
+        "data.task", "clusters", "synthetic task: clusters (Chen et al. 2022)"));
+    t.push_back(make_field<&C::data, &DataConfig::tokens_per_step>(
+        "data.tokens_per_step", "integer >= 1, divisible by the number of MPI ranks",
+        "global tokens per step, split evenly over ranks"));
+    t.push_back(make_field<&C::data, &DataConfig::eval_tokens>(
+        "data.eval_tokens", "integer >= 1, divisible by the number of MPI ranks",
+        "held-out tokens per evaluation"));
+    t.push_back(make_field<&C::data, &DataConfig::input_dim>(
+        "data.input_dim", "integer >= 2 * data.num_clusters", "raw feature width"));
+    t.push_back(make_field<&C::data, &DataConfig::num_clusters>(
+        "data.num_clusters", "integer >= 1",
+        "K clusters, each with its own signal direction (2 classes, fixed)"));
+    t.push_back(make_field<&C::data, &DataConfig::signal_strength>(
+        "data.signal_strength", "finite number", "alpha: weight of the label signal y * v_k"));
+    t.push_back(make_field<&C::data, &DataConfig::center_strength>(
+        "data.center_strength", "finite number", "beta: weight of the cluster centre c_k"));
+    t.push_back(make_field<&C::data, &DataConfig::feature_noise>(
+        "data.feature_noise", "finite number", "gamma: weight of the misleading -y * v_k' patch"));
+    t.push_back(make_field<&C::data, &DataConfig::noise_std>("data.noise_std", "number >= 0",
+                                                             "sigma: isotropic Gaussian noise"));
+    // output
+    t.push_back(make_field<&C::output, &OutputConfig::file>("output.file", "non-empty path (run)",
+                                                            "result file path"));
+    t.push_back(make_field<&C::output, &OutputConfig::log_every>(
+        "output.log_every", "integer >= 0", "progress line every N steps (0 = none)"));
+    t.push_back(make_field<&C::output, &OutputConfig::echo_config>(
+        "output.echo_config", bools.c_str(), "print the resolved config on rank 0"));
+    // trace
+    t.push_back(make_field<&C::trace, &TraceConfig::input>(
+        "trace.input", "path (route: required)", "moesim route: input trace (/logits [T,E])"));
+    t.push_back(make_field<&C::trace, &TraceConfig::output>(
+        "trace.output", "path (route: required, not trace.input)", "moesim route: output file"));
+    return t;
+  }();
+  return table;
+}
+
+const Field* find_field(const std::string& key) {
+  for (const auto& f : fields()) {
+    if (f.key == key) return &f;
+  }
+  return nullptr;
+}
+
+std::string section_of(const std::string& key) { return key.substr(0, key.find('.')); }
+std::string name_of(const std::string& key) {
+  const auto dot = key.rfind('.');
+  return dot == std::string::npos ? key : key.substr(dot + 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown keys: suggest the closest known one, since typos are the usual cause.
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  std::iota(row.begin(), row.end(), std::size_t{0});
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::optional<std::string> suggest_key(const std::string& unknown) {
+  // A right name in the wrong section (or without one) is found by its field name first.
+  const std::string name = name_of(unknown);
+  for (const auto& f : fields()) {
+    if (name_of(f.key) == name) return f.key;
+  }
+  const Field* best = nullptr;
+  std::size_t best_d = std::numeric_limits<std::size_t>::max();
+  for (const auto& f : fields()) {
+    const std::size_t d = edit_distance(unknown, f.key);
+    if (d < best_d) {
+      best_d = d;
+      best = &f;
+    }
+  }
+  if (best != nullptr && best_d <= std::max<std::size_t>(2, unknown.size() / 4)) return best->key;
+  return std::nullopt;
+}
+
+[[noreturn]] void throw_unknown_key(const std::string& key, const std::string& value,
+                                    const std::string& where) {
+  std::string allowed = "unknown key; see `moesim --help` for the list";
+  if (auto s = suggest_key(key)) allowed += "; did you mean " + *s + "?";
+  throw ConfigError(key, value, allowed + where);
+}
+
+// ---------------------------------------------------------------------------------------------
+// INI pre-scan. Boost's config-file parser reports unknown keys without their value and
+// duplicates without lines; this scan mirrors its grammar (strip '#' comments, trim, "[section]",
+// "name = value") only to give those errors the key, value, file and line.
+
+struct IniEntry {
+  std::string key, value;
+  int line = 0;
+};
+
+std::string trim_ws(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return {};
+  const auto e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::string file_where(const std::string& source, int line) {
+  return " [" + (source.empty() ? std::string("<ini>") : source) + ":" + std::to_string(line) + "]";
+}
+
+std::vector<IniEntry> scan_ini(const std::string& text, const std::string& source) {
+  std::vector<IniEntry> entries;
+  std::istringstream in(text);
+  std::string raw, prefix;
+  int line = 0;
+  while (std::getline(in, raw)) {
+    ++line;
+    std::string s = raw.substr(0, raw.find('#'));
+    s = trim_ws(s);
+    if (s.empty()) continue;
+    const std::string loc =
+        (source.empty() ? std::string("<ini>") : source) + ":" + std::to_string(line);
+    if (s.front() == '[' && s.back() == ']') {
+      prefix = s.substr(1, s.size() - 2);
+      if (prefix.empty()) throw ConfigError(loc, s, "empty section name");
+      if (prefix.back() != '.') prefix += '.';
+      continue;
+    }
+    const auto eq = s.find('=');
+    if (eq == std::string::npos) {
+      throw ConfigError(loc, s,
+                        "not an INI line: expected `key = value`, `[section]` or a `#` comment "
+                        "(`;` comments are not supported)");
+    }
+    entries.push_back({prefix + trim_ws(s.substr(0, eq)), trim_ws(s.substr(eq + 1)), line});
+  }
+  std::map<std::string, const IniEntry*> seen;
+  for (const auto& e : entries) {
+    if (find_field(e.key) == nullptr) throw_unknown_key(e.key, e.value, file_where(source, e.line));
+    auto [it, inserted] = seen.emplace(e.key, &e);
+    if (!inserted) {
+      throw ConfigError(e.key, e.value,
+                        "given twice in " + (source.empty() ? std::string("<ini>") : source) +
+                            " (lines " + std::to_string(it->second->line) + " and " +
+                            std::to_string(e.line) + "); keep one");
+    }
+  }
+  return entries;
+}
+
+// "--k v" becomes "--k=v" here so that values starting with '-' (e.g. "-1", which validate then
+// rejects with a clear message) are not mistaken for options, and a bare boolean flag means true.
+std::vector<std::string> normalize_overrides(const std::vector<std::string>& overrides) {
+  std::vector<std::string> args;
+  for (std::size_t i = 0; i < overrides.size(); ++i) {
+    const std::string& tok = overrides[i];
+    if (tok.size() < 3 || tok.compare(0, 2, "--") != 0 || tok[2] == '=') {
+      throw ConfigError("(command line)", tok,
+                        "unexpected argument; parameters are given as --section.key=value or "
+                        "--section.key value");
+    }
+    const auto eq = tok.find('=');
+    const std::string name = tok.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+    std::string value;
+    if (eq != std::string::npos) {
+      value = tok.substr(eq + 1);
+    } else if (i + 1 < overrides.size() && overrides[i + 1].compare(0, 2, "--") != 0) {
+      value = overrides[++i];
+    } else {
+      const Field* f = find_field(name);
+      if (f == nullptr) throw_unknown_key(name, "", " [command line]");
+      if (!f->is_bool) {
+        throw ConfigError(name, "", "missing value on the command line: use --" + name + "=VALUE");
+      }
+      value = "true";
+    }
+    if (value.empty()) {
+      // Boost.PO rejects "--key=" and an empty value is never valid where it matters.
+      throw ConfigError(name, "",
+                        "an empty value cannot be given on the command line [command line]");
+    }
+    args.push_back("--" + name + "=" + value);
+  }
+  return args;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation helpers.
+
+void require(bool ok, const std::string& key, const std::string& value,
+             const std::string& allowed) {
+  if (!ok) throw ConfigError(key, value, allowed);
+}
+
+void require_int(std::int64_t v, std::int64_t lo, const std::string& key) {
+  require(v >= lo, key, std::to_string(v), "must be an integer >= " + std::to_string(lo));
+}
+
+void require_real(double v, bool ok, const std::string& key, const std::string& allowed) {
+  require(std::isfinite(v) && ok, key, format_double(v), allowed);
+}
+
+void require_nonneg_rational(const Rational& r, const std::string& key) {
+  require(r.den > 0 && r.num >= 0, key, r.str(), "must be a decimal number >= 0 (0 = dropless)");
+}
+
+// A string the INI file cannot carry would break the promise that to_ini reproduces the run.
+void require_ini_safe(const std::string& s, const std::string& key) {
+  const bool ok = s.find_first_of("#\n\r") == std::string::npos && trim_ws(s) == s;
+  require(ok, key, s,
+          "must not contain '#' or line breaks, nor start or end with whitespace "
+          "(it could not be stored in the INI file)");
+}
+
+}  // namespace
+
+// =============================================================================================
+// Rational
+
+Rational Rational::parse(const std::string& text) {
+  auto fail = [&](const std::string& why) -> Rational {
+    throw std::invalid_argument("'" + text + "' is not a decimal number: " + why);
+  };
+  std::string_view s = text;
+  bool negative = false;
+  if (!s.empty() && (s[0] == '+' || s[0] == '-')) {
+    negative = s[0] == '-';
+    s.remove_prefix(1);
+  }
+  std::size_t i = 0;
+  while (i < s.size() && is_digit(s[i])) ++i;
+  const std::string_view int_digits = s.substr(0, i);
+  std::string_view frac_digits;
+  if (i < s.size() && s[i] == '.') {
+    std::size_t j = i + 1;
+    while (j < s.size() && is_digit(s[j])) ++j;
+    frac_digits = s.substr(i + 1, j - i - 1);
+    i = j;
+  }
+  if (int_digits.empty() && frac_digits.empty()) return fail("expected digits");
+  // The exponent saturates: anything this large is out of range unless the mantissa is zero.
+  constexpr std::int64_t kExpLimit = 1'000'000;
+  std::int64_t exponent = 0;
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    bool exp_negative = false;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) {
+      exp_negative = s[i] == '-';
+      ++i;
+    }
+    const std::size_t start = i;
+    while (i < s.size() && is_digit(s[i])) {
+      exponent = std::min(kExpLimit, exponent * 10 + (s[i] - '0'));
+      ++i;
+    }
+    if (i == start) return fail("expected exponent digits after 'e'");
+    if (exp_negative) exponent = -exponent;
+  }
+  if (i != s.size()) return fail("unexpected character '" + std::string(1, s[i]) + "'");
+
+  // Significant digits without leading/trailing zeros; the trailing ones move into the power of
+  // ten, which makes the result canonical (den = 10^n with num not divisible by 10).
+  std::string digits = std::string(int_digits) + std::string(frac_digits);
+  std::int64_t power = exponent - static_cast<std::int64_t>(frac_digits.size());
+  const auto first = digits.find_first_not_of('0');
+  if (first == std::string::npos) return Rational{0, 1};
+  digits.erase(0, first);
+  const auto last = digits.find_last_not_of('0');
+  power += static_cast<std::int64_t>(digits.size() - 1 - last);
+  digits.erase(last + 1);
+
+  const std::string range = "out of range (at most 18 decimal places, magnitude below 9.2e18)";
+  std::int64_t num = 0;
+  if (to_integer(digits, num) != IntStatus::ok) return fail(range);
+  std::int64_t den = 1;
+  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+  for (; power > 0; --power) {
+    if (num > kMax / 10) return fail(range);
+    num *= 10;
+  }
+  for (; power < 0; ++power) {
+    if (den > kMax / 10) return fail(range);
+    den *= 10;
+  }
+  return Rational{negative ? -num : num, den};
+}
+
+std::string Rational::str() const {
+  const bool negative = (num < 0) != (den < 0) && num != 0;
+  // Magnitudes as unsigned so that INT64_MIN needs no special case.
+  auto magnitude = [](std::int64_t v) {
+    return v < 0 ? std::uint64_t{0} - static_cast<std::uint64_t>(v) : static_cast<std::uint64_t>(v);
+  };
+  std::uint64_t n = magnitude(num);
+  std::uint64_t d = magnitude(den);
+  const std::string sign = negative ? "-" : "";
+  if (d == 0) return sign + std::to_string(n) + "/0";
+  const std::uint64_t g = std::gcd(n, d);
+  n /= g;
+  d /= g;
+  // A finite decimal exists iff the reduced denominator is 2^a * 5^b; it has max(a, b) places.
+  std::uint64_t rest = d;
+  int twos = 0, fives = 0;
+  while (rest % 2 == 0) {
+    rest /= 2;
+    ++twos;
+  }
+  while (rest % 5 == 0) {
+    rest /= 5;
+    ++fives;
+  }
+  if (rest != 1) return sign + std::to_string(n) + "/" + std::to_string(d);
+  std::string out = sign + std::to_string(n / d);
+  u128 remainder = n % d;
+  const int places = std::max(twos, fives);
+  if (places > 0) out += '.';
+  for (int p = 0; p < places; ++p) {
+    remainder *= 10;
+    out += static_cast<char>('0' + static_cast<int>(remainder / d));
+    remainder %= d;
+  }
+  return out;
+}
+
+// =============================================================================================
+// ConfigError
+
+ConfigError::ConfigError(std::string key, std::string value, std::string allowed)
+    : std::runtime_error("bad parameter " + key + " = " + (value.empty() ? "\"\"" : value) + ": " +
+                         allowed),
+      key_(std::move(key)),
+      value_(std::move(value)),
+      allowed_(std::move(allowed)) {}
+
+// =============================================================================================
+// parse_config
+
+Config parse_config(const std::string& ini_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides) {
+  po::options_description desc("MoESim parameters");
+  for (const auto& f : fields()) desc.add_options()(f.key.c_str(), po::value<std::string>());
+
+  // Command line first: Boost keeps the first stored value of a key, so the command line wins.
+  const std::vector<std::string> args = normalize_overrides(overrides);
+  std::map<std::string, std::string> origin;  // key -> " [where it was set]" for messages
+  po::variables_map vm;
+  try {
+    // Long options only and no prefix guessing: "--routing.capacity" must not silently mean
+    // routing.capacity_factor.
+    const auto style =
+        po::command_line_style::allow_long | po::command_line_style::long_allow_adjacent;
+    const po::parsed_options cl =
+        po::command_line_parser(args).options(desc).style(style).allow_unregistered().run();
+    for (const auto& o : cl.options) {
+      const std::string value = o.value.empty() ? std::string() : o.value.front();
+      if (o.unregistered || o.string_key.empty()) {
+        throw_unknown_key(o.string_key.empty() && !o.original_tokens.empty()
+                              ? o.original_tokens.front()
+                              : o.string_key,
+                          value, " [command line]");
+      }
+      if (origin.count(o.string_key) != 0) {
+        throw ConfigError(o.string_key, value, "given twice on the command line; keep one");
+      }
+      origin[o.string_key] = " [command line]";
+    }
+    po::store(cl, vm);
+  } catch (const po::error& e) {
+    throw ConfigError("(command line)", "", e.what());
+  }
+
+  const std::vector<IniEntry> entries = scan_ini(ini_text, source_name);
+  try {
+    std::istringstream in(ini_text);
+    const po::parsed_options file = po::parse_config_file(in, desc, /*allow_unregistered=*/false);
+    po::store(file, vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    // The pre-scan should have caught everything; this keeps Boost's own wording as a fallback.
+    throw ConfigError(source_name.empty() ? std::string("<ini>") : source_name, "", e.what());
+  }
+  for (const auto& e : entries) origin.emplace(e.key, file_where(source_name, e.line));
+
+  Config cfg;
+  for (const auto& f : fields()) {
+    if (vm.count(f.key) != 0) f.set(cfg, vm[f.key].as<std::string>(), origin[f.key]);
+  }
+  return cfg;
+}
+
+// =============================================================================================
+// validate
+
+void validate(const Config& cfg, Mode mode, int ranks) {
+  require(ranks >= 1, "(MPI ranks)", std::to_string(ranks), "must be >= 1");
+  const std::string nranks = std::to_string(ranks);
+  const bool run = mode == Mode::run;
+
+  const ModelConfig& m = cfg.model;
+  require_int(m.d_model, 1, "model.d_model");
+  require_int(m.d_ff, 1, "model.d_ff");
+  require_int(m.layers, 1, "model.layers");
+  require_real(m.init_scale, m.init_scale > 0, "model.init_scale", "must be a number > 0");
+
+  const RoutingConfig& r = cfg.routing;
+  const std::string E = std::to_string(r.num_experts);
+  require_int(r.num_experts, 1, "routing.num_experts");
+  if (run) {
+    require(r.num_experts % ranks == 0, "routing.num_experts", E,
+            "must be divisible by the number of MPI ranks (" + nranks + ")");
+  }
+  require(r.k >= 1 && r.k <= r.num_experts, "routing.k", std::to_string(r.k),
+          "must be an integer in [1, routing.num_experts = " + E + "]");
+  require(r.rule != RoutingRuleKind::switch_top1 || r.k == 1, "routing.k", std::to_string(r.k),
+          "must be 1 when routing.rule = switch");
+  require_nonneg_rational(r.capacity_factor, "routing.capacity_factor");
+  require_nonneg_rational(r.eval_capacity_factor, "routing.eval_capacity_factor");
+  require_int(r.min_capacity, 0, "routing.min_capacity");
+  require_int(r.group_size, 0, "routing.group_size");
+  require_real(r.aux_loss_coef, r.aux_loss_coef >= 0, "routing.aux_loss_coef",
+               "must be a number >= 0");
+  require_real(r.z_loss_coef, r.z_loss_coef >= 0, "routing.z_loss_coef", "must be a number >= 0");
+
+  // Strings are checked in both modes: to_ini writes all of them into every result file.
+  require_ini_safe(cfg.data.task, "data.task");
+  require_ini_safe(cfg.output.file, "output.file");
+  require_ini_safe(cfg.trace.input, "trace.input");
+  require_ini_safe(cfg.trace.output, "trace.output");
+
+  if (run) {
+    const TrainingConfig& t = cfg.training;
+    require_int(t.steps, 1, "training.steps");
+    require_real(t.learning_rate, t.learning_rate > 0, "training.learning_rate",
+                 "must be a number > 0");
+    require_real(t.momentum, t.momentum >= 0 && t.momentum < 1, "training.momentum",
+                 "must be a number in [0, 1)");
+    require_real(t.beta1, t.beta1 >= 0 && t.beta1 < 1, "training.beta1",
+                 "must be a number in [0, 1)");
+    require_real(t.beta2, t.beta2 >= 0 && t.beta2 < 1, "training.beta2",
+                 "must be a number in [0, 1)");
+    require_real(t.epsilon, t.epsilon > 0, "training.epsilon", "must be a number > 0");
+    require_real(t.weight_decay, t.weight_decay >= 0, "training.weight_decay",
+                 "must be a number >= 0");
+    require_int(t.eval_every, 0, "training.eval_every");
+
+    const DataConfig& d = cfg.data;
+    require(d.task == "clusters", "data.task", d.task, "must be one of clusters");
+    require_int(d.tokens_per_step, 1, "data.tokens_per_step");
+    require(d.tokens_per_step % ranks == 0, "data.tokens_per_step",
+            std::to_string(d.tokens_per_step),
+            "must be divisible by the number of MPI ranks (" + nranks + ")");
+    require_int(d.eval_tokens, 1, "data.eval_tokens");
+    require(d.eval_tokens % ranks == 0, "data.eval_tokens", std::to_string(d.eval_tokens),
+            "must be divisible by the number of MPI ranks (" + nranks + ")");
+    if (r.group_size > 0) {
+      // A group never spans two ranks (routing.md), so it must tile each rank's share exactly.
+      const std::int64_t share = d.tokens_per_step / ranks;
+      require(share % r.group_size == 0, "routing.group_size", std::to_string(r.group_size),
+              "must divide each rank's share of data.tokens_per_step (" +
+                  std::to_string(d.tokens_per_step) + " / " + nranks +
+                  " ranks = " + std::to_string(share) + " tokens), or be 0");
+      const std::int64_t eval_share = d.eval_tokens / ranks;
+      require(eval_share % r.group_size == 0, "routing.group_size", std::to_string(r.group_size),
+              "must divide each rank's share of data.eval_tokens (" +
+                  std::to_string(d.eval_tokens) + " / " + nranks +
+                  " ranks = " + std::to_string(eval_share) + " tokens), or be 0");
+    }
+    require_int(d.num_clusters, 1, "data.num_clusters");
+    // Written as a division so that a huge num_clusters cannot overflow 2 * num_clusters.
+    require(d.input_dim >= 0 && d.num_clusters <= d.input_dim / 2, "data.input_dim",
+            std::to_string(d.input_dim),
+            "must be an integer >= 2 * data.num_clusters (data.num_clusters = " +
+                std::to_string(d.num_clusters) + ")");
+    require_real(d.signal_strength, true, "data.signal_strength", "must be a finite number");
+    require_real(d.center_strength, true, "data.center_strength", "must be a finite number");
+    require_real(d.feature_noise, true, "data.feature_noise", "must be a finite number");
+    require_real(d.noise_std, d.noise_std >= 0, "data.noise_std", "must be a number >= 0");
+
+    require(!cfg.output.file.empty(), "output.file", cfg.output.file, "must be a non-empty path");
+    require_int(cfg.output.log_every, 0, "output.log_every");
+  } else {
+    require(!cfg.trace.input.empty(), "trace.input", cfg.trace.input,
+            "must name the input trace file (an HDF5 file with /logits [T,E]) for moesim route");
+    require(!cfg.trace.output.empty(), "trace.output", cfg.trace.output,
+            "must name the output file for moesim route");
+    require(cfg.trace.output != cfg.trace.input, "trace.output", cfg.trace.output,
+            "must differ from trace.input (the input trace would be overwritten)");
+  }
+}
+
+// =============================================================================================
+// Printers
+
+std::string to_ini(const Config& cfg) {
+  std::string out =
+      "# MoESim parameters, fully resolved: `moesim run` on this file reproduces the run\n";
+  std::string section;
+  for (const auto& f : fields()) {
+    if (section_of(f.key) != section) {
+      section = section_of(f.key);
+      out += "\n[" + section + "]\n";
+    }
+    const std::string value = f.get(cfg);
+    out += name_of(f.key) + (value.empty() ? " =" : " = " + value) + "\n";
+  }
+  return out;
+}
+
+std::string to_table(const Config& cfg) {
+  std::size_t width = 0;
+  for (const auto& f : fields()) width = std::max(width, f.key.size());
+  std::string out;
+  for (const auto& f : fields()) {
+    const std::string value = f.get(cfg);
+    out += f.key + std::string(width - f.key.size() + 2, ' ') + (value.empty() ? "\"\"" : value) +
+           "\n";
+  }
+  return out;
+}
+
+std::string help_text() {
+  const Config defaults;
+  std::string out =
+      "Parameters: INI `[section]` + `key = value` lines (comments start with '#'), or\n"
+      "--section.key=VALUE / --section.key VALUE on the command line (the command line wins).\n";
+  std::string section;
+  for (const auto& f : fields()) {
+    if (section_of(f.key) != section) {
+      section = section_of(f.key);
+      out += "\n[" + section + "]\n";
+    }
+    const std::string value = f.get(defaults);
+    out += "  " + f.key + " = " + (value.empty() ? "\"\"" : value) + "\n";
+    out += "      " + f.meaning + "; allowed: " + f.allowed + "\n";
+  }
+  return out;
+}
+
+const char* to_string(Activation v) { return enum_name(v); }
+const char* to_string(Precision v) { return enum_name(v); }
+const char* to_string(RoutingRuleKind v) { return enum_name(v); }
+const char* to_string(DropPolicyKind v) { return enum_name(v); }
+const char* to_string(OptimizerKind v) { return enum_name(v); }
+
+}  // namespace moesim

@@ -1,0 +1,124 @@
+// pack -> counts -> alltoallv -> unpack, and the reverse (dispatcher.hpp).
+#include "moesim/dispatch/dispatcher.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <span>
+#include <stdexcept>
+
+namespace moesim::dispatch {
+
+void pack_plan(const std::vector<std::int32_t>& token, const std::vector<std::int32_t>& expert,
+               const Placement& placement, Plan& plan) {
+  const std::size_t E = static_cast<std::size_t>(placement.num_experts);
+  const std::size_t P = static_cast<std::size_t>(placement.ranks);
+  const std::size_t n = token.size();
+  plan.send_per_expert.assign(E, 0);
+  for (std::int32_t e : expert) ++plan.send_per_expert[static_cast<std::size_t>(e)];
+  // Counting sort by expert: stable, O(n + E).
+  std::vector<std::int64_t> cursor(E + 1, 0);
+  for (std::size_t e = 0; e < E; ++e) cursor[e + 1] = cursor[e] + plan.send_per_expert[e];
+  plan.send_token.resize(n);
+  plan.send_assignment.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto row = static_cast<std::size_t>(cursor[static_cast<std::size_t>(expert[i])]++);
+    plan.send_token[row] = token[i];
+    plan.send_assignment[row] = static_cast<std::int64_t>(i);
+  }
+  plan.send_rows.assign(P, 0);
+  plan.send_displ.assign(P, 0);
+  const std::size_t per = static_cast<std::size_t>(placement.per_rank());
+  for (std::size_t p = 0; p < P; ++p) {
+    for (std::size_t j = 0; j < per; ++j) plan.send_rows[p] += plan.send_per_expert[p * per + j];
+    if (p > 0) plan.send_displ[p] = plan.send_displ[p - 1] + plan.send_rows[p - 1];
+  }
+  plan.total_send = static_cast<std::int64_t>(n);
+}
+
+template <typename T>
+void gather_rows(const T* in, const std::int32_t* index, std::int64_t n, std::int64_t width, T* out) {
+  const auto bytes = static_cast<std::size_t>(width) * sizeof(T);
+  for (std::int64_t i = 0; i < n; ++i) std::memcpy(out + i * width, in + static_cast<std::int64_t>(index[i]) * width, bytes);
+}
+
+template <typename T>
+AlltoallvDispatcher<T>::AlltoallvDispatcher(const comm::Comm& comm, Placement placement)
+    : comm_(comm), placement_(placement) {
+  if (placement_.ranks != comm_.size())
+    throw std::invalid_argument("dispatcher: placement rank count differs from the communicator");
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::exchange_counts(Plan& plan) {
+  const std::size_t P = static_cast<std::size_t>(placement_.ranks);
+  const std::size_t per = static_cast<std::size_t>(placement_.per_rank());
+  plan.recv_per_peer_expert.assign(P * per, 0);
+  // send_per_expert is [P blocks of E_local]: exactly the alltoall send layout.
+  comm_.alltoall(std::span<const int>(plan.send_per_expert), std::span<int>(plan.recv_per_peer_expert));
+  plan.recv_rows.assign(P, 0);
+  plan.recv_displ.assign(P, 0);
+  plan.expert_offset.assign(per + 1, 0);
+  for (std::size_t p = 0; p < P; ++p) {
+    for (std::size_t j = 0; j < per; ++j) {
+      plan.recv_rows[p] += plan.recv_per_peer_expert[p * per + j];
+      plan.expert_offset[j + 1] += plan.recv_per_peer_expert[p * per + j];
+    }
+    if (p > 0) plan.recv_displ[p] = plan.recv_displ[p - 1] + plan.recv_rows[p - 1];
+  }
+  for (std::size_t j = 0; j < per; ++j) plan.expert_offset[j + 1] += plan.expert_offset[j];
+  plan.total_recv = plan.expert_offset[per];
+}
+
+namespace {
+// Copies blocks between source-major (peer, expert) and expert-major (expert, peer) order.
+template <typename T, bool ToExpertMajor>
+void reorder(const Plan& plan, std::size_t P, std::size_t per, const T* src, T* dst, std::int64_t width) {
+  std::vector<std::int64_t> fill(plan.expert_offset.begin(), plan.expert_offset.end() - 1);
+  for (std::size_t p = 0; p < P; ++p) {
+    std::int64_t source_row = plan.recv_displ[p];
+    for (std::size_t j = 0; j < per; ++j) {
+      const std::int64_t rows = plan.recv_per_peer_expert[p * per + j];
+      const std::size_t bytes = static_cast<std::size_t>(rows * width) * sizeof(T);
+      if (bytes > 0) {
+        if constexpr (ToExpertMajor) std::memcpy(dst + fill[j] * width, src + source_row * width, bytes);
+        else std::memcpy(dst + source_row * width, src + fill[j] * width, bytes);
+      }
+      fill[j] += rows;
+      source_row += rows;
+    }
+  }
+}
+}  // namespace
+
+template <typename T>
+void AlltoallvDispatcher<T>::to_experts(const Plan& plan, const T* send_order, T* expert_major,
+                                        std::int64_t width) {
+  const std::size_t P = static_cast<std::size_t>(placement_.ranks);
+  const std::size_t per = static_cast<std::size_t>(placement_.per_rank());
+  if (staging_.size() < static_cast<std::size_t>(plan.total_recv * width))
+    staging_.resize(static_cast<std::size_t>(plan.total_recv * width));
+  comm_.alltoallv_rows(send_order, plan.send_rows, plan.send_displ, staging_.data(), plan.recv_rows,
+                       plan.recv_displ, width);
+  this->bytes_sent_ += plan.total_send * width * static_cast<std::int64_t>(sizeof(T));
+  reorder<T, true>(plan, P, per, staging_.data(), expert_major, width);
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::from_experts(const Plan& plan, const T* expert_major, T* send_order,
+                                          std::int64_t width) {
+  const std::size_t P = static_cast<std::size_t>(placement_.ranks);
+  const std::size_t per = static_cast<std::size_t>(placement_.per_rank());
+  if (staging_.size() < static_cast<std::size_t>(plan.total_recv * width))
+    staging_.resize(static_cast<std::size_t>(plan.total_recv * width));
+  reorder<T, false>(plan, P, per, expert_major, staging_.data(), width);
+  comm_.alltoallv_rows(staging_.data(), plan.recv_rows, plan.recv_displ, send_order, plan.send_rows,
+                       plan.send_displ, width);
+  this->bytes_sent_ += plan.total_recv * width * static_cast<std::int64_t>(sizeof(T));
+}
+
+template class AlltoallvDispatcher<float>;
+template class AlltoallvDispatcher<double>;
+template void gather_rows<float>(const float*, const std::int32_t*, std::int64_t, std::int64_t, float*);
+template void gather_rows<double>(const double*, const std::int32_t*, std::int64_t, std::int64_t, double*);
+
+}  // namespace moesim::dispatch

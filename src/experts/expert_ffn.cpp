@@ -1,0 +1,110 @@
+// Expert FFN forward/backward over expert-major slices (expert_ffn.hpp).
+#include "moesim/experts/expert_ffn.hpp"
+
+#include <Eigen/Core>
+#include <cmath>
+
+namespace moesim::experts {
+namespace {
+
+template <typename T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using MapM = Eigen::Map<RowMat<T>>;
+template <typename T>
+using CMapM = Eigen::Map<const RowMat<T>>;
+template <typename T>
+using MapRow = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+template <typename T>
+using CMapRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+
+// GELU, tanh approximation (Hendrycks & Gimpel), and its exact derivative.
+constexpr double kGeluC = 0.7978845608028654;  // sqrt(2/pi)
+template <typename T>
+inline T gelu(T x) {
+  const T u = T(kGeluC) * (x + T(0.044715) * x * x * x);
+  return T(0.5) * x * (T(1) + std::tanh(u));
+}
+template <typename T>
+inline T gelu_grad(T x) {
+  const T u = T(kGeluC) * (x + T(0.044715) * x * x * x);
+  const T th = std::tanh(u);
+  const T du = T(kGeluC) * (T(1) + T(3 * 0.044715) * x * x);
+  return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * du;
+}
+
+}  // namespace
+
+template <typename T>
+ExpertBank<T>::ExpertBank(ParamStore<T>& store, const std::string& prefix, std::int64_t first,
+                          std::int64_t count, std::int64_t d_model, std::int64_t d_ff,
+                          Activation act, double init_scale)
+    : first_(first), count_(count), d_(d_model), f_(d_ff), act_(act) {
+  // He init for the ReLU/GELU input layer; 1/sqrt(fan_in) for the output layer.
+  const double std1 = init_scale * std::sqrt(2.0 / static_cast<double>(d_model));
+  const double std2 = init_scale * std::sqrt(1.0 / static_cast<double>(d_ff));
+  for (std::int64_t j = 0; j < count; ++j) {
+    const std::string p = prefix + ".expert" + std::to_string(first + j);
+    ids_.push_back(Ids{store.add(p + ".w1", ParamKind::expert, d_model * d_ff, std1),
+                       store.add(p + ".b1", ParamKind::expert, d_ff, 0.0),
+                       store.add(p + ".w2", ParamKind::expert, d_ff * d_model, std2),
+                       store.add(p + ".b2", ParamKind::expert, d_model, 0.0)});
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::bind(ParamStore<T>& s) {
+  ptr_.clear();
+  for (const Ids& i : ids_)
+    ptr_.push_back(Ptrs{s.value(i.w1), s.value(i.b1), s.value(i.w2), s.value(i.b2), s.grad(i.w1),
+                        s.grad(i.b1), s.grad(i.w2), s.grad(i.b2)});
+}
+
+template <typename T>
+void ExpertBank<T>::forward(const T* x, std::span<const std::int64_t> offset, T* h, T* a,
+                            T* y) const {
+  for (std::int64_t j = 0; j < count_; ++j) {
+    const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
+    const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
+    if (n == 0) continue;
+    const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
+    CMapM<T> X(x + r0 * d_, n, d_);
+    MapM<T> H(h + r0 * f_, n, f_);
+    MapM<T> A(a + r0 * f_, n, f_);
+    MapM<T> Y(y + r0 * d_, n, d_);
+    H.noalias() = X * CMapM<T>(p.w1, d_, f_);
+    H.rowwise() += CMapRow<T>(p.b1, f_);
+    if (act_ == Activation::relu) A = H.cwiseMax(T(0));
+    else A = H.unaryExpr([](T v) { return gelu(v); });
+    Y.noalias() = A * CMapM<T>(p.w2, f_, d_);
+    Y.rowwise() += CMapRow<T>(p.b2, d_);
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::backward(T* x_then_dx, const T* h, T* a_then_dh, const T* dy,
+                             std::span<const std::int64_t> offset) {
+  for (std::int64_t j = 0; j < count_; ++j) {
+    const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
+    const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
+    if (n == 0) continue;
+    const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
+    MapM<T> X(x_then_dx + r0 * d_, n, d_);
+    CMapM<T> H(h + r0 * f_, n, f_);
+    MapM<T> A(a_then_dh + r0 * f_, n, f_);
+    CMapM<T> dY(dy + r0 * d_, n, d_);
+    MapM<T>(p.gw2, f_, d_).noalias() += A.transpose() * dY;
+    MapRow<T>(p.gb2, d_) += dY.colwise().sum();
+    A.noalias() = dY * CMapM<T>(p.w2, f_, d_).transpose();  // A now holds dL/da
+    if (act_ == Activation::relu) A.array() = (H.array() > T(0)).select(A.array(), T(0));
+    else A.array() *= H.array().unaryExpr([](T v) { return gelu_grad(v); });  // dL/dh
+    MapRow<T>(p.gb1, f_) += A.colwise().sum();
+    MapM<T>(p.gw1, d_, f_).noalias() += X.transpose() * A;
+    X.noalias() = A * CMapM<T>(p.w1, d_, f_).transpose();  // X now holds dL/dx
+  }
+}
+
+template class ExpertBank<float>;
+template class ExpertBank<double>;
+
+}  // namespace moesim::experts

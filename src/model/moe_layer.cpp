@@ -1,0 +1,204 @@
+// The distributed MoE layer: forward and backward (moe_layer.hpp).
+#include "moesim/model/moe_layer.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace moesim::model {
+namespace {
+
+template <typename T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using MapM = Eigen::Map<RowMat<T>>;
+template <typename T>
+using CMapM = Eigen::Map<const RowMat<T>>;
+
+// Grow-only sizing: after the first steps no buffer is reallocated.
+template <typename V>
+void ensure(V& v, std::int64_t n) {
+  if (static_cast<std::int64_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
+}
+
+std::int64_t group_tokens(const RoutingConfig& r, std::int64_t share) {
+  return r.group_size > 0 ? r.group_size : share;
+}
+
+}  // namespace
+
+template <typename T>
+MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, ParamStore<T>& store,
+                      std::int64_t train_tokens, std::int64_t eval_tokens)
+    : comm_(comm),
+      d_(cfg.model.d_model),
+      f_(cfg.model.d_ff),
+      E_(cfg.routing.num_experts),
+      index_(index),
+      placement_{cfg.routing.num_experts, comm.size()},
+      router_train_(std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, train_tokens))),
+      router_eval_(std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, eval_tokens))),
+      dispatcher_(std::make_unique<dispatch::AlltoallvDispatcher<T>>(comm, placement_)),
+      experts_(store, "layer" + std::to_string(index), placement_.first_local(comm.rank()),
+               placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
+               cfg.model.init_scale) {
+  gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
+                       cfg.model.init_scale / std::sqrt(static_cast<double>(d_)));
+  const std::int64_t n = std::max(train_tokens, eval_tokens);
+  logits_t_.reserve(static_cast<std::size_t>(n * E_));
+  logits_.reserve(static_cast<std::size_t>(n * E_));
+  probs_.reserve(static_cast<std::size_t>(n * E_));
+}
+
+template <typename T>
+void MoELayer<T>::bind(ParamStore<T>& store) {
+  experts_.bind(store);
+  wg_ = store.value(gate_id_);
+  gwg_ = store.grad(gate_id_);
+}
+
+template <typename T>
+void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
+                          perf::PhaseTimes* times) {
+  using perf::Phase;
+  const routing::Router& router = training ? *router_train_ : *router_eval_;
+  const std::int64_t S = router.group_tokens();
+  if (n % S != 0) throw std::logic_error("MoELayer: token count is not a multiple of the group size");
+  const std::int64_t G = n / S;
+  const auto E = static_cast<std::size_t>(E_);
+  x_ = x;
+  n_ = n;
+  training_ = training;
+
+  {  // gate: logits = x Wg, then routing per group
+    perf::ScopedTimer timer(times, Phase::gate);
+    ensure(logits_t_, n * E_);
+    MapM<T>(logits_t_.data(), n, E_).noalias() = CMapM<T>(x, n, d_) * CMapM<T>(wg_, d_, E_);
+    logits_.resize(static_cast<std::size_t>(n * E_));
+    probs_.resize(static_cast<std::size_t>(n * E_));
+    std::copy_n(logits_t_.begin(), n * E_, logits_.begin());
+    groups_.resize(static_cast<std::size_t>(G));
+    cand_offset_.assign(static_cast<std::size_t>(G) + 1, 0);
+    stats_ = LayerStats{};
+    stats_.routed.assign(E, 0);
+    stats_.kept.assign(E, 0);
+    stats_.groups = G;
+    kept_token_.clear();
+    kept_expert_.clear();
+    kept_weight_.clear();
+    kept_cand_.clear();
+    for (std::int64_t g = 0; g < G; ++g) {
+      const auto off = static_cast<std::size_t>(g * S * E_);
+      const auto len = static_cast<std::size_t>(S * E_);
+      routing::GroupRouting& r = groups_[static_cast<std::size_t>(g)];
+      router.route(std::span<const double>(logits_).subspan(off, len), std::span<double>(probs_).subspan(off, len),
+                   training, r);
+      cand_offset_[static_cast<std::size_t>(g) + 1] = cand_offset_[static_cast<std::size_t>(g)] + static_cast<std::int64_t>(r.cands.size());
+      stats_.aux_sum += r.aux;
+      stats_.z_sum += r.z;
+      stats_.dropped += r.dropped;
+      stats_.assignments += static_cast<std::int64_t>(r.cands.size());
+      for (std::size_t e = 0; e < E; ++e) {
+        stats_.routed[e] += r.routed[e];
+        stats_.kept[e] += r.kept[e];
+      }
+      for (std::size_t i = 0; i < r.cands.size(); ++i) {
+        const routing::Candidate& c = r.cands[i];
+        if (!c.kept) continue;
+        kept_token_.push_back(static_cast<std::int32_t>(g * S + c.token));
+        kept_expert_.push_back(c.expert);
+        kept_weight_.push_back(c.weight);
+        kept_cand_.push_back(cand_offset_[static_cast<std::size_t>(g)] + static_cast<std::int64_t>(i));
+      }
+    }
+  }
+  {  // dispatch: pack -> counts -> alltoallv -> unpack
+    perf::ScopedTimer timer(times, Phase::dispatch);
+    dispatch::pack_plan(kept_token_, kept_expert_, placement_, plan_);
+    ensure(send_, plan_.total_send * d_);
+    dispatch::gather_rows(x, plan_.send_token.data(), plan_.total_send, d_, send_.data());
+    dispatcher_->exchange_counts(plan_);
+    ensure(ex_in_, plan_.total_recv * d_);
+    dispatcher_->to_experts(plan_, send_.data(), ex_in_.data(), d_);
+  }
+  {  // experts
+    perf::ScopedTimer timer(times, Phase::expert);
+    const std::int64_t rows = plan_.total_recv;
+    ensure(ex_h_, rows * f_);
+    ensure(ex_a_, rows * f_);
+    ensure(ex_out_, rows * d_);
+    experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(), ex_out_.data());
+  }
+  {  // combine: alltoallv back, then y = x + sum_a w_a * expert_out_a
+    perf::ScopedTimer timer(times, Phase::combine);
+    ensure(back_, plan_.total_send * d_);
+    dispatcher_->from_experts(plan_, ex_out_.data(), back_.data(), d_);
+    std::copy_n(x, n * d_, y);
+    for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+      const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+      const T w = static_cast<T>(kept_weight_[a]);
+      T* yt = y + static_cast<std::int64_t>(kept_token_[a]) * d_;
+      const T* b = back_.data() + i * d_;
+      for (std::int64_t j = 0; j < d_; ++j) yt[j] += w * b[j];
+    }
+    stats_.sent_to.assign(plan_.send_rows.begin(), plan_.send_rows.end());
+  }
+}
+
+template <typename T>
+void MoELayer<T>::backward(const T* dy, T* dx, double aux_scale, double z_scale) {
+  const routing::Router& router = training_ ? *router_train_ : *router_eval_;
+  const std::int64_t S = router.group_tokens();
+  const std::int64_t G = n_ / S;
+  const std::int64_t n = n_;
+  std::copy_n(dy, n * d_, dx);  // residual path
+
+  // Combine backward: dL/dw_a = <dy_t, expert_out_a>, dL/dexpert_out_a = w_a dy_t.
+  dweight_.assign(static_cast<std::size_t>(cand_offset_.back()), 0.0);
+  for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+    const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+    const T w = static_cast<T>(kept_weight_[a]);
+    const T* dyt = dy + static_cast<std::int64_t>(kept_token_[a]) * d_;
+    const T* b = back_.data() + i * d_;
+    T* s = send_.data() + i * d_;
+    double dot = 0;
+    for (std::int64_t j = 0; j < d_; ++j) {
+      dot += static_cast<double>(dyt[j]) * static_cast<double>(b[j]);
+      s[j] = w * dyt[j];
+    }
+    dweight_[static_cast<std::size_t>(kept_cand_[a])] = dot;
+  }
+  // Gradients travel the dispatch path to the experts and the combine path back.
+  dispatcher_->to_experts(plan_, send_.data(), ex_out_.data(), d_);
+  experts_.backward(ex_in_.data(), ex_h_.data(), ex_a_.data(), ex_out_.data(), plan_.expert_offset);
+  dispatcher_->from_experts(plan_, ex_in_.data(), send_.data(), d_);
+  for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+    const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+    T* dxt = dx + static_cast<std::int64_t>(kept_token_[a]) * d_;
+    const T* s = send_.data() + i * d_;
+    for (std::int64_t j = 0; j < d_; ++j) dxt[j] += s[j];
+  }
+
+  // Router backward per group, then through the gate GEMM.
+  dlogits_.resize(static_cast<std::size_t>(n * E_));
+  ensure(dprobs_, S * E_);
+  for (std::int64_t g = 0; g < G; ++g) {
+    const auto off = static_cast<std::size_t>(g * S * E_);
+    const auto len = static_cast<std::size_t>(S * E_);
+    const routing::GroupRouting& r = groups_[static_cast<std::size_t>(g)];
+    router.backward(std::span<const double>(logits_).subspan(off, len), std::span<const double>(probs_).subspan(off, len), r,
+                    std::span<const double>(dweight_).subspan(static_cast<std::size_t>(cand_offset_[static_cast<std::size_t>(g)]), r.cands.size()),
+                    aux_scale, z_scale, std::span<double>(dprobs_).first(len),
+                    std::span<double>(dlogits_).subspan(off, len));
+  }
+  std::copy_n(dlogits_.begin(), n * E_, logits_t_.begin());
+  CMapM<T> dL(logits_t_.data(), n, E_);
+  MapM<T>(gwg_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dL;
+  MapM<T>(dx, n, d_).noalias() += dL * CMapM<T>(wg_, d_, E_).transpose();
+}
+
+template class MoELayer<float>;
+template class MoELayer<double>;
+
+}  // namespace moesim::model

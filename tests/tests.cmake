@@ -1,0 +1,10 @@
+# Test registry. Each helper/module adds its lines here.
+moesim_add_test(NAME test_config SOURCES unit/test_config.cpp)
+moesim_add_test(NAME test_io SOURCES unit/test_io.cpp)
+# test_io reads result files back with the raw HDF5 C API, but moesim_core keeps HDF5 PRIVATE.
+target_include_directories(test_io SYSTEM PRIVATE ${HDF5_INCLUDE_DIRS})
+target_link_libraries(test_io PRIVATE ${HDF5_C_LIBRARIES})
+moesim_add_test(NAME test_routing SOURCES unit/test_routing.cpp)
+
+moesim_add_test(NAME test_dispatch SOURCES mpi/test_dispatch.cpp RANKS 1 2 4 TIMEOUT 60)
+moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 300)
