@@ -12,16 +12,12 @@
 #include <numeric>
 #include <sstream>
 
+#include "moesim/bench/layer_bench.hpp"
+#include "moesim/build_info.hpp"  // generated: MOESIM_VERSION, MOESIM_GIT_COMMIT
 #include "moesim/io/result_file.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/train/trainer.hpp"
 
-#ifndef MOESIM_VERSION
-#define MOESIM_VERSION "0.0.0"
-#endif
-#ifndef MOESIM_GIT_COMMIT
-#define MOESIM_GIT_COMMIT "unknown"
-#endif
 
 namespace moesim::cli {
 namespace {
@@ -31,6 +27,7 @@ constexpr const char* kUsage =
     "  moesim run PARAMS.ini [--section.key=value ...]   train a distributed MoE model\n"
     "  moesim route [PARAMS.ini] --trace.input=IN.h5 --trace.output=OUT.h5 [--routing.key=value ...]\n"
     "                                                    replay a router-logits trace\n"
+    "  moesim bench PARAMS.ini [--section.key=value ...] time one MoE layer against pure GEMMs\n"
     "  moesim --help | moesim run --help                 list every parameter\n"
     "  moesim --version\n"
     "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
@@ -117,7 +114,8 @@ Invocation parse_command_line(int argc, char** argv) {
   }
   if (cmd == "run") inv.command = Command::run;
   else if (cmd == "route") inv.command = Command::route;
-  else throw UsageError("unknown command '" + cmd + "': allowed are run, route, --help, --version\n" + kUsage);
+  else if (cmd == "bench") inv.command = Command::bench;
+  else throw UsageError("unknown command '" + cmd + "': allowed are run, route, bench, --help, --version\n" + kUsage);
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -136,8 +134,8 @@ Invocation parse_command_line(int argc, char** argv) {
       throw UsageError("unexpected argument '" + a + "': only one parameter file is allowed (got '" + inv.param_file + "')");
     inv.param_file = a;
   }
-  if (inv.command == Command::run && inv.param_file.empty())
-    throw UsageError(std::string("moesim run needs a parameter file\n") + kUsage);
+  if ((inv.command == Command::run || inv.command == Command::bench) && inv.param_file.empty())
+    throw UsageError("moesim " + cmd + " needs a parameter file\n" + kUsage);
   return inv;
 }
 
@@ -312,6 +310,27 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
   comm.bcast(problem, 0);
   if (code != 0 && comm.rank() == 0) std::fprintf(stderr, "moesim: error: %s\n", problem.c_str());
   return static_cast<int>(code);
+}
+
+int run_bench(const Config& cfg, const comm::Comm& comm) {
+  const bench::LayerBenchResult r = bench::bench_layer(cfg, comm);
+  if (comm.rank() == 0) {
+    const double tflops = r.useful_gflop_fwd / (r.fwd_ms * 1e-3) / comm.size();
+    std::printf("bench layer E=%lld d_model=%lld d_ff=%lld tokens=%lld k=%lld cf=%s %s ranks=%d: "
+                "fwd %.2f ms (gemm %.2f ms, ratio %.3f) | fwd+bwd %.2f ms (gemm %.2f ms, ratio %.3f) | "
+                "useful %.1f GFLOP/s per rank fwd | deterministic %s\n",
+                static_cast<long long>(cfg.routing.num_experts), static_cast<long long>(cfg.model.d_model),
+                static_cast<long long>(cfg.model.d_ff), static_cast<long long>(cfg.data.tokens_per_step),
+                static_cast<long long>(cfg.routing.k), cfg.routing.capacity_factor.str().c_str(),
+                to_string(cfg.model.precision), comm.size(), r.fwd_ms, r.fwd_gemm_ms, r.fwd_ms / r.fwd_gemm_ms,
+                r.fwdbwd_ms, r.fwdbwd_gemm_ms, r.fwdbwd_ms / r.fwdbwd_gemm_ms, tflops,
+                r.deterministic ? "yes" : "NO");
+    std::printf("bench phases (ms per fwd+bwd iteration, max over ranks): gate %.2f dispatch %.2f expert %.2f "
+                "combine %.2f backward %.2f\n",
+                r.phase_ms[0], r.phase_ms[1], r.phase_ms[2], r.phase_ms[3], r.phase_ms[4]);
+    std::fflush(stdout);
+  }
+  return r.deterministic ? 0 : kExitRuntime;
 }
 
 int guarded(const comm::Comm& comm, const std::function<int()>& body) {

@@ -327,6 +327,11 @@ const std::vector<Field>& fields() {
         "trace.input", "path (route: required)", "moesim route: input trace (/logits [T,E])"));
     t.push_back(make_field<&C::trace, &TraceConfig::output>(
         "trace.output", "path (route: required, not trace.input)", "moesim route: output file"));
+    // bench
+    t.push_back(make_field<&C::bench, &BenchConfig::warmup>(
+        "bench.warmup", "integer >= 0", "moesim bench: untimed iterations before timing"));
+    t.push_back(make_field<&C::bench, &BenchConfig::iterations>(
+        "bench.iterations", "integer >= 1", "moesim bench: timed iterations"));
     return t;
   }();
   return table;
@@ -696,7 +701,7 @@ Config parse_config(const std::string& ini_text, const std::string& source_name,
 void validate(const Config& cfg, Mode mode, int ranks) {
   require(ranks >= 1, "(MPI ranks)", std::to_string(ranks), "must be >= 1");
   const std::string nranks = std::to_string(ranks);
-  const bool run = mode == Mode::run;
+  const bool run = mode == Mode::run || mode == Mode::bench;
 
   const ModelConfig& m = cfg.model;
   require_int(m.d_model, 1, "model.d_model");
@@ -780,6 +785,8 @@ void validate(const Config& cfg, Mode mode, int ranks) {
 
     require(!cfg.output.file.empty(), "output.file", cfg.output.file, "must be a non-empty path");
     require_int(cfg.output.log_every, 0, "output.log_every");
+    require_int(cfg.bench.warmup, 0, "bench.warmup");
+    require_int(cfg.bench.iterations, 1, "bench.iterations");
   } else {
     require(!cfg.trace.input.empty(), "trace.input", cfg.trace.input,
             "must name the input trace file (an HDF5 file with /logits [T,E]) for moesim route");

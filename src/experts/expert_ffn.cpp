@@ -69,20 +69,27 @@ void ExpertBank<T>::forward(const T* x, std::span<const std::int64_t> offset, T*
     if (n == 0) continue;
     const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
     CMapM<T> X(x + r0 * d_, n, d_);
-    MapM<T> H(h + r0 * f_, n, f_);
     MapM<T> A(a + r0 * f_, n, f_);
     MapM<T> Y(y + r0 * d_, n, d_);
-    H.noalias() = X * CMapM<T>(p.w1, d_, f_);
-    H.rowwise() += CMapRow<T>(p.b1, f_);
-    if (act_ == Activation::relu) A = H.cwiseMax(T(0));
-    else A = H.unaryExpr([](T v) { return gelu(v); });
+    const CMapRow<T> b1(p.b1, f_);
+    if (act_ == Activation::relu) {
+      // ReLU needs no pre-activation for its backward (the mask is a > 0): the GEMM writes
+      // straight into `a` and bias + ReLU is one pass over it.
+      A.noalias() = X * CMapM<T>(p.w1, d_, f_);
+      A = (A.rowwise() + b1).cwiseMax(T(0));
+    } else {
+      MapM<T> H(h + r0 * f_, n, f_);
+      H.noalias() = X * CMapM<T>(p.w1, d_, f_);
+      H.rowwise() += b1;
+      A = H.unaryExpr([](T v) { return gelu(v); });
+    }
     Y.noalias() = A * CMapM<T>(p.w2, f_, d_);
     Y.rowwise() += CMapRow<T>(p.b2, d_);
   }
 }
 
 template <typename T>
-void ExpertBank<T>::backward(T* x_then_dx, const T* h, T* a_then_dh, const T* dy,
+void ExpertBank<T>::backward(T* x_then_dx, T* h, T* a, const T* dy,
                              std::span<const std::int64_t> offset) {
   for (std::int64_t j = 0; j < count_; ++j) {
     const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
@@ -90,17 +97,34 @@ void ExpertBank<T>::backward(T* x_then_dx, const T* h, T* a_then_dh, const T* dy
     if (n == 0) continue;
     const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
     MapM<T> X(x_then_dx + r0 * d_, n, d_);
-    CMapM<T> H(h + r0 * f_, n, f_);
-    MapM<T> A(a_then_dh + r0 * f_, n, f_);
+    MapM<T> A(a + r0 * f_, n, f_);
+    MapM<T> H(h + r0 * f_, n, f_);
     CMapM<T> dY(dy + r0 * d_, n, d_);
     MapM<T>(p.gw2, f_, d_).noalias() += A.transpose() * dY;
     MapRow<T>(p.gb2, d_) += dY.colwise().sum();
-    A.noalias() = dY * CMapM<T>(p.w2, f_, d_).transpose();  // A now holds dL/da
-    if (act_ == Activation::relu) A.array() = (H.array() > T(0)).select(A.array(), T(0));
-    else A.array() *= H.array().unaryExpr([](T v) { return gelu_grad(v); });  // dL/dh
-    MapRow<T>(p.gb1, f_) += A.colwise().sum();
-    MapM<T>(p.gw1, d_, f_).noalias() += X.transpose() * A;
-    X.noalias() = A * CMapM<T>(p.w1, d_, f_).transpose();  // X now holds dL/dx
+    // dL/da, then dL/dh in place, with db1 accumulated in the same pass. ReLU keeps `a`
+    // for its mask and uses `h` as the buffer; GELU keeps `h` and reuses `a`.
+    const bool relu = act_ == Activation::relu;
+    MapM<T> dH(relu ? H.data() : A.data(), n, f_);
+    dH.noalias() = dY * CMapM<T>(p.w2, f_, d_).transpose();
+    T* gb1 = p.gb1;
+    for (std::int64_t r = 0; r < n; ++r) {
+      T* g = dH.data() + r * f_;
+      const T* mask_or_h = (relu ? A.data() : H.data()) + r * f_;
+      if (relu) {
+        for (std::int64_t c = 0; c < f_; ++c) {
+          g[c] = mask_or_h[c] > T(0) ? g[c] : T(0);
+          gb1[c] += g[c];
+        }
+      } else {
+        for (std::int64_t c = 0; c < f_; ++c) {
+          g[c] *= gelu_grad(mask_or_h[c]);
+          gb1[c] += g[c];
+        }
+      }
+    }
+    MapM<T>(p.gw1, d_, f_).noalias() += X.transpose() * dH;
+    X.noalias() = dH * CMapM<T>(p.w1, d_, f_).transpose();  // X now holds dL/dx
   }
 }
 

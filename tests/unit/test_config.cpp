@@ -78,6 +78,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.output.echo_config, b.output.echo_config);
   EXPECT_EQ(a.trace.input, b.trace.input);
   EXPECT_EQ(a.trace.output, b.trace.output);
+  EXPECT_EQ(a.bench.warmup, b.bench.warmup);
+  EXPECT_EQ(a.bench.iterations, b.bench.iterations);
 }
 
 // Every field differs from its default, and doubles need all 17 digits to survive.
@@ -125,6 +127,8 @@ Config all_non_default() {
   c.output.echo_config = false;
   c.trace.input = "in.h5";
   c.trace.output = "out.h5";
+  c.bench.warmup = 0;
+  c.bench.iterations = 11;
   return c;
 }
 
@@ -684,7 +688,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 42u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 44u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -702,7 +706,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 42u);
+  EXPECT_EQ(rows, 44u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }

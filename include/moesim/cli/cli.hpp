@@ -19,7 +19,7 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class Command { run, route, help, version };
+enum class Command { run, route, bench, help, version };
 
 struct Invocation {
   Command command = Command::help;
@@ -50,6 +50,9 @@ int run_experiment(const Config& cfg, const comm::Comm& comm);
 
 // `moesim route`: replays a logits trace through the router on rank 0 (outputs.md).
 int replay_trace(const Config& cfg, const comm::Comm& comm);
+
+// `moesim bench`: one MoE layer vs pure GEMMs of the same useful FLOPs (bench/layer_bench.hpp).
+int run_bench(const Config& cfg, const comm::Comm& comm);
 
 // Runs `body`; converts errors into a message printed once and an exit code:
 // ConfigError/UsageError -> 2 on every rank; other exceptions -> MPI_Abort(1).

@@ -88,6 +88,11 @@ struct TraceConfig {
   std::string output;  // moesim route: output file
 };
 
+struct BenchConfig {
+  std::int64_t warmup = 2;      // untimed iterations before the timed loop
+  std::int64_t iterations = 5;  // timed iterations (each timed loop: barrier, loop, barrier)
+};
+
 struct Config {
   ModelConfig model;
   RoutingConfig routing;
@@ -95,6 +100,7 @@ struct Config {
   DataConfig data;
   OutputConfig output;
   TraceConfig trace;
+  BenchConfig bench;
 };
 
 // A bad parameter: names the key, the offending value and what is allowed.
@@ -110,7 +116,7 @@ class ConfigError : public std::runtime_error {
 };
 
 // Which subcommand the parameters are for (route needs no training keys, run no trace keys).
-enum class Mode { run, route };
+enum class Mode { run, route, bench };  // bench validates like run
 
 // Parses INI text (may be empty) and then applies `overrides` ("--section.key=value" or
 // "--section.key value" tokens; the command line wins). `source_name` names the file in errors.

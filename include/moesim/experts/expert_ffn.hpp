@@ -28,14 +28,14 @@ class ExpertBank {
   [[nodiscard]] std::int64_t first() const { return first_; }
 
   // x [rows x d_model] expert-major, slice j = rows [offset[j], offset[j+1]).
-  // Writes pre-activation h [rows x d_ff], activation a [rows x d_ff], output y.
+  // Writes activation a [rows x d_ff] and output y; h [rows x d_ff] receives the
+  // pre-activation for GELU and is untouched for ReLU (whose backward needs only a > 0).
   void forward(const T* x, std::span<const std::int64_t> offset, T* h, T* a, T* y) const;
 
-  // Accumulates parameter gradients from dy. Destroys the saved activations: `a` is
-  // overwritten with dL/dh and `x` with dL/dx (each buffer is read before it is reused),
-  // so backward needs no extra memory and can run once per forward.
-  void backward(T* x_then_dx, const T* h, T* a_then_dh, const T* dy,
-                std::span<const std::int64_t> offset);
+  // Accumulates parameter gradients from dy. Destroys the saved activations: h or a
+  // becomes dL/dh and x becomes dL/dx (each buffer is read before it is reused), so
+  // backward needs no extra memory and runs once per forward.
+  void backward(T* x_then_dx, T* h, T* a, const T* dy, std::span<const std::int64_t> offset);
 
  private:
   struct Ids { int w1, b1, w2, b2; };
