@@ -16,7 +16,8 @@ void pack_plan(const std::vector<std::int32_t>& token, const std::vector<std::in
   plan.send_per_expert.assign(E, 0);
   for (std::int32_t e : expert) ++plan.send_per_expert[static_cast<std::size_t>(e)];
   // Counting sort by expert: stable, O(n + E).
-  std::vector<std::int64_t> cursor(E + 1, 0);
+  std::vector<std::int64_t>& cursor = plan.scratch;
+  cursor.assign(E + 1, 0);
   for (std::size_t e = 0; e < E; ++e) cursor[e + 1] = cursor[e] + plan.send_per_expert[e];
   plan.send_token.resize(n);
   plan.send_assignment.resize(n);
@@ -72,8 +73,9 @@ void AlltoallvDispatcher<T>::exchange_counts(Plan& plan) {
 namespace {
 // Copies blocks between source-major (peer, expert) and expert-major (expert, peer) order.
 template <typename T, bool ToExpertMajor>
-void reorder(const Plan& plan, std::size_t P, std::size_t per, const T* src, T* dst, std::int64_t width) {
-  std::vector<std::int64_t> fill(plan.expert_offset.begin(), plan.expert_offset.end() - 1);
+void reorder(Plan& plan, std::size_t P, std::size_t per, const T* src, T* dst, std::int64_t width) {
+  std::vector<std::int64_t>& fill = plan.scratch;
+  fill.assign(plan.expert_offset.begin(), plan.expert_offset.end() - 1);
   for (std::size_t p = 0; p < P; ++p) {
     std::int64_t source_row = plan.recv_displ[p];
     for (std::size_t j = 0; j < per; ++j) {
@@ -91,7 +93,7 @@ void reorder(const Plan& plan, std::size_t P, std::size_t per, const T* src, T* 
 }  // namespace
 
 template <typename T>
-void AlltoallvDispatcher<T>::to_experts(const Plan& plan, const T* send_order, T* expert_major,
+void AlltoallvDispatcher<T>::to_experts(Plan& plan, const T* send_order, T* expert_major,
                                         std::int64_t width) {
   const std::size_t P = static_cast<std::size_t>(placement_.ranks);
   const std::size_t per = static_cast<std::size_t>(placement_.per_rank());
@@ -104,7 +106,7 @@ void AlltoallvDispatcher<T>::to_experts(const Plan& plan, const T* send_order, T
 }
 
 template <typename T>
-void AlltoallvDispatcher<T>::from_experts(const Plan& plan, const T* expert_major, T* send_order,
+void AlltoallvDispatcher<T>::from_experts(Plan& plan, const T* expert_major, T* send_order,
                                           std::int64_t width) {
   const std::size_t P = static_cast<std::size_t>(placement_.ranks);
   const std::size_t per = static_cast<std::size_t>(placement_.per_rank());

@@ -80,8 +80,9 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
     std::copy_n(logits_t_.begin(), n * E_, logits_.begin());
     groups_.resize(static_cast<std::size_t>(G));
     cand_offset_.assign(static_cast<std::size_t>(G) + 1, 0);
-    stats_ = LayerStats{};
-    stats_.routed.assign(E, 0);
+    stats_.aux_sum = stats_.z_sum = 0;
+    stats_.assignments = stats_.dropped = 0;
+    stats_.routed.assign(E, 0);  // assign() keeps capacity: no allocation after step 1
     stats_.kept.assign(E, 0);
     stats_.groups = G;
     kept_token_.clear();

@@ -121,13 +121,16 @@ class PositionPolicy final : public DropPolicy {
   const char* name() const override { return "position"; }
   void apply(std::span<Candidate> cands, std::span<const double> /*probs*/, std::int64_t /*S*/,
              std::int64_t E, std::int64_t cap) const override {
-    std::vector<std::int32_t> fill(static_cast<std::size_t>(E), 0);
+    fill_.assign(static_cast<std::size_t>(E), 0);
     for (Candidate& c : cands) {
-      std::int32_t& n = fill[static_cast<std::size_t>(c.expert)];
+      std::int32_t& n = fill_[static_cast<std::size_t>(c.expert)];
       c.kept = cap < 0 || n < cap;
       c.slot = c.kept ? n++ : -1;
     }
   }
+
+ private:
+  mutable std::vector<std::int32_t> fill_;  // scratch, reused across groups and steps
 };
 
 // probs: per expert keep the C candidates with the largest probability (ties: lower
@@ -138,17 +141,20 @@ class ProbsPolicy final : public DropPolicy {
   void apply(std::span<Candidate> cands, std::span<const double> probs, std::int64_t /*S*/,
              std::int64_t E, std::int64_t cap) const override {
     if (cap < 0) {
-      PositionPolicy().apply(cands, probs, 0, E, cap);
+      unlimited_.apply(cands, probs, 0, E, cap);
       return;
     }
-    std::vector<std::vector<std::size_t>> per_expert(static_cast<std::size_t>(E));
+    per_expert_.resize(static_cast<std::size_t>(E));
+    for (auto& list : per_expert_) list.clear();
     for (std::size_t i = 0; i < cands.size(); ++i)
-      per_expert[static_cast<std::size_t>(cands[i].expert)].push_back(i);
+      per_expert_[static_cast<std::size_t>(cands[i].expert)].push_back(i);
     for (std::int64_t e = 0; e < E; ++e) {
-      auto& list = per_expert[static_cast<std::size_t>(e)];
+      auto& list = per_expert_[static_cast<std::size_t>(e)];
       const auto prob = [&](std::size_t i) { return probs[static_cast<std::size_t>(cands[i].token * E + e)]; };
       if (static_cast<std::int64_t>(list.size()) > cap) {
-        std::stable_sort(list.begin(), list.end(), [&](std::size_t a, std::size_t b) {
+        // (prob, token) is a strict total order here (one candidate per token and expert),
+        // so std::sort is deterministic and, unlike stable_sort, allocates nothing.
+        std::sort(list.begin(), list.end(), [&](std::size_t a, std::size_t b) {
           if (prob(a) != prob(b)) return prob(a) > prob(b);
           return cands[a].token < cands[b].token;
         });
@@ -156,9 +162,15 @@ class ProbsPolicy final : public DropPolicy {
       }
       for (std::size_t i : list) cands[i].kept = true;
     }
-    std::vector<std::int32_t> fill(static_cast<std::size_t>(E), 0);
-    for (Candidate& c : cands) c.slot = c.kept ? fill[static_cast<std::size_t>(c.expert)]++ : -1;
+    fill_.assign(static_cast<std::size_t>(E), 0);
+    for (Candidate& c : cands) c.slot = c.kept ? fill_[static_cast<std::size_t>(c.expert)]++ : -1;
   }
+
+ private:
+  PositionPolicy unlimited_;
+  // Scratch reused across groups and steps (no allocation once warm).
+  mutable std::vector<std::vector<std::size_t>> per_expert_;
+  mutable std::vector<std::int32_t> fill_;
 };
 
 }  // namespace

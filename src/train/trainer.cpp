@@ -103,7 +103,8 @@ class Trainer {
 
     // One SUM allreduce of every count (exact in double below 2^53) and one MAX of times.
     const auto LE = static_cast<std::size_t>(L_ * E_);
-    std::vector<double> sum(5 + 2 * LE, 0.0);
+    std::vector<double>& sum = sum_;  // member: no per-step allocation
+    sum.assign(5 + 2 * LE + 1, 0.0);
     sum[0] = sums.ce_sum;
     for (int l = 0; l < L_; ++l) {
       const model::LayerStats& st = model_.layer(l).stats();
@@ -119,9 +120,10 @@ class Trainer {
     }
     double bytes = 0;
     for (int l = 0; l < L_; ++l) bytes += static_cast<double>(model_.layer(l).bytes_sent());
-    sum.push_back(bytes);
+    sum.back() = bytes;
     comm_.allreduce(std::span<double>(sum), comm::ReduceOp::sum);
-    std::vector<double> mx(times.seconds.begin(), times.seconds.end());
+    std::vector<double>& mx = max_;
+    mx.assign(times.seconds.begin(), times.seconds.end());
     mx.push_back(local_step);
     comm_.allreduce(std::span<double>(mx), comm::ReduceOp::max);
 
@@ -196,6 +198,7 @@ class Trainer {
   std::vector<T> x_, xe_;
   std::vector<std::int32_t> y_, ye_;
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
+  std::vector<double> sum_, max_;      // per-step reduction buffers
 };
 
 }  // namespace

@@ -43,6 +43,7 @@ struct Plan {
   std::vector<int> recv_displ;                // [P] source-major offsets
   std::vector<std::int64_t> expert_offset;    // [E_local + 1] expert-major slice offsets
   std::int64_t total_send = 0, total_recv = 0;
+  std::vector<std::int64_t> scratch;          // pack/unpack cursors, reused across steps
 };
 
 // Builds the send side of `plan` from per-assignment (local token, global expert) lists
@@ -61,11 +62,12 @@ class Dispatcher {
   // counts: fills the receive side of the plan (one small all-to-all).
   virtual void exchange_counts(Plan& plan) = 0;
   // Send-order rows [total_send x width] -> expert-major rows [total_recv x width].
-  virtual void to_experts(const Plan& plan, const T* send_order, T* expert_major,
+  virtual void to_experts(Plan& plan, const T* send_order, T* expert_major,
                           std::int64_t width) = 0;
   // Expert-major rows [total_recv x width] -> send-order rows [total_send x width].
-  virtual void from_experts(const Plan& plan, const T* expert_major, T* send_order,
+  virtual void from_experts(Plan& plan, const T* expert_major, T* send_order,
                             std::int64_t width) = 0;
+  // (The plan is non-const in to_experts/from_experts only for its scratch cursors.)
   // Bytes this rank handed to the all-to-all so far (all peers incl. itself).
   [[nodiscard]] std::int64_t bytes_sent() const { return bytes_sent_; }
   void reset_bytes() { bytes_sent_ = 0; }
@@ -81,9 +83,9 @@ class AlltoallvDispatcher final : public Dispatcher<T> {
   AlltoallvDispatcher(const comm::Comm& comm, Placement placement);
   const char* name() const override { return "alltoallv"; }
   void exchange_counts(Plan& plan) override;
-  void to_experts(const Plan& plan, const T* send_order, T* expert_major,
+  void to_experts(Plan& plan, const T* send_order, T* expert_major,
                   std::int64_t width) override;
-  void from_experts(const Plan& plan, const T* expert_major, T* send_order,
+  void from_experts(Plan& plan, const T* expert_major, T* send_order,
                     std::int64_t width) override;
 
  private:
