@@ -9,3 +9,14 @@ moesim_add_test(NAME test_routing SOURCES unit/test_routing.cpp)
 moesim_add_test(NAME test_dispatch SOURCES mpi/test_dispatch.cpp RANKS 1 2 4 TIMEOUT 60)
 moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 300)
 moesim_add_test(NAME test_alloc SOURCES mpi/test_alloc.cpp RANKS 1 2 TIMEOUT 60)
+
+# Regression tier (tests/regression/*.py, Debian's python3 with h5py + numpy): end-to-end runs of
+# the moesim program on 1-2 ranks, checked against shared/spec/outputs.md and routing.md.
+foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke)
+  add_test(NAME regression_${moesim_regression_script}
+           COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/${moesim_regression_script}.py
+                   --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                   --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+  set_tests_properties(regression_${moesim_regression_script} PROPERTIES TIMEOUT 120 PROCESSORS 2
+                       LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+endforeach()

@@ -68,7 +68,7 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
   layer.bind(store);
 
   // Inputs keyed by global token id: the same tokens whatever the rank count.
-  std::vector<T> x(static_cast<std::size_t>(N * d)), y(x.size()), dy(x.size()), dx(x.size()), y_first(x.size());
+  AlignedVector<T> x(static_cast<std::size_t>(N * d)), y(x.size()), dy(x.size()), dx(x.size()), y_first(x.size());
   for (std::int64_t t = 0; t < N; ++t) {
     const CounterRng rng(cfg.training.seed, Stream::data_train, static_cast<std::uint64_t>(comm.rank() * N + t));
     for (std::int64_t j = 0; j < d; ++j) {

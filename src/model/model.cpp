@@ -37,7 +37,7 @@ Model<T>::Model(const Config& cfg, const comm::Comm& comm, std::int64_t train_to
   store_.initialize(cfg.training.seed);
   for (auto& layer : layers_) layer->bind(store_);
   const std::int64_t n = std::max(train_tokens, eval_tokens);
-  act_.assign(static_cast<std::size_t>(cfg.model.layers) + 1, std::vector<T>(static_cast<std::size_t>(n * d_)));
+  act_.assign(static_cast<std::size_t>(cfg.model.layers) + 1, AlignedVector<T>(static_cast<std::size_t>(n * d_)));
   logits_.resize(static_cast<std::size_t>(n * C));
   class_probs_.resize(static_cast<std::size_t>(n * C));
   grad_a_.resize(static_cast<std::size_t>(n * d_));

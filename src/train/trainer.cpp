@@ -195,7 +195,7 @@ class Trainer {
   data::ClusterTask task_;
   model::Model<T> model_;
   Optimizer<T> opt_;
-  std::vector<T> x_, xe_;
+  AlignedVector<T> x_, xe_;
   std::vector<std::int32_t> y_, ye_;
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
   std::vector<double> sum_, max_;      // per-step reduction buffers

@@ -12,6 +12,9 @@ template <typename T>
 int ParamStore<T>::add(std::string name, ParamKind kind, std::int64_t size, double init_std) {
   if (allocated_) throw std::logic_error("ParamStore::add after allocate: " + name);
   std::int64_t& used = kind == ParamKind::replicated ? rep_size_ : exp_size_;
+  // Every tensor starts on a 64-byte boundary (see aligned.hpp); the padding stays zero.
+  constexpr auto per_line = static_cast<std::int64_t>(kBufferAlignment / sizeof(T));
+  used = (used + per_line - 1) / per_line * per_line;
   entries_.push_back(Entry{std::move(name), kind, used, size, init_std});
   used += size;
   return static_cast<int>(entries_.size() - 1);

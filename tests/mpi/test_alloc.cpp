@@ -1,6 +1,6 @@
 // "Allocate once per run, not per step": after warm-up, a training step of a MoE layer
 // (forward + backward with dispatch and combine) makes no C++ heap allocation.
-// Counted: global operator new (every std::vector and container of ours). Not counted:
+// Counted: global operator new, plain and aligned (every container of ours). Not counted:
 // malloc inside MPI and Eigen's GEMM workspace, which are outside our containers.
 #include <gtest/gtest.h>
 
@@ -23,8 +23,16 @@ void* operator new(std::size_t n) {
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
+void* operator new(std::size_t n, std::align_val_t a) {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+  const auto al = static_cast<std::size_t>(a);
+  if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
+  throw std::bad_alloc();
+}
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace moesim;
 

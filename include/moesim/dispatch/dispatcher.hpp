@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moesim/comm/comm.hpp"
+#include "moesim/util/aligned.hpp"
 
 namespace moesim::dispatch {
 
@@ -91,7 +92,7 @@ class AlltoallvDispatcher final : public Dispatcher<T> {
  private:
   const comm::Comm& comm_;
   Placement placement_;
-  std::vector<T> staging_;  // source-major rows; grows to the high-water mark, never shrinks
+  AlignedVector<T> staging_;  // source-major rows; grows to the high-water mark, never shrinks
 };
 
 // Gathers rows: out[i] = in[index[i]] for rows of `width` (the pack stage).

@@ -14,6 +14,7 @@
 #include "moesim/config/config.hpp"
 #include "moesim/model/moe_layer.hpp"
 #include "moesim/perf/timers.hpp"
+#include "moesim/util/aligned.hpp"
 #include "moesim/util/params.hpp"
 
 namespace moesim::model {
@@ -54,10 +55,10 @@ class Model {
   const T* inputs_ = nullptr;
   const std::int32_t* labels_ = nullptr;
   std::int64_t n_ = 0;
-  std::vector<std::vector<T>> act_;  // [L+1] activations [n x d]
-  std::vector<T> logits_;            // [n x 2]
+  std::vector<AlignedVector<T>> act_;  // [L+1] activations [n x d]
+  AlignedVector<T> logits_;          // [n x 2]
   std::vector<double> class_probs_;  // [n x 2]
-  std::vector<T> grad_a_, grad_b_;   // [n x d] ping-pong gradients
+  AlignedVector<T> grad_a_, grad_b_;  // [n x d] ping-pong gradients
 };
 
 }  // namespace moesim::model

@@ -16,6 +16,7 @@
 #include "moesim/experts/expert_ffn.hpp"
 #include "moesim/perf/timers.hpp"
 #include "moesim/routing/router.hpp"
+#include "moesim/util/aligned.hpp"
 #include "moesim/util/params.hpp"
 
 namespace moesim::model {
@@ -72,7 +73,7 @@ class MoELayer {
   const T* x_ = nullptr;
   std::int64_t n_ = 0;
   bool training_ = true;
-  std::vector<T> logits_t_;           // [n x E] in T (gate GEMM output; later dlogits)
+  AlignedVector<T> logits_t_;         // [n x E] in T (gate GEMM output; later dlogits)
   std::vector<double> logits_, probs_;  // [n x E]
   std::vector<routing::GroupRouting> groups_;
   std::vector<std::int64_t> cand_offset_;  // first flat candidate index of each group
@@ -80,8 +81,8 @@ class MoELayer {
   std::vector<double> kept_weight_;    // combine weight per kept assignment (pack order)
   std::vector<std::int64_t> kept_cand_;  // flat candidate index per kept assignment
   dispatch::Plan plan_;
-  std::vector<T> send_, back_;         // [send x d] packed rows; expert outputs back
-  std::vector<T> ex_in_, ex_h_, ex_a_, ex_out_;  // expert-major [recv x d|f]
+  AlignedVector<T> send_, back_;       // [send x d] packed rows; expert outputs back
+  AlignedVector<T> ex_in_, ex_h_, ex_a_, ex_out_;  // expert-major [recv x d|f]
   std::vector<double> dweight_, dprobs_, dlogits_;
   LayerStats stats_;
 };

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "moesim/util/aligned.hpp"
+
 namespace moesim {
 
 enum class ParamKind { replicated, expert };
@@ -50,11 +52,11 @@ class ParamStore {
   void zero_grads();
 
  private:
-  std::vector<T>& arena(ParamKind k) { return k == ParamKind::replicated ? rep_ : exp_; }
-  std::vector<T>& garena(ParamKind k) { return k == ParamKind::replicated ? rep_grad_ : exp_grad_; }
+  AlignedVector<T>& arena(ParamKind k) { return k == ParamKind::replicated ? rep_ : exp_; }
+  AlignedVector<T>& garena(ParamKind k) { return k == ParamKind::replicated ? rep_grad_ : exp_grad_; }
   std::vector<Entry> entries_;
   std::int64_t rep_size_ = 0, exp_size_ = 0;
-  std::vector<T> rep_, exp_, rep_grad_, exp_grad_;
+  AlignedVector<T> rep_, exp_, rep_grad_, exp_grad_;  // tensors start on 64-byte boundaries
   bool allocated_ = false;
 };
 

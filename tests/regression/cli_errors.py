@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""Regression: bad input exits with code 2 on every rank, names key/value/allowed, creates no file.
+
+Contract (shared/spec/outputs.md, "Command line"): exit 0 on success, 2 on bad parameters or input
+files with a message naming the key, the value and what is allowed; every rank exits, none hangs.
+Each error case runs twice on 2 ranks:
+  1. plainly: mpiexec's exit code must be 2, stderr must hold the message, nothing may hang
+     (60 s timeout) and no file may appear in the working directory;
+  2. each rank wrapped in `sh -c 'moesim ...; echo $? > rc.RANK; exit 0'`: every rank must
+     have exited by itself with code 2 (a rank killed by mpiexec or MPI_Abort leaves no rc file).
+"""
+import itertools
+import os
+import shlex
+import sys
+
+sys.dont_write_bytecode = True  # keep tests/regression free of __pycache__
+
+from regtest import Regression
+
+R = Regression(__doc__.splitlines()[0])
+# Open MPI waits odls_base_sigkill_timeout (1 s) after a non-zero exit before it tears the job
+# down; the ranks here have exited already, so skip that wait (it only costs time).
+os.environ.setdefault("OMPI_MCA_odls_base_sigkill_timeout", "0")
+RANKS = 2
+_wrapped_runs = itertools.count()
+
+
+def base_ini(output):
+    return f"""# tiny valid parameter file for the error cases
+[model]
+d_model = 8
+d_ff = 16
+layers = 1
+
+[routing]
+num_experts = 4
+k = 2
+
+[training]
+steps = 3
+
+[data]
+tokens_per_step = 64
+eval_tokens = 64
+input_dim = 8
+num_clusters = 4
+
+[output]
+file = {output}
+log_every = 1
+"""
+
+
+def listing():
+    """Every file under the temp dir except the per-rank exit-code directory."""
+    out = set()
+    for root, dirs, files in os.walk(R.tmp):
+        dirs[:] = [d for d in dirs if not d.startswith("rankrc")]
+        out.update(os.path.relpath(os.path.join(root, f), R.tmp) for f in files)
+    return out
+
+
+def per_rank_exit_codes(args, tag):
+    """Runs moesim on RANKS ranks, each in a shell that records its own exit code."""
+    rcdir = R.path(f"rankrc_{tag}")
+    os.makedirs(rcdir)
+    rank_var = "${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${PMI_RANK:-unknown}}}"
+    script = (f'{shlex.quote(R.moesim)} "$@" >/dev/null 2>&1; rc=$?; '
+              f'echo $rc > {shlex.quote(rcdir)}/rc.{rank_var}; exit 0')
+    res = R.run(R.mpi_cmd(RANKS, ["sh", "-c", script, "sh"] + list(args), program=[]))
+    codes = {}
+    for name in sorted(os.listdir(rcdir)):
+        with open(os.path.join(rcdir, name)) as f:
+            codes[name.split(".", 1)[1]] = int(f.read().strip())
+    return res, codes
+
+
+def error_case(title, args, needles, code=2, per_rank=True):
+    """`needles`: substrings stderr must contain (case-insensitive); a tuple = any one of them."""
+    R.section(f"{title}: moesim {' '.join(args)}")
+    before = listing()
+    res = R.mpirun(RANKS, args)
+    R.check(not res.timed_out, "finishes within 60 s (no rank left waiting)", res.describe)
+    R.check(res.rc == code, f"mpiexec exit code is {code} (got {res.rc})", res.describe)
+    err = res.err.lower()
+    for n in needles:
+        alts = n if isinstance(n, tuple) else (n,)
+        R.check(any(a.lower() in err for a in alts),
+                "stderr names " + " or ".join(repr(a) for a in alts), res.describe)
+    new = listing() - before
+    R.check(not new, "no file created", lambda: f"new files: {sorted(new)}")
+    R.check(not os.path.exists("/nonexistent_dir"), "/nonexistent_dir not created")
+    if per_rank:
+        res2, codes = per_rank_exit_codes(args, next(_wrapped_runs))
+        R.check(not res2.timed_out, "wrapped run finishes within 60 s", res2.describe)
+        R.check(sorted(codes) == [str(r) for r in range(RANKS)] and all(c == code for c in codes.values()),
+                f"every rank exits with {code} by itself (per-rank codes {codes})", res2.describe)
+        new = listing() - before
+        R.check(not new, "no file created by the wrapped run", lambda: f"new files: {sorted(new)}")
+
+
+# ---------------------------------------------------------------------------------------------
+out_h5 = R.path("out.h5")
+base = R.write("base.ini", base_ini(out_h5))
+
+R.section("the valid base parameter file runs (so the error cases are not vacuous)")
+res = R.mpirun(RANKS, ["run", base])
+R.check(res.rc == 0 and not res.timed_out, f"exit code 0 (got {res.rc})", res.describe)
+R.check(os.path.isfile(out_h5), f"result file {out_h5} written")
+if os.path.isfile(out_h5):
+    chk = R.h5check(out_h5)
+    R.check(chk.rc == 0, "tools/h5check.py accepts it: " + chk.out.strip(), chk.describe)
+    os.remove(out_h5)
+res, codes = per_rank_exit_codes(["run", base], "valid")
+R.check(codes == {"0": 0, "1": 0}, f"wrapped valid run: every rank exits 0 ({codes})", res.describe)
+if os.path.isfile(out_h5):
+    os.remove(out_h5)
+
+# parameter files for the file-borne errors
+R.write("typo.ini", base_ini(out_h5).replace("k = 2\n", "k = 2\ncapacity_factr = 1.5\n"))
+R.write("dup.ini", base_ini(out_h5).replace("d_ff = 16\n", "d_ff = 16\nd_model = 16\n"))
+R.write("experts3.ini", base_ini(out_h5).replace("num_experts = 4", "num_experts = 3"))
+
+error_case("missing parameter file", ["run", R.path("no_such_params.ini")],
+           ["no_such_params.ini", "parameter file", ("cannot be opened", "existing", "readable")])
+error_case("unknown key in the INI file", ["run", R.path("typo.ini")],
+           ["routing.capacity_factr", "1.5", "unknown key", "typo.ini"])
+error_case("unknown key on the command line", ["run", base, "--routing.capacity_factr=1.5"],
+           ["routing.capacity_factr", "1.5", "unknown key"])
+error_case("bad enum value", ["run", base, "--routing.rule=bogus"],
+           ["routing.rule", "bogus", "topk", "switch"])
+error_case("k larger than the number of experts", ["run", base, "--routing.num_experts=8", "--routing.k=9"],
+           ["routing.k", "9", "8"])
+error_case("negative capacity factor", ["run", base, "--routing.capacity_factor=-1"],
+           ["routing.capacity_factor", "-1", ">= 0"])
+error_case("experts not divisible by the rank count", ["run", R.path("experts3.ini")],
+           ["routing.num_experts", "3", "divisible"])
+error_case("group size does not divide the rank's share",
+           ["run", base, "--data.tokens_per_step=1000", "--routing.group_size=256"],
+           ["routing.group_size", "256", "divide"])
+error_case("non-numeric integer", ["run", base, "--model.d_model=abc"],
+           ["model.d_model", "abc", "integer"])
+error_case("duplicate key in the INI file", ["run", R.path("dup.ini")],
+           ["model.d_model", "twice", "dup.ini"])
+error_case("unwritable output path", ["run", base, "--output.file=/nonexistent_dir/x.h5"],
+           ["output.file", "/nonexistent_dir/x.h5", "writable"])
+error_case("unknown subcommand", ["frobnicate"], ["frobnicate", "run", "route"])
+error_case("run without a parameter file", ["run"], ["parameter file"])
+
+# ---------------------------------------------------------------------------------------------
+for args in (["--help"], ["run", "--help"]):
+    R.section(f"moesim {' '.join(args)}")
+    before = listing()
+    res = R.mpirun(RANKS, args)
+    R.check(res.rc == 0 and not res.timed_out, f"exit code 0 (got {res.rc})", res.describe)
+    for key in ["routing.capacity_factor", "routing.drop_policy", "routing.group_size", "output.file",
+                "model.d_model", "training.steps"]:
+        R.check(key in res.out, f"stdout lists {key}", res.describe)
+    R.check("topk" in res.out and "position" in res.out and "probs" in res.out,
+            "stdout lists allowed values (topk, position, probs)", res.describe)
+    R.check("routing.capacity_factor = 1.25" in res.out, "stdout shows the default 'routing.capacity_factor = 1.25'",
+            res.describe)
+    R.check(res.out.count("routing.capacity_factor =") == 1, "printed once (rank 0 only), not once per rank",
+            res.describe)
+    R.check(not (listing() - before), "no file created")
+
+R.finish()
