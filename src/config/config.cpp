@@ -40,10 +40,18 @@ constexpr Named<Activation> kActivationNames[] = {{Activation::relu, "relu"},
                                                   {Activation::gelu, "gelu"}};
 constexpr Named<Precision> kPrecisionNames[] = {{Precision::float32, "float32"},
                                                 {Precision::float64, "float64"}};
-constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::topk, "topk"},
-                                                 {RoutingRuleKind::switch_top1, "switch"}};
-constexpr Named<DropPolicyKind> kDropPolicyNames[] = {{DropPolicyKind::position, "position"},
-                                                      {DropPolicyKind::probs, "probs"}};
+constexpr Named<RoutingRuleKind> kRuleNames[] = {
+    {RoutingRuleKind::dense, "dense"},       {RoutingRuleKind::topk, "topk"},
+    {RoutingRuleKind::noisy_topk, "noisy_topk"}, {RoutingRuleKind::switch_top1, "switch"},
+    {RoutingRuleKind::gshard, "gshard"},     {RoutingRuleKind::expert_choice, "expert_choice"},
+    {RoutingRuleKind::hash, "hash"},         {RoutingRuleKind::base, "base"}};
+constexpr Named<DropPolicyKind> kDropPolicyNames[] = {
+    {DropPolicyKind::position, "position"},
+    {DropPolicyKind::choice_position, "choice_position"},
+    {DropPolicyKind::probs, "probs"},
+    {DropPolicyKind::priority, "priority"}};
+constexpr Named<DispatchKind> kDispatchNames[] = {{DispatchKind::alltoallv, "alltoallv"},
+                                                  {DispatchKind::alltoall_padded, "alltoall_padded"}};
 constexpr Named<OptimizerKind> kOptimizerNames[] = {{OptimizerKind::sgd, "sgd"},
                                                     {OptimizerKind::adam, "adam"}};
 
@@ -54,6 +62,7 @@ constexpr std::span<const Named<DropPolicyKind>> names_of(DropPolicyKind) {
   return kDropPolicyNames;
 }
 constexpr std::span<const Named<OptimizerKind>> names_of(OptimizerKind) { return kOptimizerNames; }
+constexpr std::span<const Named<DispatchKind>> names_of(DispatchKind) { return kDispatchNames; }
 
 template <class E>
 const char* enum_name(E v) {
@@ -271,6 +280,26 @@ const std::vector<Field>& fields() {
         "routing.aux_loss_coef", "number >= 0", "coefficient of the load-balance loss"));
     t.push_back(make_field<&C::routing, &RoutingConfig::z_loss_coef>(
         "routing.z_loss_coef", "number >= 0", "coefficient of the router z-loss"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::aux_gshard_loss_coef>(
+        "routing.aux_gshard_loss_coef", "number >= 0",
+        "coefficient of the GShard (first-choice) balance loss"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::importance_loss_coef>(
+        "routing.importance_loss_coef", "number >= 0",
+        "coefficient of Shazeer's importance CV^2 loss"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::load_loss_coef>(
+        "routing.load_loss_coef", "number >= 0", "coefficient of Shazeer's load CV^2 loss"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::jitter_eps>(
+        "routing.jitter_eps", "number in [0, 1)",
+        "switch: multiplicative router-input jitter U[1-eps, 1+eps] (0 = off)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::random_routing>(
+        "routing.random_routing", bools.c_str(),
+        "gshard: keep the 2nd expert only if 2*g2 > U(0,1)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::bias_update_rate>(
+        "routing.bias_update_rate", "number >= 0",
+        "aux-loss-free balancing (DeepSeek-V3): expert-bias update rate u (0 = off)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::dispatch>(
+        "routing.dispatch", enum_list<DispatchKind>("|").c_str(),
+        "token exchange: variable-size alltoallv or capacity-padded alltoall"));
     // training
     t.push_back(make_field<&C::training, &TrainingConfig::steps>("training.steps", "integer >= 1",
                                                                  "optimizer steps"));
@@ -327,6 +356,14 @@ const std::vector<Field>& fields() {
         "trace.input", "path (route: required)", "moesim route: input trace (/logits [T,E])"));
     t.push_back(make_field<&C::trace, &TraceConfig::output>(
         "trace.output", "path (route: required, not trace.input)", "moesim route: output file"));
+    // checkpoint
+    t.push_back(make_field<&C::checkpoint, &CheckpointConfig::every>(
+        "checkpoint.every", "integer >= 0", "write a checkpoint every N steps (0 = never)"));
+    t.push_back(make_field<&C::checkpoint, &CheckpointConfig::file>(
+        "checkpoint.file", "path", "checkpoint path; empty = output.file + \".ckpt\""));
+    t.push_back(make_field<&C::checkpoint, &CheckpointConfig::resume>(
+        "checkpoint.resume", bools.c_str(),
+        "continue from checkpoint.file if it exists (moesim run --resume)"));
     // bench
     t.push_back(make_field<&C::bench, &BenchConfig::warmup>(
         "bench.warmup", "integer >= 0", "moesim bench: untimed iterations before timing"));
@@ -727,11 +764,38 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   require_real(r.aux_loss_coef, r.aux_loss_coef >= 0, "routing.aux_loss_coef",
                "must be a number >= 0");
   require_real(r.z_loss_coef, r.z_loss_coef >= 0, "routing.z_loss_coef", "must be a number >= 0");
+  require_real(r.aux_gshard_loss_coef, r.aux_gshard_loss_coef >= 0, "routing.aux_gshard_loss_coef",
+               "must be a number >= 0");
+  require_real(r.importance_loss_coef, r.importance_loss_coef >= 0,
+               "routing.importance_loss_coef", "must be a number >= 0");
+  require_real(r.load_loss_coef, r.load_loss_coef >= 0, "routing.load_loss_coef",
+               "must be a number >= 0");
+  require_real(r.jitter_eps, r.jitter_eps >= 0 && r.jitter_eps < 1, "routing.jitter_eps",
+               "must be a number in [0, 1)");
+  require_real(r.bias_update_rate, r.bias_update_rate >= 0, "routing.bias_update_rate",
+               "must be a number >= 0");
+  // Parts of the routing toolkit that are not built yet are refused here, with the key and
+  // value, rather than failing later at run time.
+  require(r.rule == RoutingRuleKind::topk || r.rule == RoutingRuleKind::switch_top1,
+          "routing.rule", to_string(r.rule), "is not implemented yet; available: topk|switch");
+  require(r.drop_policy == DropPolicyKind::position || r.drop_policy == DropPolicyKind::probs,
+          "routing.drop_policy", to_string(r.drop_policy),
+          "is not implemented yet; available: position|probs");
+  require(r.dispatch == DispatchKind::alltoallv, "routing.dispatch", to_string(r.dispatch),
+          "is not implemented yet; available: alltoallv");
+  require(r.aux_gshard_loss_coef == 0 && r.importance_loss_coef == 0 && r.load_loss_coef == 0,
+          "routing.aux_gshard_loss_coef/importance_loss_coef/load_loss_coef", "non-zero",
+          "these losses are not implemented yet; must be 0");
+  require(r.jitter_eps == 0, "routing.jitter_eps", std::to_string(r.jitter_eps),
+          "is not implemented yet; must be 0");
+  require(r.bias_update_rate == 0, "routing.bias_update_rate", std::to_string(r.bias_update_rate),
+          "is not implemented yet; must be 0");
 
   // Strings are checked in both modes: to_ini writes all of them into every result file.
   require_ini_safe(cfg.data.task, "data.task");
   require_ini_safe(cfg.output.file, "output.file");
   require_ini_safe(cfg.trace.input, "trace.input");
+  require_ini_safe(cfg.checkpoint.file, "checkpoint.file");
   require_ini_safe(cfg.trace.output, "trace.output");
 
   if (run) {
@@ -787,6 +851,11 @@ void validate(const Config& cfg, Mode mode, int ranks) {
     require_int(cfg.output.log_every, 0, "output.log_every");
     require_int(cfg.bench.warmup, 0, "bench.warmup");
     require_int(cfg.bench.iterations, 1, "bench.iterations");
+    require_int(cfg.checkpoint.every, 0, "checkpoint.every");
+    require(cfg.checkpoint.every == 0, "checkpoint.every", std::to_string(cfg.checkpoint.every),
+            "checkpoints are not implemented yet; must be 0");
+    require(!cfg.checkpoint.resume, "checkpoint.resume", "true",
+            "checkpoints are not implemented yet; must be false");
   } else {
     require(!cfg.trace.input.empty(), "trace.input", cfg.trace.input,
             "must name the input trace file (an HDF5 file with /logits [T,E]) for moesim route");
@@ -850,5 +919,6 @@ const char* to_string(Precision v) { return enum_name(v); }
 const char* to_string(RoutingRuleKind v) { return enum_name(v); }
 const char* to_string(DropPolicyKind v) { return enum_name(v); }
 const char* to_string(OptimizerKind v) { return enum_name(v); }
+const char* to_string(DispatchKind v) { return enum_name(v); }
 
 }  // namespace moesim

@@ -179,6 +179,7 @@ std::unique_ptr<RoutingRule> make_rule(const RoutingConfig& cfg) {
   switch (cfg.rule) {
     case RoutingRuleKind::topk: return std::make_unique<TopKRule>(cfg.k, cfg.renormalize, "topk");
     case RoutingRuleKind::switch_top1: return std::make_unique<TopKRule>(1, false, "switch");
+    default: break;
   }
   throw std::invalid_argument("unknown routing rule");
 }
@@ -187,6 +188,7 @@ std::unique_ptr<DropPolicy> make_drop_policy(const RoutingConfig& cfg) {
   switch (cfg.drop_policy) {
     case DropPolicyKind::position: return std::make_unique<PositionPolicy>();
     case DropPolicyKind::probs: return std::make_unique<ProbsPolicy>();
+    default: break;
   }
   throw std::invalid_argument("unknown drop policy");
 }

@@ -80,6 +80,16 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.trace.output, b.trace.output);
   EXPECT_EQ(a.bench.warmup, b.bench.warmup);
   EXPECT_EQ(a.bench.iterations, b.bench.iterations);
+  EXPECT_EQ(a.routing.aux_gshard_loss_coef, b.routing.aux_gshard_loss_coef);
+  EXPECT_EQ(a.routing.importance_loss_coef, b.routing.importance_loss_coef);
+  EXPECT_EQ(a.routing.load_loss_coef, b.routing.load_loss_coef);
+  EXPECT_EQ(a.routing.jitter_eps, b.routing.jitter_eps);
+  EXPECT_EQ(a.routing.random_routing, b.routing.random_routing);
+  EXPECT_EQ(a.routing.bias_update_rate, b.routing.bias_update_rate);
+  EXPECT_EQ(a.routing.dispatch, b.routing.dispatch);
+  EXPECT_EQ(a.checkpoint.every, b.checkpoint.every);
+  EXPECT_EQ(a.checkpoint.file, b.checkpoint.file);
+  EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
 }
 
 // Every field differs from its default, and doubles need all 17 digits to survive.
@@ -129,6 +139,16 @@ Config all_non_default() {
   c.trace.output = "out.h5";
   c.bench.warmup = 0;
   c.bench.iterations = 11;
+  c.routing.aux_gshard_loss_coef = 0.25;
+  c.routing.importance_loss_coef = 0.125;
+  c.routing.load_loss_coef = 0.0625;
+  c.routing.jitter_eps = 0.01;
+  c.routing.random_routing = false;
+  c.routing.bias_update_rate = 1e-3;
+  c.routing.dispatch = DispatchKind::alltoall_padded;
+  c.checkpoint.every = 10;
+  c.checkpoint.file = "ck.h5";
+  c.checkpoint.resume = true;
   return c;
 }
 
@@ -688,7 +708,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 44u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 54u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -706,7 +726,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 44u);
+  EXPECT_EQ(rows, 54u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }

@@ -24,8 +24,10 @@ struct Rational {
 
 enum class Activation { relu, gelu };
 enum class Precision { float32, float64 };
-enum class RoutingRuleKind { topk, switch_top1 };  // INI names: "topk", "switch"
-enum class DropPolicyKind { position, probs };
+// INI names: dense, topk, noisy_topk, switch, gshard, expert_choice, hash, base.
+enum class RoutingRuleKind { dense, topk, noisy_topk, switch_top1, gshard, expert_choice, hash, base };
+enum class DropPolicyKind { position, choice_position, probs, priority };
+enum class DispatchKind { alltoallv, alltoall_padded };  // variable-size or capacity-padded exchange
 enum class OptimizerKind { sgd, adam };
 
 struct ModelConfig {
@@ -50,6 +52,13 @@ struct RoutingConfig {
   std::int64_t group_size = 0;  // tokens per routing group; 0 = each rank's share is one group
   double aux_loss_coef = 0.01;  // coefficient of the load-balance loss
   double z_loss_coef = 0.0;     // coefficient of the router z-loss
+  double aux_gshard_loss_coef = 0.0;  // coefficient of the GShard (first-choice) balance loss
+  double importance_loss_coef = 0.0;  // coefficient of Shazeer's importance CV^2 loss
+  double load_loss_coef = 0.0;        // coefficient of Shazeer's load CV^2 loss
+  double jitter_eps = 0.0;            // switch: multiplicative router-input jitter U[1-eps,1+eps]
+  bool random_routing = true;         // gshard: keep the 2nd expert only if 2*g2 > U(0,1)
+  double bias_update_rate = 0.0;      // aux-loss-free balancing (DeepSeek-V3) rate u; 0 = off
+  DispatchKind dispatch = DispatchKind::alltoallv;  // token exchange implementation
 };
 
 struct TrainingConfig {
@@ -88,6 +97,12 @@ struct TraceConfig {
   std::string output;  // moesim route: output file
 };
 
+struct CheckpointConfig {
+  std::int64_t every = 0;  // write a checkpoint every N steps (0 = never)
+  std::string file;        // checkpoint path; empty = output.file + ".ckpt"
+  bool resume = false;     // continue from checkpoint.file if it exists (moesim run --resume)
+};
+
 struct BenchConfig {
   std::int64_t warmup = 2;      // untimed iterations before the timed loop
   std::int64_t iterations = 5;  // timed iterations (each timed loop: barrier, loop, barrier)
@@ -100,6 +115,7 @@ struct Config {
   DataConfig data;
   OutputConfig output;
   TraceConfig trace;
+  CheckpointConfig checkpoint;
   BenchConfig bench;
 };
 
@@ -142,6 +158,7 @@ const char* to_string(Activation v);
 const char* to_string(Precision v);
 const char* to_string(RoutingRuleKind v);
 const char* to_string(DropPolicyKind v);
+const char* to_string(DispatchKind v);
 const char* to_string(OptimizerKind v);
 
 }  // namespace moesim
