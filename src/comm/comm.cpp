@@ -140,6 +140,23 @@ void Comm::gather_raw(const void* send, void* recv, std::size_t n, DType t, int 
   check(MPI_Gather(send, count, to_mpi(t), recv, count, to_mpi(t), root, impl_->comm), "MPI_Gather");
 }
 
+std::vector<char> Comm::gatherv_bytes(std::span<const char> send, int root) const {
+  const int mine = to_int_count(send.size(), "MPI_Gatherv");
+  std::vector<int> counts(impl_->rank == root ? static_cast<std::size_t>(impl_->size) : 0U);
+  check(MPI_Gather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, root, impl_->comm), "MPI_Gather");
+  std::vector<int> displ(counts.size(), 0);
+  std::size_t total = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    displ[r] = to_int_count(total, "MPI_Gatherv");
+    total += static_cast<std::size_t>(counts[r]);
+  }
+  std::vector<char> out(total);
+  check(MPI_Gatherv(send.data(), mine, MPI_BYTE, out.data(), counts.data(), displ.data(), MPI_BYTE, root,
+                    impl_->comm),
+        "MPI_Gatherv");
+  return out;
+}
+
 void Comm::alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const {
   const int count = to_int_count(n_per_peer, "MPI_Alltoall");
   check(MPI_Alltoall(send, count, to_mpi(t), recv, count, to_mpi(t), impl_->comm), "MPI_Alltoall");

@@ -852,10 +852,7 @@ void validate(const Config& cfg, Mode mode, int ranks) {
     require_int(cfg.bench.warmup, 0, "bench.warmup");
     require_int(cfg.bench.iterations, 1, "bench.iterations");
     require_int(cfg.checkpoint.every, 0, "checkpoint.every");
-    require(cfg.checkpoint.every == 0, "checkpoint.every", std::to_string(cfg.checkpoint.every),
-            "checkpoints are not implemented yet; must be 0");
-    require(!cfg.checkpoint.resume, "checkpoint.resume", "true",
-            "checkpoints are not implemented yet; must be false");
+
   } else {
     require(!cfg.trace.input.empty(), "trace.input", cfg.trace.input,
             "must name the input trace file (an HDF5 file with /logits [T,E]) for moesim route");

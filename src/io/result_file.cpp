@@ -359,6 +359,86 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   impl_ = std::move(impl);
 }
 
+namespace {
+Column open_column(hid_t loc, std::string_view file, std::string_view group, const char* name) {
+  Column col{h5::Dataset{}, child_path(group, name)};
+  col.ds = h5::Dataset(check(H5Dopen2(loc, name, H5P_DEFAULT), file, col.name, "opening the dataset (resume)"));
+  return col;
+}
+
+// Number of leading rows of a 1-D int64 `step` column whose value passes `keep`.
+template <class Keep>
+hsize_t leading_rows(const Column& col, std::string_view file, Keep keep) {
+  h5::Space space(check(H5Dget_space(col.ds.get()), file, col.name, "getting the dataspace"));
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  std::vector<std::int64_t> v(static_cast<std::size_t>(std::max<hssize_t>(n, 0)));
+  if (!v.empty())
+    check(H5Dread(col.ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), file, col.name,
+          "reading the step column");
+  hsize_t rows = 0;
+  while (rows < v.size() && keep(v[rows])) ++rows;
+  return rows;
+}
+
+void truncate_rows(Column& col, std::string_view file, hsize_t rows) {
+  h5::Space space(check(H5Dget_space(col.ds.get()), file, col.name, "getting the dataspace"));
+  std::array<hsize_t, 3> dims{};
+  const int rank = check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), file, col.name,
+                         "reading the shape");
+  (void)rank;
+  dims[0] = rows;
+  check(H5Dset_extent(col.ds.get(), dims.data()), file, col.name, "truncating the dataset (resume)");
+}
+}  // namespace
+
+ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta, std::int64_t resume_step) {
+  h5::ErrorSilencer quiet;
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->ranks = meta.ranks;
+  impl->load_tail = {static_cast<hsize_t>(meta.layers), static_cast<hsize_t>(meta.num_experts)};
+  const std::string_view f = impl->path;
+  h5::Plist fapl = make_create_fapl(f);
+  impl->file = h5::File(check(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()), f, "/",
+                              "reopening the result file to resume"));
+  const hid_t root = impl->file.get();
+  impl->steps = h5::Group(check(H5Gopen2(root, "steps", H5P_DEFAULT), f, "/steps", "opening the group"));
+  impl->eval = h5::Group(check(H5Gopen2(root, "eval", H5P_DEFAULT), f, "/eval", "opening the group"));
+  const hid_t steps = impl->steps.get(), eval = impl->eval.get();
+  impl->step_step = open_column(steps, f, "/steps", "step");
+  for (const auto& field : kStepF64) impl->step_f64.push_back(open_column(steps, f, "/steps", field.name));
+  impl->step_bytes = open_column(steps, f, "/steps", "bytes_alltoall");
+  impl->expert_load = open_column(steps, f, "/steps", "expert_load");
+  impl->expert_kept = open_column(steps, f, "/steps", "expert_kept");
+  impl->eval_step = open_column(eval, f, "/eval", "step");
+  for (const auto& field : kEvalF64) impl->eval_f64.push_back(open_column(eval, f, "/eval", field.name));
+  {  // the load datasets must have this run's [L, E]
+    h5::Space space(check(H5Dget_space(impl->expert_load.ds.get()), f, "/steps/expert_load", "getting the dataspace"));
+    std::array<hsize_t, 3> dims{};
+    if (H5Sget_simple_extent_ndims(space.get()) != 3 ||
+        check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), f, "/steps/expert_load", "shape") != 3 ||
+        dims[1] != impl->load_tail[0] || dims[2] != impl->load_tail[1])
+      throw std::runtime_error("result file '" + path + "' cannot be resumed: its expert_load is not [S, " +
+                               std::to_string(meta.layers) + ", " + std::to_string(meta.num_experts) + "]");
+  }
+  const hsize_t keep_steps = leading_rows(impl->step_step, f, [&](std::int64_t s) { return s < resume_step; });
+  const hsize_t keep_evals = leading_rows(impl->eval_step, f, [&](std::int64_t s) { return s <= resume_step; });
+  for (Column* c : {&impl->step_step, &impl->step_bytes, &impl->expert_load, &impl->expert_kept})
+    truncate_rows(*c, f, keep_steps);
+  for (auto& c : impl->step_f64) truncate_rows(c, f, keep_steps);
+  truncate_rows(impl->eval_step, f, keep_evals);
+  for (auto& c : impl->eval_f64) truncate_rows(c, f, keep_evals);
+  impl->step_rows = keep_steps;
+  impl->eval_rows = keep_evals;
+  impl->last_step = resume_step - 1;
+  overwrite_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
+  overwrite_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
+  if (H5Lexists(root, "summary", H5P_DEFAULT) > 0)  // written again by finish()
+    check(H5Ldelete(root, "summary", H5P_DEFAULT), f, "/summary", "removing the old summary");
+  check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
+  impl_ = std::move(impl);
+}
+
 ResultWriter::~ResultWriter() {
   // Error path (no finish()): close whatever is open, leaving complete = 0. Never throws.
   if (impl_ && !impl_->finished) {

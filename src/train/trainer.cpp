@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <span>
 
 #include "moesim/data/cluster_task.hpp"
 #include "moesim/model/model.hpp"
 #include "moesim/perf/timers.hpp"
+#include "moesim/train/checkpoint.hpp"
 #include "moesim/train/optimizer.hpp"
 
 namespace moesim::train {
@@ -55,8 +57,10 @@ class Trainer {
     RunResult res;
     const std::int64_t steps = cfg_.training.steps;
     std::vector<double> step_times;
-    evaluate(0, res);
-    for (std::int64_t step = 0; step < steps; ++step) {
+    res.start_step = maybe_resume();
+    if (res.start_step == 0) evaluate(0, res);
+    const std::int64_t every_ckpt = cfg_.checkpoint.every;
+    for (std::int64_t step = res.start_step; step < steps; ++step) {
       io::StepRecord rec = train_step(step);
       res.loss.push_back(rec.loss);
       res.task_loss.push_back(rec.task_loss);
@@ -68,6 +72,12 @@ class Trainer {
       const std::int64_t done = step + 1;
       const std::int64_t every = cfg_.training.eval_every;
       if ((every > 0 && done % every == 0) || done == steps) evaluate(done, res);
+      const bool periodic = every_ckpt > 0 && done % every_ckpt == 0;
+      if (periodic || stop_all_) save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
+      if (stop_all_ && done < steps) {  // preempted: the checkpoint above lets a requeued job continue
+        res.preempted = true;
+        break;
+      }
     }
     for (double t : step_times) res.train_seconds += t;
     res.tokens_per_second = res.train_seconds > 0 ? static_cast<double>(B_ * steps) / res.train_seconds : 0;
@@ -124,8 +134,10 @@ class Trainer {
     comm_.allreduce(std::span<double>(sum), comm::ReduceOp::sum);
     std::vector<double>& mx = max_;
     mx.assign(times.seconds.begin(), times.seconds.end());
+    mx.push_back(stop_requested() ? 1.0 : 0.0);  // a signal on any rank stops every rank
     mx.push_back(local_step);
     comm_.allreduce(std::span<double>(mx), comm::ReduceOp::max);
+    stop_all_ = mx[mx.size() - 2] > 0;
 
     io::StepRecord rec;
     rec.step = step;
@@ -150,6 +162,17 @@ class Trainer {
     rec.time_sync = mx[static_cast<std::size_t>(Phase::sync)];
     rec.time_step = mx.back();
     return rec;
+  }
+
+  // checkpoint.resume with an existing checkpoint: load it and return its step (else 0).
+  std::int64_t maybe_resume() {
+    if (!cfg_.checkpoint.resume) return 0;
+    const std::string path = checkpoint_path(cfg_);
+    std::int64_t exists = 0;
+    if (comm_.rank() == 0) exists = std::filesystem::exists(path) ? 1 : 0;
+    comm_.bcast(std::span<std::int64_t>(&exists, 1), 0);
+    if (!exists) return 0;  // nothing to resume: a fresh start (first attempt of a job)
+    return load_checkpoint(path, model_, opt_, comm_);
   }
 
   void evaluate(std::int64_t done, RunResult& res) {
@@ -199,6 +222,7 @@ class Trainer {
   std::vector<std::int32_t> y_, ye_;
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
   std::vector<double> sum_, max_;      // per-step reduction buffers
+  bool stop_all_ = false;              // some rank was asked to stop (signal)
 };
 
 }  // namespace

@@ -13,6 +13,10 @@
 #include "moesim/model/moe_layer.hpp"
 #include "moesim/util/rng.hpp"
 
+// Our replacement new uses malloc and delete uses free, a matched pair; GCC 12 cannot see
+// that through inlining (false -Wmismatched-new-delete).
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocations{0};

@@ -85,6 +85,10 @@ class Comm {
     gather_raw(send.data(), recv.data(), send.size(), dtype_of<T>(), root);
   }
 
+  // Gathers a variable number of bytes from every rank to `root`, concatenated in rank
+  // order (empty on other ranks). For rare, bulky transfers such as checkpoints.
+  [[nodiscard]] std::vector<char> gatherv_bytes(std::span<const char> send, int root) const;
+
   // Fixed-size all-to-all: `send` and `recv` hold size()*n elements, block p for peer p.
   template <typename T>
   void alltoall(std::span<const T> send, std::span<T> recv) const {

@@ -53,6 +53,10 @@ class ResultWriter {
   // Creates (truncates) `path`, writes the root attributes with complete = 0 and creates the
   // extendible /steps and /eval datasets. Throws std::runtime_error naming the path on failure.
   ResultWriter(const std::string& path, const RunMetadata& meta);
+  // Resume: reopens an existing result file of the same shape, keeps the /steps rows with
+  // step < resume_step and the /eval rows with step <= resume_step (a resumed run rewrites
+  // the rest), sets complete = 0 and updates `ranks`. Throws if the file does not fit.
+  ResultWriter(const std::string& path, const RunMetadata& meta, std::int64_t resume_step);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;

@@ -30,6 +30,8 @@ struct RunResult {
   double step_time_median = 0;
   double dropped_fraction_mean = 0;
   std::vector<std::int64_t> traffic_tokens;  // [P x P] on rank 0 (empty elsewhere)
+  std::int64_t start_step = 0;          // > 0 when resumed from a checkpoint
+  bool preempted = false;               // stopped early on a signal (checkpoint written)
 };
 
 // Runs cfg.training.steps steps at the precision cfg.model.precision selects.
