@@ -17,7 +17,8 @@ foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke s
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/${moesim_regression_script}.py
                    --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
                    --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
-  set_tests_properties(regression_${moesim_regression_script} PROPERTIES TIMEOUT 120 PROCESSORS 2
+  set_tests_properties(regression_${moesim_regression_script} PROPERTIES TIMEOUT 300 PROCESSORS 2
                        LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
 endforeach()
 moesim_add_test(NAME test_checkpoint SOURCES mpi/test_checkpoint.cpp RANKS 1 2 4 TIMEOUT 120)
+moesim_add_test(NAME test_layouts SOURCES mpi/test_layouts.cpp RANKS 2 4 TIMEOUT 120)

@@ -112,6 +112,14 @@ Comm& Comm::operator=(Comm&&) noexcept = default;
 Comm Comm::world() { return Comm(std::make_unique<Impl>(MPI_COMM_WORLD)); }
 Comm Comm::self() { return Comm(std::make_unique<Impl>(MPI_COMM_SELF)); }
 
+Comm Comm::split(int color, int key) const {
+  MPI_Comm part = MPI_COMM_NULL;
+  check(MPI_Comm_split(impl_->comm, color, key, &part), "MPI_Comm_split");
+  auto impl = std::make_unique<Impl>(part);  // duplicates `part` with our error handler
+  MPI_Comm_free(&part);
+  return Comm(std::move(impl));
+}
+
 int Comm::rank() const { return impl_->rank; }
 int Comm::size() const { return impl_->size; }
 
@@ -160,6 +168,14 @@ std::vector<char> Comm::gatherv_bytes(std::span<const char> send, int root) cons
 void Comm::alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const {
   const int count = to_int_count(n_per_peer, "MPI_Alltoall");
   check(MPI_Alltoall(send, count, to_mpi(t), recv, count, to_mpi(t), impl_->comm), "MPI_Alltoall");
+}
+
+void Comm::alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width,
+                             DType t) const {
+  MPI_Datatype row = impl_->row_type(t, row_width);
+  check(MPI_Alltoall(send, to_int_count(static_cast<std::size_t>(rows), "MPI_Alltoall"), row, recv,
+                     to_int_count(static_cast<std::size_t>(rows), "MPI_Alltoall"), row, impl_->comm),
+        "MPI_Alltoall");
 }
 
 void Comm::alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,

@@ -750,8 +750,10 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   const std::string E = std::to_string(r.num_experts);
   require_int(r.num_experts, 1, "routing.num_experts");
   if (run) {
-    require(r.num_experts % ranks == 0, "routing.num_experts", E,
-            "must be divisible by the number of MPI ranks (" + nranks + ")");
+    require(r.num_experts % ranks == 0 || ranks % r.num_experts == 0, "routing.num_experts", E,
+            "must be divisible by the number of MPI ranks (" + nranks +
+                ") or divide it (fewer experts than ranks: each expert is replicated on ranks / "
+                "num_experts ranks)");
   }
   require(r.k >= 1 && r.k <= r.num_experts, "routing.k", std::to_string(r.k),
           "must be an integer in [1, routing.num_experts = " + E + "]");
@@ -781,8 +783,12 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   require(r.drop_policy == DropPolicyKind::position || r.drop_policy == DropPolicyKind::probs,
           "routing.drop_policy", to_string(r.drop_policy),
           "is not implemented yet; available: position|probs");
-  require(r.dispatch == DispatchKind::alltoallv, "routing.dispatch", to_string(r.dispatch),
-          "is not implemented yet; available: alltoallv");
+  require(r.dispatch != DispatchKind::alltoall_padded ||
+              (!r.dropless && r.capacity_factor.num > 0 && r.eval_capacity_factor.num > 0 &&
+               r.rule != RoutingRuleKind::dense),
+          "routing.dispatch", to_string(r.dispatch),
+          "needs a capacity to pad to: not with routing.dropless = true, a capacity factor of 0 "
+          "or routing.rule = dense (use alltoallv)");
   require(r.aux_gshard_loss_coef == 0 && r.importance_loss_coef == 0 && r.load_loss_coef == 0,
           "routing.aux_gshard_loss_coef/importance_loss_coef/load_loss_coef", "non-zero",
           "these losses are not implemented yet; must be 0");

@@ -36,11 +36,11 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       f_(cfg.model.d_ff),
       E_(cfg.routing.num_experts),
       index_(index),
-      placement_{cfg.routing.num_experts, comm.size()},
+      placement_{cfg.routing.num_experts, comm.size(), comm.rank()},
       router_train_(std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, train_tokens))),
       router_eval_(std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, eval_tokens))),
-      dispatcher_(std::make_unique<dispatch::AlltoallvDispatcher<T>>(comm, placement_)),
-      experts_(store, "layer" + std::to_string(index), placement_.first_local(comm.rank()),
+      dispatcher_(dispatch::make_dispatcher<T>(cfg.routing.dispatch == DispatchKind::alltoall_padded, comm, placement_)),
+      experts_(store, "layer" + std::to_string(index), placement_.first_local(),
                placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
                cfg.model.init_scale) {
   gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
@@ -119,6 +119,9 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
     dispatch::pack_plan(kept_token_, kept_expert_, placement_, plan_);
     ensure(send_, plan_.total_send * d_);
     dispatch::gather_rows(x, plan_.send_token.data(), plan_.total_send, d_, send_.data());
+    // Capacity padding (alltoall_padded): a (src, dst) block holds at most C rows per
+    // destination expert and local group.
+    plan_.padded_rows = std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
     dispatcher_->exchange_counts(plan_);
     ensure(ex_in_, plan_.total_recv * d_);
     dispatcher_->to_experts(plan_, send_.data(), ex_in_.data(), d_);

@@ -1,6 +1,7 @@
 // Checkpoint save/load and stop signals (checkpoint.hpp).
 #include "moesim/train/checkpoint.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -64,6 +65,9 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
     const auto& e = store.entry(static_cast<int>(id));
     // Replicated tensors are identical everywhere: rank 0 contributes them.
     if (e.kind == ParamKind::replicated && comm.rank() != 0) continue;
+    // Expert replicas (E < P) are identical: the first replica group contributes them.
+    const int group_ranks = std::min<int>(comm.size(), static_cast<int>(cfg.routing.num_experts));
+    if (e.kind == ParamKind::expert && comm.rank() >= group_ranks) continue;
     buf.assign(store.value(static_cast<int>(id)), store.value(static_cast<int>(id)) + e.size);
     put(bytes, tensor_name("param", e.name), buf.data(), buf.size());
     for (int s = 0; s < opt.state_slots(); ++s) {

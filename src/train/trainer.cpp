@@ -39,6 +39,9 @@ class Trainer {
         L_(cfg.model.layers),
         E_(cfg.routing.num_experts),
         task_(cfg.data, cfg.training.seed),
+        // Expert replicas (fewer experts than ranks) average gradients within their set.
+        replica_comm_(comm.split(comm.rank() % std::min<int>(comm.size(), static_cast<int>(cfg.routing.num_experts)),
+                                 comm.rank())),
         model_(cfg, comm, N_, Ne_),
         opt_(cfg.training, model_.params()) {
     const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : N_;
@@ -107,6 +110,8 @@ class Trainer {
       perf::ScopedTimer timer(&times, Phase::sync);
       // Replicated parameters: one fused allreduce of the whole gradient arena.
       comm_.allreduce(model_.params().grads(ParamKind::replicated), comm::ReduceOp::sum);
+      if (replica_comm_.size() > 1)
+        replica_comm_.allreduce(model_.params().grads(ParamKind::expert), comm::ReduceOp::sum);
       opt_.step(model_.params());
     }
     const double local_step = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -216,6 +221,7 @@ class Trainer {
   std::int64_t E_;
   std::int64_t global_groups_ = 1;
   data::ClusterTask task_;
+  comm::Comm replica_comm_;  // the ranks holding the same experts (size 1 unless E < P)
   model::Model<T> model_;
   Optimizer<T> opt_;
   AlignedVector<T> x_, xe_;

@@ -36,7 +36,9 @@ def rank_pids(marker):
 
 def main():
     t = Regression(__doc__)
+    # The quick-start model, made smaller so the 5 runs stay fast under sanitizers.
     common = [QUICKSTART, f"--training.steps={STEPS}", "--training.eval_every=50", "--output.log_every=0",
+              "--model.d_ff=64", "--data.tokens_per_step=512", "--data.eval_tokens=1024",
               "--output.echo_config=false", "--checkpoint.every=25"]
 
     t.section("uninterrupted reference run (2 ranks)")

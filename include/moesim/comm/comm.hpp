@@ -53,6 +53,8 @@ class Comm {
  public:
   static Comm world();  // a duplicate of MPI_COMM_WORLD
   static Comm self();   // a duplicate of MPI_COMM_SELF (single-rank runs, tools)
+  // Collective: the ranks with the same `color` form a new communicator, ordered by `key`.
+  [[nodiscard]] Comm split(int color, int key) const;
   ~Comm();
   Comm(Comm&&) noexcept;
   Comm& operator=(Comm&&) noexcept;
@@ -96,6 +98,13 @@ class Comm {
                  dtype_of<T>());
   }
 
+  // Fixed-size all-to-all of rows: `rows_per_peer` rows of `row_width` elements to and
+  // from every peer (block p at row p * rows_per_peer).
+  template <typename T>
+  void alltoall_rows(const T* send, T* recv, std::int64_t rows_per_peer, std::int64_t row_width) const {
+    alltoall_rows_raw(send, recv, rows_per_peer, row_width, dtype_of<T>());
+  }
+
   // Variable-size all-to-all of rows of `row_width` elements: counts and displacements
   // are in rows (a contiguous row datatype keeps counts small for wide rows).
   template <typename T>
@@ -113,6 +122,7 @@ class Comm {
   void bcast_raw(void* data, std::size_t n, DType t, int root) const;
   void gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const;
   void alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const;
+  void alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width, DType t) const;
   void alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
                      const int* rcounts, const int* rdispl, std::int64_t row_width,
                      DType t) const;

@@ -20,13 +20,26 @@
 
 namespace moesim::dispatch {
 
-// Experts e = 0..E-1 are placed in contiguous blocks: rank r owns [r*E/P, (r+1)*E/P).
+// Where experts live. The ranks form replica groups of G = min(E, P) consecutive ranks;
+// every group hosts all E experts once, in contiguous blocks of E/G experts per rank.
+// E >= P (E divisible by P): one group, plain expert parallelism. E < P (P divisible by E):
+// P/E groups, each expert replicated on P/E ranks (expert-data parallelism); a token goes
+// to the replica in its own rank's group, and replicas average their gradients.
 struct Placement {
   std::int64_t num_experts = 1;  // E
   int ranks = 1;                 // P
-  [[nodiscard]] std::int64_t per_rank() const { return num_experts / ranks; }
-  [[nodiscard]] int owner(std::int64_t expert) const { return static_cast<int>(expert / per_rank()); }
-  [[nodiscard]] std::int64_t first_local(int rank) const { return rank * per_rank(); }
+  int rank = 0;                  // this rank
+  [[nodiscard]] int group_ranks() const {
+    return num_experts >= ranks ? ranks : static_cast<int>(num_experts);
+  }
+  [[nodiscard]] int replicas() const { return ranks / group_ranks(); }
+  [[nodiscard]] std::int64_t per_rank() const { return num_experts / group_ranks(); }
+  [[nodiscard]] int group() const { return rank / group_ranks(); }
+  // The rank that computes `expert` for this rank's tokens: its replica in our group.
+  [[nodiscard]] int owner(std::int64_t expert) const {
+    return group() * group_ranks() + static_cast<int>(expert / per_rank());
+  }
+  [[nodiscard]] std::int64_t first_local() const { return (rank % group_ranks()) * per_rank(); }
 };
 
 // One layer's exchange plan for one step. The send side is filled by the caller (pack);
@@ -36,6 +49,7 @@ struct Plan {
   std::vector<std::int32_t> send_token;       // local token row of each send row
   std::vector<std::int64_t> send_assignment;  // caller's index of the assignment (e.g. candidate)
   std::vector<int> send_per_expert;           // [E] rows this rank sends to each global expert
+  std::vector<int> send_per_peer_expert;      // [P * E_local] rows to peer p's local expert j
   std::vector<int> send_rows;                 // [P] rows to each peer
   std::vector<int> send_displ;                // [P] first row of each peer's block
   // --- receive side ---
@@ -44,6 +58,7 @@ struct Plan {
   std::vector<int> recv_displ;                // [P] source-major offsets
   std::vector<std::int64_t> expert_offset;    // [E_local + 1] expert-major slice offsets
   std::int64_t total_send = 0, total_recv = 0;
+  std::int64_t padded_rows = 0;               // capacity-padded exchange: rows per (src, dst) block
   std::vector<std::int64_t> scratch;          // pack/unpack cursors, reused across steps
 };
 
@@ -77,6 +92,10 @@ class Dispatcher {
   std::int64_t bytes_sent_ = 0;
 };
 
+// Chooses the implementation routing.dispatch names.
+template <typename T>
+std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm, Placement placement);
+
 // MPI_Alltoallv of exactly the kept rows: no padding to capacity.
 template <typename T>
 class AlltoallvDispatcher final : public Dispatcher<T> {
@@ -93,6 +112,24 @@ class AlltoallvDispatcher final : public Dispatcher<T> {
   const comm::Comm& comm_;
   Placement placement_;
   AlignedVector<T> staging_;  // source-major rows; grows to the high-water mark, never shrinks
+};
+
+// MPI_Alltoall of fixed blocks of plan.padded_rows rows per (src, dst) pair: what a
+// capacity-padded implementation (GShard / Switch on TPUs, DeepSpeed's default) sends.
+// Same results as AlltoallvDispatcher; more bytes, no per-step count-dependent layout.
+template <typename T>
+class AlltoallPaddedDispatcher final : public Dispatcher<T> {
+ public:
+  AlltoallPaddedDispatcher(const comm::Comm& comm, Placement placement);
+  const char* name() const override { return "alltoall_padded"; }
+  void exchange_counts(Plan& plan) override;
+  void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
+  void from_experts(Plan& plan, const T* expert_major, T* send_order, std::int64_t width) override;
+
+ private:
+  const comm::Comm& comm_;
+  Placement placement_;
+  AlignedVector<T> send_blocks_, recv_blocks_;  // [P x padded_rows x width], grow-only
 };
 
 // Gathers rows: out[i] = in[index[i]] for rows of `width` (the pack stage).
