@@ -200,6 +200,7 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
     meta.seed = cfg.training.seed;
     meta.layers = cfg.model.layers;
     meta.num_experts = cfg.routing.num_experts;
+    meta.num_clusters = cfg.data.num_clusters;
     try {
       // Resuming: keep the result rows before the checkpoint's step and continue the file.
       const std::string ckpt = train::checkpoint_path(cfg);

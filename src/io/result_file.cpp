@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
@@ -151,7 +152,7 @@ Column create_extendible(hid_t loc, std::string_view file, std::string_view grou
                          std::span<const hsize_t> tail, hsize_t chunk_rows, const char* description,
                          const char* units = nullptr) {
   Column col{h5::Dataset{}, child_path(group, name)};
-  std::array<hsize_t, 3> dims{}, maxdims{}, chunk{};
+  std::array<hsize_t, 4> dims{}, maxdims{}, chunk{};
   const int rank = static_cast<int>(tail.size()) + 1;
   dims[0] = 0;
   maxdims[0] = H5S_UNLIMITED;
@@ -171,7 +172,7 @@ Column create_extendible(hid_t loc, std::string_view file, std::string_view grou
 // Grows `col` to row + 1 rows and writes row `row` (tail-shaped, from `data`).
 void append_row(Column& col, std::string_view file, hsize_t row, std::span<const hsize_t> tail, hid_t mem_type,
                 const void* data) {
-  std::array<hsize_t, 3> dims{}, start{}, count{};
+  std::array<hsize_t, 4> dims{}, start{}, count{};
   const int rank = static_cast<int>(tail.size()) + 1;
   dims[0] = row + 1;
   start[0] = row;
@@ -266,6 +267,9 @@ struct ResultWriter::Impl {
   Column eval_step;
   std::vector<Column> eval_f64;  // parallel to kEvalF64
   hsize_t step_rows = 0, eval_rows = 0;
+  std::int64_t clusters = 0;
+  // Research-metric datasets, created on first use ("steps/<name>", "eval/<name>").
+  std::map<std::string, Column> extra;
   std::int64_t last_step = 0;
   bool finished = false;
 
@@ -283,11 +287,62 @@ struct ResultWriter::Impl {
     }
     for (auto& c : step_f64) c.ds.reset();
     for (auto& c : eval_f64) c.ds.reset();
+    for (auto& [name, c] : extra) c.ds.reset();
     steps.reset();
     eval.reset();
     return file.close();
   }
 };
+
+namespace {
+// One row of a research-metric dataset, created on first use with a fill value (NaN for
+// floats, -1 for counts), so the rows of steps before it existed read as "not measured".
+template <class T>
+void write_extra(std::map<std::string, Column>& extra, hid_t group, std::string_view file,
+                 const std::string& group_name, const char* name, const std::vector<hsize_t>& tail, hsize_t row,
+                 const std::vector<T>& values, const char* description) {
+  hsize_t cells = 1;
+  for (hsize_t t : tail) cells *= t;
+  const std::string key = group_name + "/" + name;
+  if (values.size() != cells)
+    throw std::runtime_error("result file '" + std::string(file) + "': " + key + " row has " +
+                             std::to_string(values.size()) + " values; expected " + std::to_string(cells));
+  auto it = extra.find(key);
+  if (it == extra.end()) {
+    Column col{h5::Dataset{}, "/" + key};
+    std::array<hsize_t, 4> dims{}, maxdims{}, chunk{};
+    const int rank = static_cast<int>(tail.size()) + 1;
+    maxdims[0] = H5S_UNLIMITED;
+    chunk[0] = std::clamp<hsize_t>(kMaxChunkBytes / (cells * sizeof(T)), 1, kRowChunk);
+    for (std::size_t i = 0; i < tail.size(); ++i) dims[i + 1] = maxdims[i + 1] = chunk[i + 1] = tail[i];
+    h5::Space space(check(H5Screate_simple(rank, dims.data(), maxdims.data()), file, col.name, "creating the dataspace"));
+    h5::Plist dcpl(check(H5Pcreate(H5P_DATASET_CREATE), file, col.name, "creating the creation property list"));
+    check(H5Pset_chunk(dcpl.get(), rank, chunk.data()), file, col.name, "setting the chunk shape");
+    const T fill = std::is_floating_point_v<T> ? static_cast<T>(std::numeric_limits<double>::quiet_NaN()) : T(-1);
+    check(H5Pset_fill_value(dcpl.get(), Elem<T>::mem(), &fill), file, col.name, "setting the fill value");
+    col.ds = h5::Dataset(check(H5Dcreate2(group, name, Elem<T>::file(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                               file, col.name, "creating the dataset"));
+    describe(col.ds.get(), file, col.name, description);
+    it = extra.emplace(key, std::move(col)).first;
+  }
+  append_row(it->second, file, row, tail, Elem<T>::mem(), values.data());
+}
+
+// Names of the datasets in `group` that are not in `known` (the research-metric ones).
+std::vector<std::string> other_datasets(hid_t group, const std::vector<std::string>& known) {
+  std::vector<std::string> names;
+  auto collect = [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {  // HDF5 1.10 API
+    static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+    return 0;
+  };
+  hsize_t idx = 0;
+  (void)H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, +collect, &names);
+  std::vector<std::string> out;
+  for (const auto& n : names)
+    if (std::find(known.begin(), known.end(), n) == known.end()) out.push_back(n);
+  return out;
+}
+}  // namespace
 
 ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   if (meta.layers < 1 || meta.num_experts < 1 || meta.ranks < 1) {
@@ -308,6 +363,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->ranks = meta.ranks;
+  impl->clusters = meta.num_clusters;
   impl->load_tail = {L, E};
   const std::string_view f = impl->path;
 
@@ -382,7 +438,7 @@ hsize_t leading_rows(const Column& col, std::string_view file, Keep keep) {
 
 void truncate_rows(Column& col, std::string_view file, hsize_t rows) {
   h5::Space space(check(H5Dget_space(col.ds.get()), file, col.name, "getting the dataspace"));
-  std::array<hsize_t, 3> dims{};
+  std::array<hsize_t, 4> dims{};
   const int rank = check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), file, col.name,
                          "reading the shape");
   (void)rank;
@@ -396,6 +452,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta, std
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->ranks = meta.ranks;
+  impl->clusters = meta.num_clusters;
   impl->load_tail = {static_cast<hsize_t>(meta.layers), static_cast<hsize_t>(meta.num_experts)};
   const std::string_view f = impl->path;
   h5::Plist fapl = make_create_fapl(f);
@@ -414,7 +471,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta, std
   for (const auto& field : kEvalF64) impl->eval_f64.push_back(open_column(eval, f, "/eval", field.name));
   {  // the load datasets must have this run's [L, E]
     h5::Space space(check(H5Dget_space(impl->expert_load.ds.get()), f, "/steps/expert_load", "getting the dataspace"));
-    std::array<hsize_t, 3> dims{};
+    std::array<hsize_t, 4> dims{};
     if (H5Sget_simple_extent_ndims(space.get()) != 3 ||
         check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), f, "/steps/expert_load", "shape") != 3 ||
         dims[1] != impl->load_tail[0] || dims[2] != impl->load_tail[1])
@@ -428,6 +485,22 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta, std
   for (auto& c : impl->step_f64) truncate_rows(c, f, keep_steps);
   truncate_rows(impl->eval_step, f, keep_evals);
   for (auto& c : impl->eval_f64) truncate_rows(c, f, keep_evals);
+  {  // research-metric datasets: whatever else the groups hold
+    std::vector<std::string> known_steps{"step", "bytes_alltoall", "expert_load", "expert_kept"};
+    for (const auto& field : kStepF64) known_steps.emplace_back(field.name);
+    std::vector<std::string> known_eval{"step"};
+    for (const auto& field : kEvalF64) known_eval.emplace_back(field.name);
+    for (const auto& name : other_datasets(steps, known_steps)) {
+      Column c = open_column(steps, f, "/steps", name.c_str());
+      truncate_rows(c, f, keep_steps);
+      impl->extra.emplace("steps/" + name, std::move(c));
+    }
+    for (const auto& name : other_datasets(eval, known_eval)) {
+      Column c = open_column(eval, f, "/eval", name.c_str());
+      truncate_rows(c, f, keep_evals);
+      impl->extra.emplace("eval/" + name, std::move(c));
+    }
+  }
   impl->step_rows = keep_steps;
   impl->eval_rows = keep_evals;
   impl->last_step = resume_step - 1;
@@ -477,6 +550,14 @@ void ResultWriter::append_step(const StepRecord& rec) {
   append_row(m.step_bytes, f, row, scalar_row, H5T_NATIVE_INT64, &rec.bytes_alltoall);
   append_row(m.expert_load, f, row, m.load_tail, H5T_NATIVE_INT64, rec.expert_load.data());
   append_row(m.expert_kept, f, row, m.load_tail, H5T_NATIVE_INT64, rec.expert_kept.data());
+  if (!rec.load_imbalance.empty())
+    write_extra(m.extra, m.steps.get(), f, "steps", "load_imbalance", {m.load_tail[0]}, row, rec.load_imbalance,
+                "max / mean of expert_load over the experts of each MoE layer [step, layer]");
+  if (!rec.traffic_tokens.empty()) {
+    const auto P = static_cast<hsize_t>(m.ranks);
+    write_extra(m.extra, m.steps.get(), f, "steps", "traffic_tokens", {P, P}, row, rec.traffic_tokens,
+                "tokens dispatched from rank r (row) to rank s (column) in the step, all layers [step, r, s]");
+  }
   m.step_rows = row + 1;
   m.last_step = rec.step;
 }
@@ -493,6 +574,16 @@ void ResultWriter::append_eval(const EvalRecord& rec) {
     const double value = rec.*(kEvalF64[i].member);
     append_row(m.eval_f64[i], f, row, scalar_row, H5T_NATIVE_DOUBLE, &value);
   }
+  const hsize_t L = m.load_tail[0], E = m.load_tail[1];
+  if (!rec.specialization.empty())
+    write_extra(m.extra, m.eval.get(), f, "eval", "specialization", {L}, row, rec.specialization,
+                "mean over clusters of the share of a cluster's tokens on its most frequent first-choice expert [eval, layer]");
+  if (!rec.cluster_expert_mi.empty())
+    write_extra(m.extra, m.eval.get(), f, "eval", "cluster_expert_mi", {L}, row, rec.cluster_expert_mi,
+                "mutual information (nats) between a token's cluster and its first-choice expert [eval, layer]");
+  if (!rec.cluster_expert.empty())
+    write_extra(m.extra, m.eval.get(), f, "eval", "cluster_expert", {L, static_cast<hsize_t>(m.clusters), E}, row,
+                rec.cluster_expert, "first-choice assignments of held-out tokens [eval, layer, cluster, expert]");
   m.eval_rows = row + 1;
 }
 

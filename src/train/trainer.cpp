@@ -7,6 +7,7 @@
 #include <span>
 
 #include "moesim/data/cluster_task.hpp"
+#include "moesim/metrics/routing_metrics.hpp"
 #include "moesim/model/model.hpp"
 #include "moesim/perf/timers.hpp"
 #include "moesim/train/checkpoint.hpp"
@@ -52,7 +53,8 @@ class Trainer {
     xe_.resize(static_cast<std::size_t>(Ne_) * D);
     ye_.resize(static_cast<std::size_t>(Ne_));
     // The held-out set is fixed for the run: eval token ids [0, eval_tokens).
-    task_.generate(Stream::data_eval, comm.rank() * Ne_, Ne_, xe_.data(), ye_.data(), nullptr);
+    ce_.resize(static_cast<std::size_t>(Ne_));
+    task_.generate(Stream::data_eval, comm.rank() * Ne_, Ne_, xe_.data(), ye_.data(), ce_.data());
     traffic_.assign(static_cast<std::size_t>(P_), 0);
   }
 
@@ -166,6 +168,15 @@ class Trainer {
     rec.time_backward = mx[static_cast<std::size_t>(Phase::backward)];
     rec.time_sync = mx[static_cast<std::size_t>(Phase::sync)];
     rec.time_step = mx.back();
+    // Research metrics: per-layer load imbalance, and this step's rank x rank traffic.
+    for (int l = 0; l < L_; ++l)
+      rec.load_imbalance.push_back(metrics::load_imbalance(
+          std::span<const std::int64_t>(rec.expert_load).subspan(static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_))));
+    step_sent_.assign(static_cast<std::size_t>(P_), 0);
+    for (int l = 0; l < L_; ++l)
+      for (int p = 0; p < P_; ++p) step_sent_[static_cast<std::size_t>(p)] += model_.layer(l).stats().sent_to[static_cast<std::size_t>(p)];
+    if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
+    comm_.gather(std::span<const std::int64_t>(step_sent_), std::span<std::int64_t>(rec.traffic_tokens), 0);
     return rec;
   }
 
@@ -208,6 +219,27 @@ class Trainer {
       f1 += (2 * tp + fp + fn) > 0 ? 2 * tp / (2 * tp + fp + fn) : 0.0;
     }
     rec.macro_f1 = f1 / C;
+    // Router specialisation: first-choice expert of each held-out token vs its cluster.
+    const std::int64_t K = cfg_.data.num_clusters;
+    cluster_expert_.assign(static_cast<std::size_t>(L_ * K * E_), 0);
+    for (int l = 0; l < L_; ++l) {
+      const std::int64_t S = model_.layer(l).router(false).group_tokens();
+      const auto& groups = model_.layer(l).groups();
+      for (std::size_t g = 0; g < groups.size(); ++g)
+        for (const auto& c : groups[g].cands) {
+          if (c.choice != 0) continue;
+          const std::int64_t t = static_cast<std::int64_t>(g) * S + c.token;
+          ++cluster_expert_[static_cast<std::size_t>((l * K + ce_[static_cast<std::size_t>(t)]) * E_ + c.expert)];
+        }
+    }
+    comm_.allreduce(std::span<std::int64_t>(cluster_expert_), comm::ReduceOp::sum);
+    for (int l = 0; l < L_; ++l) {
+      const auto table = std::span<const std::int64_t>(cluster_expert_).subspan(static_cast<std::size_t>(l * K * E_),
+                                                                               static_cast<std::size_t>(K * E_));
+      rec.specialization.push_back(metrics::specialization(table, K, E_));
+      rec.cluster_expert_mi.push_back(metrics::mutual_information(table, K, E_));
+    }
+    rec.cluster_expert = cluster_expert_;
     res.evals.push_back(rec);
     if (observer_) observer_->on_eval(rec);
   }
@@ -225,7 +257,8 @@ class Trainer {
   model::Model<T> model_;
   Optimizer<T> opt_;
   AlignedVector<T> x_, xe_;
-  std::vector<std::int32_t> y_, ye_;
+  std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
+  std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
   std::vector<double> sum_, max_;      // per-step reduction buffers
   bool stop_all_ = false;              // some rank was asked to stop (signal)

@@ -21,6 +21,7 @@ struct RunMetadata {
   std::uint64_t seed = 0;
   std::int64_t layers = 1;       // L (shape of expert_load)
   std::int64_t num_experts = 1;  // E
+  std::int64_t num_clusters = 0; // K (cluster-task metrics; 0 = none)
 };
 
 // One row of /steps/*.
@@ -32,12 +33,20 @@ struct StepRecord {
   double time_step = 0, time_gate = 0, time_dispatch = 0, time_expert = 0, time_combine = 0,
          time_backward = 0, time_sync = 0;  // seconds, max over ranks
   std::int64_t bytes_alltoall = 0;          // all ranks, all all-to-alls of the step
+  // Research metrics, written as /steps/<name> when non-empty:
+  std::vector<double> load_imbalance;        // [L] max/mean of expert_load per layer
+  std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
 };
 
 // One row of /eval/*.
 struct EvalRecord {
   std::int64_t step = 0;
   double loss = 0, accuracy = 0, macro_f1 = 0, dropped_fraction = 0;
+  // Router specialisation on the cluster task, written as /eval/<name> when non-empty:
+  std::vector<double> specialization;        // [L] mean over clusters of the share of its tokens
+                                             //     on its most frequent first-choice expert
+  std::vector<double> cluster_expert_mi;     // [L] mutual information (nats), cluster vs expert
+  std::vector<std::int64_t> cluster_expert;  // [L*K*E] first-choice counts (layer, cluster, expert)
 };
 
 // /summary attributes and datasets.
