@@ -5,6 +5,8 @@ moesim_add_test(NAME test_io SOURCES unit/test_io.cpp)
 target_include_directories(test_io SYSTEM PRIVATE ${HDF5_INCLUDE_DIRS})
 target_link_libraries(test_io PRIVATE ${HDF5_C_LIBRARIES})
 moesim_add_test(NAME test_routing SOURCES unit/test_routing.cpp)
+moesim_add_test(NAME test_routing_rules SOURCES unit/test_routing_rules.cpp)
+moesim_add_test(NAME test_routing_config SOURCES unit/test_routing_config.cpp)
 
 moesim_add_test(NAME test_dispatch SOURCES mpi/test_dispatch.cpp RANKS 1 2 4 TIMEOUT 60)
 moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 300)
@@ -23,3 +25,11 @@ endforeach()
 moesim_add_test(NAME test_checkpoint SOURCES mpi/test_checkpoint.cpp RANKS 1 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_layouts SOURCES mpi/test_layouts.cpp RANKS 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_metrics SOURCES unit/test_metrics.cpp)
+
+# Routing toolkit end to end: every rule and drop policy through `moesim run` (routing_rules.py).
+add_test(NAME regression_routing_rules
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/routing_rules.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")

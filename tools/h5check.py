@@ -9,6 +9,7 @@ Prints "OK <file>: ..." and exits 0 when the file conforms; otherwise lists ever
 and exits 1 (2 when the file cannot be opened). Uses Debian's /usr/bin/python3 with h5py+numpy.
 """
 import argparse
+import configparser
 import sys
 
 import h5py
@@ -16,6 +17,12 @@ import numpy as np
 
 STEP_F64 = ["loss", "task_loss", "aux_loss", "z_loss", "dropped_fraction", "time_step", "time_gate",
             "time_dispatch", "time_expert", "time_combine", "time_backward", "time_sync"]
+# Router losses written by MoESim beside the contract's aux_loss / z_loss, and the [routing]
+# key of each loss's coefficient: loss = task_loss + sum coef * value must hold per row.
+ROUTER_LOSS_COEF = {"aux_loss": "aux_loss_coef", "aux_gshard_loss": "aux_gshard_loss_coef",
+                    "importance_loss": "importance_loss_coef", "load_loss": "load_loss_coef",
+                    "z_loss": "z_loss_coef"}
+STEP_F64_EXTRA = ["aux_gshard_loss", "importance_loss", "load_loss"]
 ROOT_STRINGS = ["schema_version", "moesim_version", "git_commit", "config", "created_utc", "slurm_job_id"]
 
 
@@ -117,6 +124,9 @@ def check_run(c, allow_incomplete):
             "bytes_alltoall": c.dataset("/steps/bytes_alltoall", "i", 8, 1)}
     for name in STEP_F64:
         cols[name] = c.dataset(f"/steps/{name}", "f", 8, 1)
+    for name in STEP_F64_EXTRA:  # written by MoESim, not required by the contract
+        if f"/steps/{name}" in c.f:
+            cols[name] = c.dataset(f"/steps/{name}", "f", 8, 1)
     load = c.dataset("/steps/expert_load", "i", 8, 3)
     kept = c.dataset("/steps/expert_kept", "i", 8, 3)
     steps = c.same_length("/steps", {**cols, "expert_load": load, "expert_kept": kept})
@@ -144,6 +154,7 @@ def check_run(c, allow_incomplete):
             c.problem(f"/steps/{name}: negative or non-finite seconds")
     if cols["bytes_alltoall"] is not None and (cols["bytes_alltoall"] < 0).any():
         c.problem("/steps/bytes_alltoall: negative values")
+    check_loss_sum(c, cols)
 
     # /eval
     ev = {"step": c.dataset("/eval/step", "i", 8, 1),
@@ -167,6 +178,39 @@ def check_run(c, allow_incomplete):
             if (traffic < 0).any():
                 c.problem("/summary/traffic_tokens: negative values")
     return f"{steps if steps is not None else '?'} steps, {experts if experts is not None else '?'} experts"
+
+
+def check_loss_sum(c, cols):
+    """loss == task_loss + sum coef * router loss, with the coefficients of the config attribute."""
+    text = c.attr_str("/", "config")
+    if text is None or cols.get("loss") is None or cols.get("task_loss") is None:
+        return
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
+    try:
+        parser.read_string(text)
+    except configparser.Error as e:
+        c.problem(f"/ attribute config: not parseable INI ({e})")
+        return
+    total = np.array(cols["task_loss"], dtype=float)
+    for name, key in ROUTER_LOSS_COEF.items():
+        try:
+            coef = float(parser.get("routing", key, fallback="0"))
+        except ValueError:
+            c.problem(f"/ attribute config: routing.{key} is not a number")
+            return
+        if coef == 0:
+            continue
+        if cols.get(name) is None:
+            c.problem(f"/steps/{name}: missing although routing.{key} = {coef}")
+            return
+        total = total + coef * cols[name]
+    loss = cols["loss"]
+    if len(loss) == len(total):
+        bad = ~np.isclose(loss, total, rtol=1e-12, atol=1e-12)
+        if bad.any():
+            i = int(np.argmax(bad))
+            c.problem(f"/steps/loss: row {i} is {loss[i]!r}, but task_loss + sum coef * router losses "
+                      f"= {total[i]!r}")
 
 
 def check_route(c):

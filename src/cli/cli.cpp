@@ -295,7 +295,16 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
       std::int64_t dropped = 0, total = 0;
       for (std::int64_t g = 0; g < T / S; ++g) {
         const auto off = static_cast<std::size_t>(g * S * E);
-        router.route(std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)), probs, true, r);
+        // Keys of the random rules and hash routing: the trace's token ids (or positions),
+        // training.seed, step 0, layer 0.
+        routing::RouteContext ctx;
+        ctx.training = true;
+        ctx.seed = cfg.training.seed;
+        ctx.first_token = g * S;
+        if (!trace.token_id.empty())
+          ctx.token_ids = std::span<const std::int64_t>(trace.token_id).subspan(static_cast<std::size_t>(g * S),
+                                                                                static_cast<std::size_t>(S));
+        router.route(std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)), probs, ctx, r);
         aux += r.aux;
         z += r.z;
         dropped += r.dropped;

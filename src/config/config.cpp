@@ -759,6 +759,14 @@ void validate(const Config& cfg, Mode mode, int ranks) {
           "must be an integer in [1, routing.num_experts = " + E + "]");
   require(r.rule != RoutingRuleKind::switch_top1 || r.k == 1, "routing.k", std::to_string(r.k),
           "must be 1 when routing.rule = switch");
+  require(r.rule != RoutingRuleKind::hash || r.k == 1, "routing.k", std::to_string(r.k),
+          "must be 1 when routing.rule = hash");
+  require(r.rule != RoutingRuleKind::gshard || r.k == 2, "routing.k", std::to_string(r.k),
+          "must be 2 when routing.rule = gshard (top-2 routing)");
+  require(r.rule != RoutingRuleKind::noisy_topk || r.k < 64, "routing.k", std::to_string(r.k),
+          "must be below 64 when routing.rule = noisy_topk");
+  require((r.rule != RoutingRuleKind::topk) || r.k <= 64, "routing.k", std::to_string(r.k),
+          "must be at most 64 when routing.rule = topk");
   require_nonneg_rational(r.capacity_factor, "routing.capacity_factor");
   require_nonneg_rational(r.eval_capacity_factor, "routing.eval_capacity_factor");
   require_int(r.min_capacity, 0, "routing.min_capacity");
@@ -778,24 +786,40 @@ void validate(const Config& cfg, Mode mode, int ranks) {
                "must be a number >= 0");
   // Parts of the routing toolkit that are not built yet are refused here, with the key and
   // value, rather than failing later at run time.
-  require(r.rule == RoutingRuleKind::topk || r.rule == RoutingRuleKind::switch_top1,
-          "routing.rule", to_string(r.rule), "is not implemented yet; available: topk|switch");
-  require(r.drop_policy == DropPolicyKind::position || r.drop_policy == DropPolicyKind::probs,
-          "routing.drop_policy", to_string(r.drop_policy),
-          "is not implemented yet; available: position|probs");
+  require(r.rule != RoutingRuleKind::base, "routing.rule", to_string(r.rule),
+          "is not implemented (no exact balanced assignment yet); available: "
+          "dense|topk|noisy_topk|switch|gshard|expert_choice|hash");
   require(r.dispatch != DispatchKind::alltoall_padded ||
               (!r.dropless && r.capacity_factor.num > 0 && r.eval_capacity_factor.num > 0 &&
                r.rule != RoutingRuleKind::dense),
           "routing.dispatch", to_string(r.dispatch),
           "needs a capacity to pad to: not with routing.dropless = true, a capacity factor of 0 "
           "or routing.rule = dense (use alltoallv)");
-  require(r.aux_gshard_loss_coef == 0 && r.importance_loss_coef == 0 && r.load_loss_coef == 0,
-          "routing.aux_gshard_loss_coef/importance_loss_coef/load_loss_coef", "non-zero",
-          "these losses are not implemented yet; must be 0");
-  require(r.jitter_eps == 0, "routing.jitter_eps", std::to_string(r.jitter_eps),
-          "is not implemented yet; must be 0");
-  require(r.bias_update_rate == 0, "routing.bias_update_rate", std::to_string(r.bias_update_rate),
-          "is not implemented yet; must be 0");
+  // Cross-key checks of the routing rules (README "What is computed"). Keys a rule does not
+  // use are ignored, not refused: dense and expert_choice ignore k and drop_policy (dense
+  // also the capacity keys); renormalize is read by topk only, random_routing by gshard only.
+  if (r.rule == RoutingRuleKind::hash) {
+    const std::pair<const char*, double> coefs[] = {
+        {"routing.aux_loss_coef", r.aux_loss_coef}, {"routing.aux_gshard_loss_coef", r.aux_gshard_loss_coef},
+        {"routing.importance_loss_coef", r.importance_loss_coef}, {"routing.load_loss_coef", r.load_loss_coef},
+        {"routing.z_loss_coef", r.z_loss_coef}};
+    for (const auto& [key, coef] : coefs)
+      require(coef == 0, key, format_double(coef),
+              "must be 0 when routing.rule = hash (no learned router: the loss would have no gradient)");
+  }
+  require(r.jitter_eps == 0 || r.rule == RoutingRuleKind::switch_top1, "routing.jitter_eps",
+          format_double(r.jitter_eps), "must be 0 unless routing.rule = switch (router-input jitter)");
+  require(r.bias_update_rate == 0 || r.rule == RoutingRuleKind::topk || r.rule == RoutingRuleKind::switch_top1,
+          "routing.bias_update_rate", format_double(r.bias_update_rate),
+          "must be 0 unless routing.rule = topk or switch (aux-loss-free balancing by expert bias)");
+  if (r.rule == RoutingRuleKind::expert_choice) {
+    require(!r.dropless, "routing.dropless", "true",
+            "must be false when routing.rule = expert_choice (each expert takes C = ceil(S * cf / E) tokens)");
+    require(r.capacity_factor.num > 0, "routing.capacity_factor", r.capacity_factor.str(),
+            "must be > 0 when routing.rule = expert_choice (it sets the tokens per expert)");
+    require(r.eval_capacity_factor.num > 0, "routing.eval_capacity_factor", r.eval_capacity_factor.str(),
+            "must be > 0 when routing.rule = expert_choice (it sets the tokens per expert)");
+  }
 
   // Strings are checked in both modes: to_ini writes all of them into every result file.
   require_ini_safe(cfg.data.task, "data.task");

@@ -162,7 +162,8 @@ void AlltoallPaddedDispatcher<T>::to_experts(Plan& plan, const T* send_order, T*
   if (send_blocks_.size() < n) send_blocks_.resize(n, T(0));
   if (recv_blocks_.size() < n) recv_blocks_.resize(n, T(0));
   for (std::size_t p = 0; p < P; ++p)
-    std::memcpy(send_blocks_.data() + static_cast<std::int64_t>(p) * B * width,
+    if (plan.send_rows[p] > 0)  // (an empty send buffer may be a null pointer: no memcpy)
+      std::memcpy(send_blocks_.data() + static_cast<std::int64_t>(p) * B * width,
                 send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
                 static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
   if (B > 0) comm_.alltoall_rows(send_blocks_.data(), recv_blocks_.data(), B, width);
@@ -184,7 +185,8 @@ void AlltoallPaddedDispatcher<T>::from_experts(Plan& plan, const T* expert_major
   if (B > 0) comm_.alltoall_rows(recv_blocks_.data(), send_blocks_.data(), B, width);
   this->bytes_sent_ += static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
   for (std::size_t p = 0; p < P; ++p)
-    std::memcpy(send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
+    if (plan.send_rows[p] > 0)
+      std::memcpy(send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
                 send_blocks_.data() + static_cast<std::int64_t>(p) * B * width,
                 static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
 }

@@ -221,12 +221,18 @@ struct StepF64 {
   const char* description;
   const char* units;
 };
-constexpr std::array<StepF64, 12> kStepF64{{
+constexpr std::array<StepF64, 15> kStepF64{{
     {"loss", &StepRecord::loss, "total loss = task + sum of coef * router losses, mean over the global batch",
      nullptr},
     {"task_loss", &StepRecord::task_loss, "task loss alone", nullptr},
     {"aux_loss", &StepRecord::aux_loss, "load-balance loss before its coefficient, mean over MoE layers", nullptr},
     {"z_loss", &StepRecord::z_loss, "router z-loss before its coefficient", nullptr},
+    {"aux_gshard_loss", &StepRecord::aux_gshard_loss,
+     "GShard load-balance loss (first choices) before its coefficient, mean over MoE layers", nullptr},
+    {"importance_loss", &StepRecord::importance_loss,
+     "importance loss CV^2 (Shazeer et al. 2017) before its coefficient, mean over MoE layers", nullptr},
+    {"load_loss", &StepRecord::load_loss,
+     "load loss CV^2 (Shazeer et al. 2017) before its coefficient, mean over MoE layers", nullptr},
     {"dropped_fraction", &StepRecord::dropped_fraction, "dropped (token, choice) assignments / all assignments",
      nullptr},
     {"time_step", &StepRecord::time_step, "wall seconds of the whole step, max over ranks", "s"},

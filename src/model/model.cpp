@@ -46,7 +46,7 @@ Model<T>::Model(const Config& cfg, const comm::Comm& comm, std::int64_t train_to
 
 template <typename T>
 ForwardSums Model<T>::forward(const T* inputs, const std::int32_t* labels, std::int64_t n,
-                              bool training, perf::PhaseTimes* times) {
+                              bool training, perf::PhaseTimes* times, const PassInfo& pass) {
   inputs_ = inputs;
   labels_ = labels;
   n_ = n;
@@ -54,7 +54,7 @@ ForwardSums Model<T>::forward(const T* inputs, const std::int32_t* labels, std::
   h0.noalias() = CMapM<T>(inputs, n, in_dim_) * CMapM<T>(store_.value(w_in_), in_dim_, d_);
   h0.rowwise() += CMapRow<T>(store_.value(b_in_), d_);
   for (std::size_t l = 0; l < layers_.size(); ++l)
-    layers_[l]->forward(act_[l].data(), act_[l + 1].data(), n, training, times);
+    layers_[l]->forward(act_[l].data(), act_[l + 1].data(), n, training, times, pass);
   MapM<T> logits(logits_.data(), n, C);
   logits.noalias() = CMapM<T>(act_.back().data(), n, d_) * CMapM<T>(store_.value(w_head_), d_, C);
   logits.rowwise() += CMapRow<T>(store_.value(b_head_), C);
@@ -94,13 +94,18 @@ void Model<T>::backward(std::int64_t global_tokens, std::int64_t global_groups) 
   MapRow<T>(store_.grad(b_head_), C) += dlogits.colwise().sum();
   MapM<T>(grad_a_.data(), n, d_).noalias() = dlogits * CMapM<T>(store_.value(w_head_), d_, C).transpose();
 
-  const double L = static_cast<double>(layers_.size());
-  const double aux_scale = cfg_.routing.aux_loss_coef / (L * static_cast<double>(global_groups));
-  const double z_scale = cfg_.routing.z_loss_coef / (L * static_cast<double>(global_groups));
+  // Each logged router loss is a mean over layers and groups: dL/d(one group's value).
+  const double per_group = 1.0 / (static_cast<double>(layers_.size()) * static_cast<double>(global_groups));
+  routing::LossScales scales;
+  scales.aux = cfg_.routing.aux_loss_coef * per_group;
+  scales.aux_gshard = cfg_.routing.aux_gshard_loss_coef * per_group;
+  scales.importance = cfg_.routing.importance_loss_coef * per_group;
+  scales.load = cfg_.routing.load_loss_coef * per_group;
+  scales.z = cfg_.routing.z_loss_coef * per_group;
   T* dy = grad_a_.data();
   T* dx = grad_b_.data();
   for (std::size_t l = layers_.size(); l-- > 0;) {
-    layers_[l]->backward(dy, dx, aux_scale, z_scale);
+    layers_[l]->backward(dy, dx, scales);
     std::swap(dy, dx);
   }
   CMapM<T> dh0(dy, n, d_);

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "moesim/routing/losses.hpp"
+#include "moesim/routing/random.hpp"
+
 namespace moesim::model {
 namespace {
 
@@ -26,6 +29,13 @@ std::int64_t group_tokens(const RoutingConfig& r, std::int64_t share) {
   return r.group_size > 0 ? r.group_size : share;
 }
 
+// softplus(r) = log(1 + e^r) and its derivative, the logistic sigmoid, without overflow.
+double softplus(double r) { return std::max(r, 0.0) + std::log1p(std::exp(-std::abs(r))); }
+double sigmoid(double r) {
+  const double e = std::exp(-std::abs(r));
+  return r >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
+
 }  // namespace
 
 template <typename T>
@@ -42,25 +52,69 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       dispatcher_(dispatch::make_dispatcher<T>(cfg.routing.dispatch == DispatchKind::alltoall_padded, comm, placement_)),
       experts_(store, "layer" + std::to_string(index), placement_.first_local(),
                placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
-               cfg.model.init_scale) {
-  gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
-                       cfg.model.init_scale / std::sqrt(static_cast<double>(d_)));
+               cfg.model.init_scale),
+      seed_(cfg.training.seed),
+      has_gate_(router_train_->rule().learned()),
+      noisy_(cfg.routing.rule == RoutingRuleKind::noisy_topk),
+      jitter_eps_(cfg.routing.rule == RoutingRuleKind::switch_top1 ? cfg.routing.jitter_eps : 0.0),
+      bias_rate_(cfg.routing.bias_update_rate),
+      bias_(static_cast<std::size_t>(E_), 0.0) {
+  if (has_gate_)
+    gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
+                         cfg.model.init_scale / std::sqrt(static_cast<double>(d_)));
+  // Shazeer et al. 2017 initialise W_noise to zeros (noise scale softplus(0) = ln 2).
+  if (noisy_) noise_id_ = store.add("layer" + std::to_string(index) + ".noise", ParamKind::replicated, d_ * E_, 0.0);
   const std::int64_t n = std::max(train_tokens, eval_tokens);
   logits_t_.reserve(static_cast<std::size_t>(n * E_));
   logits_.reserve(static_cast<std::size_t>(n * E_));
   probs_.reserve(static_cast<std::size_t>(n * E_));
+  // Training-step buffers sized once for the most they can hold: the send side holds at
+  // most train_tokens * (most candidates per token) rows; the receive side, when there is
+  // a capacity C, at most (local experts) x (groups of all ranks) x C rows. Steps then stay
+  // allocation-free even when routing moves load between experts (hash, random routing);
+  // dropless routing still grows the receive side on demand.
+  const std::int64_t kmax = router_train_->max_choices();
+  const auto send_max = static_cast<std::size_t>(train_tokens * kmax);
+  kept_token_.reserve(send_max);
+  kept_expert_.reserve(send_max);
+  kept_weight_.reserve(send_max);
+  kept_cand_.reserve(send_max);
+  dweight_.reserve(send_max);
+  plan_.send_token.reserve(send_max);
+  plan_.send_assignment.reserve(send_max);
+  ensure(send_, train_tokens * kmax * d_);
+  ensure(back_, train_tokens * kmax * d_);
+  if (const std::int64_t C = router_train_->capacity(true); C >= 0) {
+    const std::int64_t groups = train_tokens * comm.size() / router_train_->group_tokens();
+    const std::int64_t rows = std::min(placement_.per_rank() * groups * C, train_tokens * comm.size() * kmax);
+    ensure(ex_in_, rows * d_);
+    ensure(ex_out_, rows * d_);
+    ensure(ex_h_, rows * f_);
+    ensure(ex_a_, rows * f_);
+  }
 }
 
 template <typename T>
 void MoELayer<T>::bind(ParamStore<T>& store) {
   experts_.bind(store);
-  wg_ = store.value(gate_id_);
-  gwg_ = store.grad(gate_id_);
+  if (gate_id_ >= 0) {
+    wg_ = store.value(gate_id_);
+    gwg_ = store.grad(gate_id_);
+  }
+  if (noise_id_ >= 0) {
+    wn_ = store.value(noise_id_);
+    gwn_ = store.grad(noise_id_);
+  }
+}
+
+template <typename T>
+void MoELayer<T>::update_bias(std::span<const double> global_load) {
+  routing::update_expert_bias(bias_, global_load, bias_rate_);
 }
 
 template <typename T>
 void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
-                          perf::PhaseTimes* times) {
+                          perf::PhaseTimes* times, const PassInfo& pass) {
   using perf::Phase;
   const routing::Router& router = training ? *router_train_ : *router_eval_;
   const std::int64_t S = router.group_tokens();
@@ -73,14 +127,42 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
 
   {  // gate: logits = x Wg, then routing per group
     perf::ScopedTimer timer(times, Phase::gate);
-    ensure(logits_t_, n * E_);
-    MapM<T>(logits_t_.data(), n, E_).noalias() = CMapM<T>(x, n, d_) * CMapM<T>(wg_, d_, E_);
+    const bool jitter = training && jitter_eps_ > 0;
+    const bool noise = training && noisy_;
     logits_.resize(static_cast<std::size_t>(n * E_));
     probs_.resize(static_cast<std::size_t>(n * E_));
-    std::copy_n(logits_t_.begin(), n * E_, logits_.begin());
+    if (has_gate_) {
+      const T* gate_in = x;
+      if (jitter) {  // the router sees x * u, u ~ U[1-eps, 1+eps] per (token, feature)
+        ensure(jit_x_, n * d_);
+        ensure(jit_u_, n * d_);
+        for (std::int64_t i = 0; i < n; ++i) {
+          const CounterRng rng = routing::draw_stream(seed_, pass.step, index_, pass.first_token + i,
+                                                      routing::DrawPurpose::jitter);
+          for (std::int64_t j = 0; j < d_; ++j) {
+            const T u = static_cast<T>(1.0 - jitter_eps_ + 2.0 * jitter_eps_ * rng.uniform(static_cast<std::uint64_t>(j)));
+            jit_u_[static_cast<std::size_t>(i * d_ + j)] = u;
+            jit_x_[static_cast<std::size_t>(i * d_ + j)] = x[i * d_ + j] * u;
+          }
+        }
+        gate_in = jit_x_.data();
+      }
+      ensure(logits_t_, n * E_);
+      MapM<T>(logits_t_.data(), n, E_).noalias() = CMapM<T>(gate_in, n, d_) * CMapM<T>(wg_, d_, E_);
+      std::copy_n(logits_t_.begin(), n * E_, logits_.begin());
+    }
+    if (noise) {  // noisy_topk: noise scale softplus(x W_noise), training only
+      ensure(noise_raw_t_, n * E_);
+      MapM<T>(noise_raw_t_.data(), n, E_).noalias() = CMapM<T>(x, n, d_) * CMapM<T>(wn_, d_, E_);
+      noise_std_.resize(static_cast<std::size_t>(n * E_));
+      for (std::int64_t i = 0; i < n * E_; ++i)
+        noise_std_[static_cast<std::size_t>(i)] = softplus(static_cast<double>(noise_raw_t_[static_cast<std::size_t>(i)]));
+    }
     groups_.resize(static_cast<std::size_t>(G));
+    ctx_.resize(static_cast<std::size_t>(G));
     cand_offset_.assign(static_cast<std::size_t>(G) + 1, 0);
     stats_.aux_sum = stats_.z_sum = 0;
+    stats_.aux_gshard_sum = stats_.importance_sum = stats_.load_sum = 0;
     stats_.assignments = stats_.dropped = 0;
     stats_.routed.assign(E, 0);  // assign() keeps capacity: no allocation after step 1
     stats_.kept.assign(E, 0);
@@ -93,11 +175,23 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
       const auto off = static_cast<std::size_t>(g * S * E_);
       const auto len = static_cast<std::size_t>(S * E_);
       routing::GroupRouting& r = groups_[static_cast<std::size_t>(g)];
+      routing::RouteContext& ctx = ctx_[static_cast<std::size_t>(g)];
+      ctx.training = training;
+      ctx.seed = seed_;
+      ctx.step = pass.step;
+      ctx.layer = index_;
+      // Evaluation tokens live in their own id space (hash experts differ from training's).
+      ctx.first_token = (training ? 0 : routing::kEvalTokenIdBase) + pass.first_token + g * S;
+      ctx.noise_std = noise ? std::span<const double>(noise_std_).subspan(off, len) : std::span<const double>{};
+      ctx.bias = bias_rate_ > 0 ? std::span<const double>(bias_) : std::span<const double>{};
       router.route(std::span<const double>(logits_).subspan(off, len), std::span<double>(probs_).subspan(off, len),
-                   training, r);
+                   ctx, r);
       cand_offset_[static_cast<std::size_t>(g) + 1] = cand_offset_[static_cast<std::size_t>(g)] + static_cast<std::int64_t>(r.cands.size());
       stats_.aux_sum += r.aux;
       stats_.z_sum += r.z;
+      stats_.aux_gshard_sum += r.aux_gshard;
+      stats_.importance_sum += r.importance;
+      stats_.load_sum += r.load;
       stats_.dropped += r.dropped;
       stats_.assignments += static_cast<std::int64_t>(r.cands.size());
       for (std::size_t e = 0; e < E; ++e) {
@@ -151,7 +245,7 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
 }
 
 template <typename T>
-void MoELayer<T>::backward(const T* dy, T* dx, double aux_scale, double z_scale) {
+void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales) {
   const routing::Router& router = training_ ? *router_train_ : *router_eval_;
   const std::int64_t S = router.group_tokens();
   const std::int64_t G = n_ / S;
@@ -184,22 +278,43 @@ void MoELayer<T>::backward(const T* dy, T* dx, double aux_scale, double z_scale)
     for (std::int64_t j = 0; j < d_; ++j) dxt[j] += s[j];
   }
 
-  // Router backward per group, then through the gate GEMM.
+  if (!has_gate_) return;  // hash: no router, nothing more flows back
+  // Router backward per group, then through the gate GEMM (and W_noise's).
+  const bool noise = training_ && noisy_;
+  const bool jitter = training_ && jitter_eps_ > 0;
   dlogits_.resize(static_cast<std::size_t>(n * E_));
+  dnoise_.resize(noise ? static_cast<std::size_t>(n * E_) : 0);
   ensure(dprobs_, S * E_);
   for (std::int64_t g = 0; g < G; ++g) {
     const auto off = static_cast<std::size_t>(g * S * E_);
     const auto len = static_cast<std::size_t>(S * E_);
     const routing::GroupRouting& r = groups_[static_cast<std::size_t>(g)];
-    router.backward(std::span<const double>(logits_).subspan(off, len), std::span<const double>(probs_).subspan(off, len), r,
+    router.backward(ctx_[static_cast<std::size_t>(g)], std::span<const double>(logits_).subspan(off, len),
+                    std::span<const double>(probs_).subspan(off, len), r,
                     std::span<const double>(dweight_).subspan(static_cast<std::size_t>(cand_offset_[static_cast<std::size_t>(g)]), r.cands.size()),
-                    aux_scale, z_scale, std::span<double>(dprobs_).first(len),
-                    std::span<double>(dlogits_).subspan(off, len));
+                    scales, std::span<double>(dprobs_).first(len), std::span<double>(dlogits_).subspan(off, len),
+                    noise ? std::span<double>(dnoise_).subspan(off, len) : std::span<double>{});
   }
   std::copy_n(dlogits_.begin(), n * E_, logits_t_.begin());
   CMapM<T> dL(logits_t_.data(), n, E_);
-  MapM<T>(gwg_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dL;
-  MapM<T>(dx, n, d_).noalias() += dL * CMapM<T>(wg_, d_, E_).transpose();
+  if (jitter) {  // logits = (x * u) Wg: dWg = (x * u)^T dL, dx += (dL Wg^T) * u
+    MapM<T>(gwg_, d_, E_).noalias() += CMapM<T>(jit_x_.data(), n, d_).transpose() * dL;
+    MapM<T>(jit_x_.data(), n, d_).noalias() = dL * CMapM<T>(wg_, d_, E_).transpose();
+    for (std::int64_t i = 0; i < n * d_; ++i)
+      dx[i] += jit_x_[static_cast<std::size_t>(i)] * jit_u_[static_cast<std::size_t>(i)];
+  } else {
+    MapM<T>(gwg_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dL;
+    MapM<T>(dx, n, d_).noalias() += dL * CMapM<T>(wg_, d_, E_).transpose();
+  }
+  if (noise) {  // sigma = softplus(x Wn): d(x Wn) = dsigma * sigmoid(x Wn)
+    for (std::int64_t i = 0; i < n * E_; ++i) {
+      T& raw = noise_raw_t_[static_cast<std::size_t>(i)];
+      raw = static_cast<T>(dnoise_[static_cast<std::size_t>(i)] * sigmoid(static_cast<double>(raw)));
+    }
+    CMapM<T> dR(noise_raw_t_.data(), n, E_);
+    MapM<T>(gwn_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dR;
+    MapM<T>(dx, n, d_).noalias() += dR * CMapM<T>(wn_, d_, E_).transpose();
+  }
 }
 
 template class MoELayer<float>;

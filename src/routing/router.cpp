@@ -1,12 +1,23 @@
-// Routing rules, drop policies, capacity and router losses (routing.md).
+// The router: capacity, softmax, rule + drop policy, the router losses of one group and
+// their gradients (routing.md). Rules are in rules.cpp, drop policies in policies.cpp.
+//
+// Loss definitions (each per group; the model averages them over groups and layers):
+//   aux        = (E/k) sum_e (routed_e / S) P_e, routed_e = candidates before capacity,
+//                P_e = mean_t p_t,e; k = the rule's choices per token (dense: E,
+//                expert_choice: E C / S, so both give exactly 1);
+//   aux_gshard = E sum_e (c_e / S) P_e, c_e = tokens whose first choice (choice 0) is e;
+//   importance = CV^2(sum_t G_t) with G the candidates' combine weights before capacity;
+//   load       = CV^2(load_e): noisy_topk in training: Shazeer's smooth sum_t P(t,e)
+//                (rules.cpp); otherwise the pre-capacity counts routed_e (no gradient);
+//   z          = mean_t logsumexp(h_t)^2.
+// hash has no router: aux, aux_gshard and z are 0 and nothing flows back.
 #include "moesim/routing/router.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <numeric>
 #include <stdexcept>
-#include <string>
+
+#include "moesim/routing/losses.hpp"
 
 namespace moesim::routing {
 
@@ -42,219 +53,135 @@ void softmax_rows(std::span<const double> logits, std::int64_t rows, std::int64_
   }
 }
 
-namespace {
-
-// The k experts with the largest score in a row; ties go to the lower index.
-void top_k_indices(const double* score, std::int64_t E, std::int64_t k, std::int32_t* out) {
-  for (std::int64_t c = 0; c < k; ++c) {
-    std::int32_t best = -1;
-    for (std::int64_t e = 0; e < E; ++e) {
-      bool taken = false;
-      for (std::int64_t j = 0; j < c; ++j) taken = taken || out[j] == e;
-      if (taken) continue;
-      if (best < 0 || score[e] > score[best]) best = static_cast<std::int32_t>(e);
-    }
-    out[c] = best;
-  }
-}
-
-// topk: the k largest probabilities; weights are those probabilities, optionally
-// renormalised over the k selected (before capacity, as DeepSpeed / Megatron-Core do).
-class TopKRule final : public RoutingRule {
- public:
-  TopKRule(std::int64_t k, bool renormalize, const char* name)
-      : k_(k), renormalize_(renormalize), name_(name) {}
-  const char* name() const override { return name_; }
-  int choices_per_token() const override { return static_cast<int>(k_); }
-
-  void select(std::span<const double> /*logits*/, std::span<const double> probs, std::int64_t S,
-              std::int64_t E, std::vector<Candidate>& out) const override {
-    std::int32_t idx[64];
-    for (std::int64_t t = 0; t < S; ++t) {
-      const double* p = probs.data() + t * E;
-      top_k_indices(p, E, k_, idx);
-      double norm = 1.0;
-      if (renormalize_) {
-        double s = 0;
-        for (std::int64_t c = 0; c < k_; ++c) s += p[idx[c]];
-        norm = 1.0 / s;
-      }
-      for (std::int64_t c = 0; c < k_; ++c)
-        out.push_back(Candidate{static_cast<std::int32_t>(t), idx[c], static_cast<std::int32_t>(c),
-                                p[idx[c]] * norm, false, -1});
-    }
-  }
-
-  void backward(std::span<const double> /*logits*/, std::span<const double> probs,
-                std::int64_t /*S*/, std::int64_t E, std::span<const Candidate> cands,
-                std::span<const double> dweight, std::span<double> dprobs,
-                std::span<double> /*dlogits*/) const override {
-    // Candidates of one token are k consecutive entries (select's order).
-    for (std::size_t i = 0; i < cands.size(); i += static_cast<std::size_t>(k_)) {
-      const std::int64_t t = cands[i].token;
-      const double* p = probs.data() + t * E;
-      double* dp = dprobs.data() + t * E;
-      if (!renormalize_) {
-        for (std::int64_t c = 0; c < k_; ++c) dp[cands[i + c].expert] += dweight[i + c];
-        continue;
-      }
-      // w_j = p_j / s with s = sum of the selected p: dp_j = dw_j / s - sum_i dw_i p_i / s^2.
-      double s = 0, dot = 0;
-      for (std::int64_t c = 0; c < k_; ++c) {
-        s += p[cands[i + c].expert];
-        dot += dweight[i + c] * p[cands[i + c].expert];
-      }
-      for (std::int64_t c = 0; c < k_; ++c)
-        dp[cands[i + c].expert] += dweight[i + c] / s - dot / (s * s);
-    }
-  }
-
- private:
-  std::int64_t k_;
-  bool renormalize_;
-  const char* name_;
-};
-
-// position: keep in token order, all choices mixed; slot = order of arrival.
-class PositionPolicy final : public DropPolicy {
- public:
-  const char* name() const override { return "position"; }
-  void apply(std::span<Candidate> cands, std::span<const double> /*probs*/, std::int64_t /*S*/,
-             std::int64_t E, std::int64_t cap) const override {
-    fill_.assign(static_cast<std::size_t>(E), 0);
-    for (Candidate& c : cands) {
-      std::int32_t& n = fill_[static_cast<std::size_t>(c.expert)];
-      c.kept = cap < 0 || n < cap;
-      c.slot = c.kept ? n++ : -1;
-    }
-  }
-
- private:
-  mutable std::vector<std::int32_t> fill_;  // scratch, reused across groups and steps
-};
-
-// probs: per expert keep the C candidates with the largest probability (ties: lower
-// token); slots then follow token order among the kept.
-class ProbsPolicy final : public DropPolicy {
- public:
-  const char* name() const override { return "probs"; }
-  void apply(std::span<Candidate> cands, std::span<const double> probs, std::int64_t /*S*/,
-             std::int64_t E, std::int64_t cap) const override {
-    if (cap < 0) {
-      unlimited_.apply(cands, probs, 0, E, cap);
-      return;
-    }
-    per_expert_.resize(static_cast<std::size_t>(E));
-    for (auto& list : per_expert_) list.clear();
-    for (std::size_t i = 0; i < cands.size(); ++i)
-      per_expert_[static_cast<std::size_t>(cands[i].expert)].push_back(i);
-    for (std::int64_t e = 0; e < E; ++e) {
-      auto& list = per_expert_[static_cast<std::size_t>(e)];
-      const auto prob = [&](std::size_t i) { return probs[static_cast<std::size_t>(cands[i].token * E + e)]; };
-      if (static_cast<std::int64_t>(list.size()) > cap) {
-        // (prob, token) is a strict total order here (one candidate per token and expert),
-        // so std::sort is deterministic and, unlike stable_sort, allocates nothing.
-        std::sort(list.begin(), list.end(), [&](std::size_t a, std::size_t b) {
-          if (prob(a) != prob(b)) return prob(a) > prob(b);
-          return cands[a].token < cands[b].token;
-        });
-        list.resize(static_cast<std::size_t>(cap));
-      }
-      for (std::size_t i : list) cands[i].kept = true;
-    }
-    fill_.assign(static_cast<std::size_t>(E), 0);
-    for (Candidate& c : cands) c.slot = c.kept ? fill_[static_cast<std::size_t>(c.expert)]++ : -1;
-  }
-
- private:
-  PositionPolicy unlimited_;
-  // Scratch reused across groups and steps (no allocation once warm).
-  mutable std::vector<std::vector<std::size_t>> per_expert_;
-  mutable std::vector<std::int32_t> fill_;
-};
-
-}  // namespace
-
-std::unique_ptr<RoutingRule> make_rule(const RoutingConfig& cfg) {
-  switch (cfg.rule) {
-    case RoutingRuleKind::topk: return std::make_unique<TopKRule>(cfg.k, cfg.renormalize, "topk");
-    case RoutingRuleKind::switch_top1: return std::make_unique<TopKRule>(1, false, "switch");
-    default: break;
-  }
-  throw std::invalid_argument("unknown routing rule");
-}
-
-std::unique_ptr<DropPolicy> make_drop_policy(const RoutingConfig& cfg) {
-  switch (cfg.drop_policy) {
-    case DropPolicyKind::position: return std::make_unique<PositionPolicy>();
-    case DropPolicyKind::probs: return std::make_unique<ProbsPolicy>();
-    default: break;
-  }
-  throw std::invalid_argument("unknown drop policy");
-}
-
 Router::Router(const RoutingConfig& cfg, std::int64_t group_tokens)
-    : E_(cfg.num_experts), S_(group_tokens), rule_(make_rule(cfg)), policy_(make_drop_policy(cfg)) {
-  if (cfg.k > 64) throw std::invalid_argument("routing.k above 64 is not supported");
-  const std::int64_t k = rule_->choices_per_token();
-  train_capacity_ = cfg.dropless ? -1 : routing::capacity(k, S_, E_, cfg.capacity_factor, cfg.min_capacity);
-  eval_capacity_ = cfg.dropless ? -1 : routing::capacity(k, S_, E_, cfg.eval_capacity_factor, cfg.min_capacity);
+    : E_(cfg.num_experts),
+      S_(group_tokens),
+      rule_(make_rule(cfg)),
+      policy_(make_drop_policy(cfg)),
+      keep_all_(make_drop_policy(DropPolicyKind::position)) {
+  if (S_ <= 0 || E_ <= 0) throw std::invalid_argument("Router: group size and experts must be positive");
+  train_capacity_ = rule_->capacity(S_, E_, cfg.capacity_factor, cfg);
+  eval_capacity_ = rule_->capacity(S_, E_, cfg.eval_capacity_factor, cfg);
+  // Candidate counts vary from group to group (gshard): size for the most, once.
+  dweight_.reserve(static_cast<std::size_t>(S_ * max_choices()));
 }
 
 void Router::route(std::span<const double> logits, std::span<double> probs, bool training,
                    GroupRouting& out) const {
+  RouteContext ctx;
+  ctx.training = training;
+  route(logits, probs, ctx, out);
+}
+
+void Router::route(std::span<const double> logits, std::span<double> probs, const RouteContext& ctx,
+                   GroupRouting& out) const {
   const auto E = static_cast<std::size_t>(E_);
-  out.lse.resize(static_cast<std::size_t>(S_));
-  softmax_rows(logits, S_, E_, probs, out.lse);
+  const auto S = static_cast<std::size_t>(S_);
+  const double Sd = static_cast<double>(S_);
+  const bool learned = rule_->learned();
+  out.lse.resize(S);
+  if (learned) {
+    softmax_rows(logits, S_, E_, probs, out.lse);
+  } else {
+    std::fill_n(probs.begin(), S * E, 0.0);
+    std::fill(out.lse.begin(), out.lse.end(), 0.0);
+  }
   out.cands.clear();
-  rule_->select(logits, probs, S_, E_, out.cands);
-  out.capacity = capacity(training);
-  policy_->apply(out.cands, probs, S_, E_, out.capacity);
+  out.cands.reserve(static_cast<std::size_t>(S_ * max_choices()));
+  out.capacity = capacity(ctx.training);
+  const RuleInput in{learned ? logits : std::span<const double>{}, probs, S_, E_, out.capacity, &ctx};
+  rule_->select(in, out);
+  if (rule_->uses_drop_policy()) policy_->apply(out.cands, probs, S_, E_, out.capacity);
+  else keep_all_->apply(out.cands, probs, S_, E_, -1);
 
   out.routed.assign(E, 0);
   out.kept.assign(E, 0);
+  out.importance_e.assign(E, 0.0);
+  first_.assign(E, 0);
   out.dropped = 0;
   for (const Candidate& c : out.cands) {
-    ++out.routed[static_cast<std::size_t>(c.expert)];
-    if (c.kept) ++out.kept[static_cast<std::size_t>(c.expert)];
+    const auto e = static_cast<std::size_t>(c.expert);
+    ++out.routed[e];
+    out.importance_e[e] += c.weight;
+    if (c.choice == 0) ++first_[e];
+    if (c.kept) ++out.kept[e];
     else ++out.dropped;
   }
-  // aux = (E/k) sum_e f_e P_e with f_e = routed_e / S and P_e = mean_t p_te.
-  double aux = 0;
-  for (std::size_t e = 0; e < E; ++e) {
-    double P = 0;
-    for (std::int64_t t = 0; t < S_; ++t) P += probs[static_cast<std::size_t>(t) * E + e];
-    aux += (static_cast<double>(out.routed[e]) / static_cast<double>(S_)) * (P / static_cast<double>(S_));
+
+  out.aux = out.aux_gshard = out.z = 0;
+  if (learned) {
+    // P_e = mean_t p_t,e.
+    mean_p_.assign(E, 0.0);
+    for (std::size_t t = 0; t < S; ++t)
+      for (std::size_t e = 0; e < E; ++e) mean_p_[e] += probs[t * E + e];
+    for (double& P : mean_p_) P /= Sd;
+    const double k = rule_->choices_per_token(S_, E_, out.capacity);
+    double aux = 0, gs = 0;
+    for (std::size_t e = 0; e < E; ++e) {
+      aux += (static_cast<double>(out.routed[e]) / Sd) * mean_p_[e];
+      gs += (static_cast<double>(first_[e]) / Sd) * mean_p_[e];
+    }
+    out.aux = aux * static_cast<double>(E_) / k;
+    out.aux_gshard = gs * static_cast<double>(E_);
+    double z = 0;
+    for (double l : out.lse) z += l * l;
+    out.z = z / Sd;
   }
-  out.aux = aux * static_cast<double>(E_) / rule_->choices_per_token();
-  double z = 0;
-  for (double l : out.lse) z += l * l;
-  out.z = z / static_cast<double>(S_);
+  out.importance = cv_squared(out.importance_e);
+  out.load_e.resize(E);
+  out.smooth_load = rule_->smooth_load(in, out, out.load_e);
+  if (!out.smooth_load)
+    for (std::size_t e = 0; e < E; ++e) out.load_e[e] = static_cast<double>(out.routed[e]);
+  out.load = cv_squared(out.load_e);
 }
 
-void Router::backward(std::span<const double> logits, std::span<const double> probs,
-                      const GroupRouting& r, std::span<const double> dweight, double aux_scale,
-                      double z_scale, std::span<double> dprobs, std::span<double> dlogits) const {
+void Router::backward(const RouteContext& ctx, std::span<const double> logits, std::span<const double> probs,
+                      const GroupRouting& r, std::span<const double> dweight, const LossScales& scales,
+                      std::span<double> dprobs, std::span<double> dlogits, std::span<double> dnoise_std) const {
   const auto E = static_cast<std::size_t>(E_);
-  std::fill(dprobs.begin(), dprobs.end(), 0.0);
-  std::fill(dlogits.begin(), dlogits.end(), 0.0);
-  rule_->backward(logits, probs, S_, E_, r.cands, dweight, dprobs, dlogits);
-  // d aux / d p_te = (E/k) f_e / S  (the counts f_e are piecewise constant).
-  if (aux_scale != 0) {
-    const double c = aux_scale * static_cast<double>(E_) / rule_->choices_per_token() /
-                     (static_cast<double>(S_) * static_cast<double>(S_));
-    for (std::int64_t t = 0; t < S_; ++t)
-      for (std::size_t e = 0; e < E; ++e)
-        dprobs[static_cast<std::size_t>(t) * E + e] += c * static_cast<double>(r.routed[e]);
+  const auto S = static_cast<std::size_t>(S_);
+  const double Sd = static_cast<double>(S_);
+  std::fill_n(dprobs.begin(), S * E, 0.0);
+  std::fill_n(dlogits.begin(), S * E, 0.0);
+  if (!dnoise_std.empty()) std::fill_n(dnoise_std.begin(), S * E, 0.0);
+  if (!rule_->learned()) return;  // hash: nothing depends on a router
+  const RuleInput in{logits, probs, S_, E_, r.capacity, &ctx};
+  const RuleGrads g{dprobs, dlogits, dnoise_std};
+
+  // Importance CV^2 is a function of the candidates' weights: its gradient joins dweight.
+  dweight_.assign(dweight.begin(), dweight.end());
+  if (scales.importance != 0) {
+    dsum_.assign(E, 0.0);
+    cv_squared_backward(r.importance_e, scales.importance, dsum_);
+    for (std::size_t i = 0; i < r.cands.size(); ++i) dweight_[i] += dsum_[static_cast<std::size_t>(r.cands[i].expert)];
   }
-  for (std::int64_t t = 0; t < S_; ++t) {
-    const double* p = probs.data() + t * E_;
-    const double* dp = dprobs.data() + t * E_;
-    double* dh = dlogits.data() + t * E_;
+  rule_->backward(in, r, dweight_, g);
+  if (scales.load != 0 && r.smooth_load) {
+    dsum_.assign(E, 0.0);
+    cv_squared_backward(r.load_e, scales.load, dsum_);
+    rule_->smooth_load_backward(in, r, dsum_, g);
+  }
+  // aux and aux_gshard are linear in P_e with piecewise-constant counts:
+  // d aux / d p_t,e = (E/k) routed_e / S^2, d aux_gshard / d p_t,e = E c_e / S^2.
+  if (scales.aux != 0 || scales.aux_gshard != 0) {
+    const double ca = scales.aux * static_cast<double>(E_) / rule_->choices_per_token(S_, E_, r.capacity) / (Sd * Sd);
+    const double cg = scales.aux_gshard * static_cast<double>(E_) / (Sd * Sd);
+    dsum_.assign(E, 0.0);
+    for (const Candidate& c : r.cands) {
+      const auto e = static_cast<std::size_t>(c.expert);
+      dsum_[e] += ca + (c.choice == 0 ? cg : 0.0);
+    }
+    for (std::size_t t = 0; t < S; ++t)
+      for (std::size_t e = 0; e < E; ++e) dprobs[t * E + e] += dsum_[e];
+  }
+  // Softmax backward, plus z = mean_t lse_t^2: d/dh_t,e = 2 lse_t p_t,e / S.
+  for (std::size_t t = 0; t < S; ++t) {
+    const double* p = probs.data() + t * E;
+    const double* dp = dprobs.data() + t * E;
+    double* dh = dlogits.data() + t * E;
     double dot = 0;
     for (std::size_t e = 0; e < E; ++e) dot += dp[e] * p[e];
-    // z = mean_t lse_t^2: d/dh_te = 2 lse_t p_te / S.
-    const double zc = z_scale * 2.0 * r.lse[static_cast<std::size_t>(t)] / static_cast<double>(S_);
+    const double zc = scales.z * 2.0 * r.lse[t] / Sd;
     for (std::size_t e = 0; e < E; ++e) dh[e] += p[e] * (dp[e] - dot) + zc * p[e];
   }
 }

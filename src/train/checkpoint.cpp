@@ -76,6 +76,12 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
       put(bytes, tensor_name(kStateKinds[s], e.name), buf.data(), buf.size());
     }
   }
+  // Router state: the aux-loss-free expert bias of each layer (identical on every rank).
+  if (comm.rank() == 0)
+    for (int l = 0; l < model.num_layers(); ++l) {
+      const std::span<double> b = model.layer(l).expert_bias();
+      put(bytes, "state/layer" + std::to_string(l) + ".expert_bias", b.data(), b.size());
+    }
   const std::vector<char> all = comm.gatherv_bytes(bytes, 0);
   std::string problem;
   if (comm.rank() == 0) {
@@ -123,6 +129,12 @@ std::int64_t load_checkpoint(const std::string& path, model::Model<T>& model, Op
       }
     }
     opt.set_steps_taken(opt_steps);
+    for (int l = 0; l < model.num_layers(); ++l) {
+      const std::string n = "state/layer" + std::to_string(l) + ".expert_bias";
+      const std::span<double> b = model.layer(l).expert_bias();
+      if (reader.has(n)) reader.read(n, b);
+      else if (!b.empty()) std::fill(b.begin(), b.end(), 0.0);
+    }
   } catch (const std::exception& e) {
     problem = "rank " + std::to_string(comm.rank()) + ": " + e.what();
   }

@@ -103,7 +103,8 @@ class Trainer {
     for (int l = 0; l < L_; ++l) model_.layer(l).reset_bytes();
     task_.generate(Stream::data_train, step * B_ + comm_.rank() * N_, N_, x_.data(), y_.data(), nullptr);
     model_.params().zero_grads();
-    const model::ForwardSums sums = model_.forward(x_.data(), y_.data(), N_, true, &times);
+    const model::ForwardSums sums =
+        model_.forward(x_.data(), y_.data(), N_, true, &times, model::PassInfo{step, step * B_ + comm_.rank() * N_});
     {
       perf::ScopedTimer timer(&times, Phase::backward);
       model_.backward(B_, global_groups_);
@@ -121,12 +122,16 @@ class Trainer {
     // One SUM allreduce of every count (exact in double below 2^53) and one MAX of times.
     const auto LE = static_cast<std::size_t>(L_ * E_);
     std::vector<double>& sum = sum_;  // member: no per-step allocation
-    sum.assign(5 + 2 * LE + 1, 0.0);
+    const std::size_t extra = 5 + 2 * LE;  // aux_gshard, importance, load sums
+    sum.assign(extra + 3 + 1, 0.0);
     sum[0] = sums.ce_sum;
     for (int l = 0; l < L_; ++l) {
       const model::LayerStats& st = model_.layer(l).stats();
       sum[1] += st.aux_sum;
       sum[2] += st.z_sum;
+      sum[extra] += st.aux_gshard_sum;
+      sum[extra + 1] += st.importance_sum;
+      sum[extra + 2] += st.load_sum;
       sum[3] += static_cast<double>(st.dropped);
       sum[4] += static_cast<double>(st.assignments);
       for (std::int64_t e = 0; e < E_; ++e) {
@@ -139,6 +144,9 @@ class Trainer {
     for (int l = 0; l < L_; ++l) bytes += static_cast<double>(model_.layer(l).bytes_sent());
     sum.back() = bytes;
     comm_.allreduce(std::span<double>(sum), comm::ReduceOp::sum);
+    // Aux-loss-free balancing: every rank updates b from the same global loads.
+    for (int l = 0; l < L_; ++l)
+      model_.layer(l).update_bias(std::span<const double>(sum).subspan(5 + static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_)));
     std::vector<double>& mx = max_;
     mx.assign(times.seconds.begin(), times.seconds.end());
     mx.push_back(stop_requested() ? 1.0 : 0.0);  // a signal on any rank stops every rank
@@ -152,7 +160,13 @@ class Trainer {
     rec.task_loss = sum[0] / static_cast<double>(B_);
     rec.aux_loss = sum[1] / groups;
     rec.z_loss = sum[2] / groups;
-    rec.loss = rec.task_loss + cfg_.routing.aux_loss_coef * rec.aux_loss + cfg_.routing.z_loss_coef * rec.z_loss;
+    rec.aux_gshard_loss = sum[extra] / groups;
+    rec.importance_loss = sum[extra + 1] / groups;
+    rec.load_loss = sum[extra + 2] / groups;
+    const RoutingConfig& rc = cfg_.routing;
+    rec.loss = rec.task_loss + rc.aux_loss_coef * rec.aux_loss + rc.aux_gshard_loss_coef * rec.aux_gshard_loss +
+               rc.importance_loss_coef * rec.importance_loss + rc.load_loss_coef * rec.load_loss +
+               rc.z_loss_coef * rec.z_loss;
     rec.dropped_fraction = sum[4] > 0 ? sum[3] / sum[4] : 0.0;
     rec.expert_load.resize(LE);
     rec.expert_kept.resize(LE);
@@ -192,7 +206,8 @@ class Trainer {
   }
 
   void evaluate(std::int64_t done, RunResult& res) {
-    const model::ForwardSums s = model_.forward(xe_.data(), ye_.data(), Ne_, false, nullptr);
+    const model::ForwardSums s =
+        model_.forward(xe_.data(), ye_.data(), Ne_, false, nullptr, model::PassInfo{done, comm_.rank() * Ne_});
     std::vector<double> v{s.ce_sum, static_cast<double>(s.correct), 0.0, 0.0};
     for (int l = 0; l < L_; ++l) {
       v[2] += static_cast<double>(model_.layer(l).stats().dropped);

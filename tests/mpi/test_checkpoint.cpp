@@ -50,10 +50,12 @@ std::string shared_dir(const comm::Comm& comm, const std::string& tag) {
 }
 
 // Uninterrupted run vs a run stopped by a request after its first step and resumed.
-void interrupted_equals_uninterrupted(Precision precision, OptimizerKind opt, const std::string& tag) {
+void interrupted_equals_uninterrupted(Precision precision, OptimizerKind opt, const std::string& tag,
+                                      double bias_rate = 0.0) {
   const comm::Comm comm = comm::Comm::world();
   const std::string dir = shared_dir(comm, tag);
   Config cfg = tiny(precision, opt);
+  cfg.routing.bias_update_rate = bias_rate;  // router state (expert bias) must be restored too
   if (cfg.routing.num_experts % comm.size() != 0) cfg.routing.num_experts = 4 * comm.size();
   cfg.checkpoint.file = dir + "/run.ckpt";
   const train::RunResult full = train::train(cfg, comm, nullptr);
@@ -86,6 +88,10 @@ TEST(Checkpoint, ResumedRunIsBitwiseIdenticalAdamFloat32) {
 
 TEST(Checkpoint, ResumedRunIsBitwiseIdenticalSgdFloat64) {
   interrupted_equals_uninterrupted(Precision::float64, OptimizerKind::sgd, "sgd64");
+}
+
+TEST(Checkpoint, ResumedRunIsBitwiseIdenticalWithExpertBias) {
+  interrupted_equals_uninterrupted(Precision::float64, OptimizerKind::adam, "bias", 0.05);
 }
 
 // Written by P ranks at step 5, resumed by each rank alone (1 rank hosting every expert).

@@ -3,16 +3,22 @@
 //  - a one-expert MoE layer == x + the dense FFN,
 //  - finite-difference gradient checks of every entry of every trainable parameter
 //    (double precision), at 1, 2 and 4 ranks,
-//  - the same run on P ranks gives the same loss curve as on 1 rank (tolerance below).
+//  - the same run on P ranks gives the same loss curve as on 1 rank (tolerance below),
+//  - all of the above for every routing rule (dense, topk, noisy_topk, switch with jitter,
+//    gshard with random routing, expert_choice, hash, topk with the expert bias), drop
+//    policy and router loss.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "moesim/comm/comm.hpp"
 #include "moesim/data/cluster_task.hpp"
 #include "moesim/model/model.hpp"
+#include "moesim/routing/random.hpp"
 #include "moesim/train/trainer.hpp"
 
 using namespace moesim;
@@ -56,19 +62,48 @@ Batch make_batch(const Config& cfg, std::int64_t first, std::int64_t n) {
   return b;
 }
 
-// The global objective, reduced over ranks exactly as the trainer does.
+// The global objective, reduced over ranks exactly as the trainer does. Token ids (which
+// key the routing randomness) are those of step 0: rank r's first token is r * n.
 double global_loss(model::Model<double>& m, const Config& cfg, const comm::Comm& comm, const Batch& b,
                    std::int64_t n) {
-  const model::ForwardSums s = m.forward(b.x.data(), b.y.data(), n, true, nullptr);
-  std::vector<double> v{s.ce_sum, 0.0, 0.0};
+  const model::ForwardSums s = m.forward(b.x.data(), b.y.data(), n, true, nullptr, model::PassInfo{0, comm.rank() * n});
+  std::vector<double> v{s.ce_sum, 0.0, 0.0, 0.0, 0.0, 0.0};
   for (int l = 0; l < m.num_layers(); ++l) {
-    v[1] += m.layer(l).stats().aux_sum;
-    v[2] += m.layer(l).stats().z_sum;
+    const model::LayerStats& st = m.layer(l).stats();
+    v[1] += st.aux_sum;
+    v[2] += st.z_sum;
+    v[3] += st.aux_gshard_sum;
+    v[4] += st.importance_sum;
+    v[5] += st.load_sum;
   }
   comm.allreduce(std::span<double>(v), comm::ReduceOp::sum);
   const double groups = static_cast<double>(cfg.data.tokens_per_step / cfg.routing.group_size) * m.num_layers();
-  return v[0] / static_cast<double>(cfg.data.tokens_per_step) + cfg.routing.aux_loss_coef * v[1] / groups +
-         cfg.routing.z_loss_coef * v[2] / groups;
+  const RoutingConfig& r = cfg.routing;
+  return v[0] / static_cast<double>(cfg.data.tokens_per_step) +
+         (r.aux_loss_coef * v[1] + r.z_loss_coef * v[2] + r.aux_gshard_loss_coef * v[3] +
+          r.importance_loss_coef * v[4] + r.load_loss_coef * v[5]) / groups;
+}
+
+// Test hooks that put a model in a state its initialisation does not reach.
+using Prepare = std::function<void(model::Model<double>&)>;
+
+// noisy_topk: W_noise starts at zero (Shazeer); give it random values, the same on every rank.
+void randomise_noise(model::Model<double>& m) {
+  for (int l = 0; l < m.num_layers(); ++l) {
+    const int id = m.params().find("layer" + std::to_string(l) + ".noise");
+    ASSERT_GE(id, 0);
+    const CounterRng rng(77, Stream::init, static_cast<std::uint64_t>(l));
+    for (std::int64_t i = 0; i < m.params().entry(id).size; ++i)
+      m.params().value(id)[i] = 0.6 * rng.normal(static_cast<std::uint64_t>(i));
+  }
+}
+
+// Aux-loss-free balancing: a non-zero expert bias, the same on every rank.
+void set_bias(model::Model<double>& m) {
+  for (int l = 0; l < m.num_layers(); ++l) {
+    std::span<double> b = m.layer(l).expert_bias();
+    for (std::size_t e = 0; e < b.size(); ++e) b[e] = 0.08 * static_cast<double>((e * 5 + static_cast<std::size_t>(l)) % 4) - 0.1;
+  }
 }
 
 double ffn(const double* x, const double* w1, const double* b1, const double* w2, const double* b2, int d, int f,
@@ -86,12 +121,13 @@ double ffn(const double* x, const double* w1, const double* b1, const double* w2
 }
 
 // Checks d(global_loss)/d(theta) for every entry of every tensor against central differences.
-void gradient_check(Config cfg, const std::string& label) {
+void gradient_check(Config cfg, const std::string& label, const Prepare& prepare = nullptr) {
   const comm::Comm comm = comm::Comm::world();
   fit_to_ranks(cfg, comm.size());
   const std::int64_t B = cfg.data.tokens_per_step, P = comm.size(), N = B / P;
   const Batch b = make_batch(cfg, comm.rank() * N, N);
   model::Model<double> m(cfg, comm, N, N);
+  if (prepare) prepare(m);
   // All tensor names in a single-rank layout: the FD loop visits each on every rank.
   const comm::Comm self = comm::Comm::self();
   model::Model<double> all(cfg, self, B, B);
@@ -142,21 +178,29 @@ void gradient_check(Config cfg, const std::string& label) {
 
 }  // namespace
 
-TEST(Model, DistributedLayerMatchesPlainLoop) {
+namespace {
+
+// Layer forward at P ranks == the single-rank layer == a plain loop over the routed experts
+// (whose input is x itself: switch's jitter reaches the router only).
+void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_drops, const Prepare& prepare = nullptr) {
+  SCOPED_TRACE(label);
   const comm::Comm comm = comm::Comm::world();
-  Config cfg = small_config();
   cfg.model.layers = 1;
   fit_to_ranks(cfg, comm.size());
   const std::int64_t B = cfg.data.tokens_per_step, N = B / comm.size();
   const Batch mine = make_batch(cfg, comm.rank() * N, N);
   const Batch full = make_batch(cfg, 0, B);
   model::Model<double> dist(cfg, comm, N, N);
-  dist.forward(mine.x.data(), mine.y.data(), N, true, nullptr);
+  if (prepare) prepare(dist);
+  dist.forward(mine.x.data(), mine.y.data(), N, true, nullptr, model::PassInfo{3, 3 * B + comm.rank() * N});
   const comm::Comm self = comm::Comm::self();
   model::Model<double> ref(cfg, self, B, B);
-  ref.forward(full.x.data(), full.y.data(), B, true, nullptr);
+  if (prepare) prepare(ref);
+  ref.forward(full.x.data(), full.y.data(), B, true, nullptr, model::PassInfo{3, 3 * B});
   const auto d = static_cast<int>(cfg.model.d_model), f = static_cast<int>(cfg.model.d_ff);
-  ASSERT_GT(ref.layer(0).stats().dropped, 0);  // capacity is exercised
+  if (expect_drops) {
+    ASSERT_GT(ref.layer(0).stats().dropped, 0);  // capacity is exercised
+  }
   // Plain loop: y_t = x_t + sum over kept candidates of w * FFN_e(x_t).
   const double* x = ref.activation(0);
   std::vector<double> y(x, x + B * d);
@@ -176,6 +220,115 @@ TEST(Model, DistributedLayerMatchesPlainLoop) {
   // The distributed rank's rows equal the reference rows.
   for (std::int64_t i = 0; i < N * d; ++i)
     EXPECT_NEAR(dist.activation(1)[i], ref.activation(1)[comm.rank() * N * d + i], 1e-12);
+}
+
+// Configurations of every rule (with their extras) for the layer, gradient and curve tests.
+struct RuleCase {
+  std::string label;
+  Config cfg;
+  Prepare prepare;
+  bool drops;  // capacity drops something in the small configuration
+};
+
+std::vector<RuleCase> rule_cases() {
+  std::vector<RuleCase> cases;
+  const auto add = [&](const std::string& label, const std::function<void(Config&)>& set, Prepare prepare = nullptr,
+                       bool drops = false) {
+    Config cfg = small_config();
+    set(cfg);
+    cases.push_back({label, cfg, std::move(prepare), drops});
+  };
+  add("dense", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::dense;
+    c.routing.aux_gshard_loss_coef = 0.05;
+    c.routing.importance_loss_coef = 0.2;
+  });
+  add("noisy_topk", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::noisy_topk;
+    c.routing.importance_loss_coef = 0.1;
+    c.routing.load_loss_coef = 0.1;
+  }, randomise_noise, true);
+  add("switch-jitter", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::switch_top1;
+    c.routing.k = 1;
+    c.routing.jitter_eps = 0.3;
+    c.routing.drop_policy = DropPolicyKind::priority;
+  }, nullptr, true);
+  add("gshard", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::gshard;
+    c.routing.drop_policy = DropPolicyKind::choice_position;
+    c.routing.capacity_factor = Rational{3, 4};
+    c.routing.aux_gshard_loss_coef = 0.1;
+  }, nullptr, true);
+  add("expert_choice", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::expert_choice;
+    c.routing.importance_loss_coef = 0.1;
+  });
+  add("hash", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::hash;
+    c.routing.k = 1;
+    c.routing.aux_loss_coef = 0;
+    c.routing.z_loss_coef = 0;
+  }, nullptr, true);
+  add("topk-bias-priority", [](Config& c) {
+    c.routing.bias_update_rate = 0.01;
+    c.routing.renormalize = true;
+    c.routing.drop_policy = DropPolicyKind::priority;
+  }, set_bias, true);
+  return cases;
+}
+
+}  // namespace
+
+TEST(Model, DistributedLayerMatchesPlainLoop) {
+  layer_matches_plain_loop(small_config(), "topk", true);
+}
+
+TEST(Model, DistributedLayerMatchesPlainLoopEveryRule) {
+  for (const RuleCase& rc : rule_cases()) layer_matches_plain_loop(rc.cfg, rc.label, rc.drops, rc.prepare);
+}
+
+// switch's jitter: the router sees x * u with u = 1 - eps + 2 eps U(0,1) drawn from the
+// (seed, step, layer, token) stream, per feature; evaluation sees x.
+TEST(Model, SwitchJitterRoutesOnTheJitteredInput) {
+  Config cfg = small_config();
+  cfg.model.layers = 1;
+  cfg.routing.rule = RoutingRuleKind::switch_top1;
+  cfg.routing.k = 1;
+  cfg.routing.dropless = true;
+  cfg.routing.jitter_eps = 0.9;
+  cfg.model.init_scale = 3.0;
+  const comm::Comm self = comm::Comm::self();
+  const std::int64_t B = cfg.data.tokens_per_step, E = cfg.routing.num_experts, d = cfg.model.d_model;
+  const Batch b = make_batch(cfg, 0, B);
+  model::Model<double> m(cfg, self, B, B);
+  const double* wg = m.params().value(m.params().find("layer0.gate"));
+  int changed = 0;
+  for (bool training : {true, false}) {
+    m.forward(b.x.data(), b.y.data(), B, training, nullptr, model::PassInfo{7, 1000});
+    const double* x = m.activation(0);
+    const auto& cands = m.layer(0).groups();
+    for (std::int64_t t = 0; t < B; ++t) {
+      const CounterRng rng = routing::draw_stream(cfg.training.seed, 7, 0, 1000 + t, routing::DrawPurpose::jitter);
+      std::vector<double> h(static_cast<std::size_t>(E), 0.0), clean(static_cast<std::size_t>(E), 0.0);
+      for (std::int64_t j = 0; j < d; ++j) {
+        const double u = training ? 1 - 0.9 + 1.8 * rng.uniform(static_cast<std::uint64_t>(j)) : 1.0;
+        for (std::int64_t e = 0; e < E; ++e) {
+          h[static_cast<std::size_t>(e)] += x[t * d + j] * u * wg[j * E + e];
+          clean[static_cast<std::size_t>(e)] += x[t * d + j] * wg[j * E + e];
+        }
+      }
+      const auto argmax = [](const std::vector<double>& v) { return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin()); };
+      const std::int64_t S = cfg.routing.group_size;
+      const routing::Candidate& c = cands[static_cast<std::size_t>(t / S)].cands[static_cast<std::size_t>(t % S)];
+      EXPECT_EQ(c.expert, argmax(h)) << "token " << t << " training " << training;
+      double z = 0;
+      for (double v : h) z += std::exp(v);
+      EXPECT_NEAR(c.weight, std::exp(h[static_cast<std::size_t>(c.expert)]) / z, 1e-12);
+      if (training && argmax(h) != argmax(clean)) ++changed;
+    }
+  }
+  EXPECT_GT(changed, 0);  // the jitter did change some routing decisions
 }
 
 TEST(Model, OneExpertMoEIsTheDenseFFN) {
@@ -233,17 +386,27 @@ TEST(Model, GradientsTopKRenormalisedDropless) {
   gradient_check(cfg, "topk2-renorm-dropless");
 }
 
+// Every rule, with the router losses each case turns on (rule_cases()).
+TEST(Model, GradientsEveryRule) {
+  for (const RuleCase& rc : rule_cases()) gradient_check(rc.cfg, rc.label, rc.prepare);
+}
+
 // Loss curves on P ranks vs 1 rank (every rank also runs the 1-rank reference alone).
 // Only floating-point summation order differs: we require 1e-9 relative in float64.
-TEST(Model, SameLossCurveForAnyRankCount) {
-  const comm::Comm comm = comm::Comm::world();
-  Config cfg = small_config();
+namespace {
+Config curve_config(Config cfg) {
   cfg.routing.num_experts = 4;
   cfg.data.tokens_per_step = 64;
   cfg.data.eval_tokens = 64;
   cfg.training.steps = 12;
   cfg.training.eval_every = 4;
   cfg.training.learning_rate = 3e-3;
+  return cfg;
+}
+
+void same_loss_curve(const Config& cfg, const std::string& label) {
+  SCOPED_TRACE(label);
+  const comm::Comm comm = comm::Comm::world();
   const train::RunResult dist = train::train(cfg, comm, nullptr);
   const comm::Comm self = comm::Comm::self();
   const train::RunResult ref = train::train(cfg, self, nullptr);
@@ -261,5 +424,33 @@ TEST(Model, SameLossCurveForAnyRankCount) {
     EXPECT_DOUBLE_EQ(dist.evals[i].accuracy, ref.evals[i].accuracy);
   }
   EXPECT_LT(ref.loss.back(), ref.loss.front());  // it trains
-  if (comm.rank() == 0) std::printf("[rank invariance] P=%d worst relative loss difference %.2e\n", comm.size(), worst);
+  if (comm.rank() == 0)
+    std::printf("[rank invariance %s] P=%d worst relative loss difference %.2e\n", label.c_str(), comm.size(), worst);
+}
+}  // namespace
+
+TEST(Model, SameLossCurveForAnyRankCount) { same_loss_curve(curve_config(small_config()), "topk"); }
+
+TEST(Model, SameLossCurveForAnyRankCountEveryRule) {
+  for (const RuleCase& rc : rule_cases()) same_loss_curve(curve_config(rc.cfg), rc.label);
+  // The remaining drop policies with topk.
+  for (auto policy : {DropPolicyKind::choice_position, DropPolicyKind::probs}) {
+    Config cfg = small_config();
+    cfg.routing.drop_policy = policy;
+    same_loss_curve(curve_config(cfg), std::string("topk-") + to_string(policy));
+  }
+}
+
+// The expert bias is live state: with a rate it changes the run (identically on all ranks,
+// SameLossCurveForAnyRankCountEveryRule), and starts at zero so the first step is unchanged.
+TEST(Model, ExpertBiasUpdateChangesTheRun) {
+  Config cfg = curve_config(small_config());
+  const comm::Comm self = comm::Comm::self();
+  const train::RunResult off = train::train(cfg, self, nullptr);
+  cfg.routing.bias_update_rate = 0.05;
+  const train::RunResult on = train::train(cfg, self, nullptr);
+  EXPECT_EQ(on.loss.front(), off.loss.front());
+  bool differs = false;
+  for (std::size_t i = 1; i < on.loss.size(); ++i) differs = differs || on.loss[i] != off.loss[i];
+  EXPECT_TRUE(differs);
 }

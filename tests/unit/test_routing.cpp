@@ -251,7 +251,10 @@ TEST(Routing, BackwardMatchesFiniteDifferences) {
       std::vector<double> coef(r.cands.size());
       for (std::size_t i = 0; i < coef.size(); ++i) coef[i] = r.cands[i].kept ? rng.normal(1000 + i) : 0.0;
       const double s_aux = 0.7, s_z = 0.3;
-      router.backward(h, p, r, coef, s_aux, s_z, dprobs, dl);
+      moesim::routing::LossScales scales;
+      scales.aux = s_aux;
+      scales.z = s_z;
+      router.backward(moesim::routing::RouteContext{}, h, p, r, coef, scales, dprobs, dl);
       const auto J = [&](const std::vector<double>& hh) {
         std::vector<double> pp(hh.size());
         GroupRouting rr;

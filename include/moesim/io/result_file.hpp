@@ -28,6 +28,7 @@ struct RunMetadata {
 struct StepRecord {
   std::int64_t step = 0;
   double loss = 0, task_loss = 0, aux_loss = 0, z_loss = 0, dropped_fraction = 0;
+  double aux_gshard_loss = 0, importance_loss = 0, load_loss = 0;  // before their coefficients
   std::vector<std::int64_t> expert_load;  // [L*E] before capacity, row-major (layer, expert)
   std::vector<std::int64_t> expert_kept;  // [L*E] after capacity
   double time_step = 0, time_gate = 0, time_dispatch = 0, time_expert = 0, time_combine = 0,

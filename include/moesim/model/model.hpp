@@ -1,8 +1,9 @@
 // The trained network: input projection -> L residual MoE layers -> classification head,
 // with softmax cross-entropy. The loss it differentiates is
-//   L = mean_t CE_t + aux_loss_coef * aux + z_loss_coef * z,
-// aux / z = mean over layers of (mean over all routing groups of the batch), i.e. exactly
-// loss = task_loss + coef * logged value (outputs.md columns).
+//   L = mean_t CE_t + sum over router losses r of r_coef * r,
+// r in {aux, aux_gshard, importance, load, z}, each the mean over layers of (mean over all
+// routing groups of the batch), i.e. exactly loss = task_loss + sum coef * logged value
+// (outputs.md columns).
 #pragma once
 
 #include <array>
@@ -32,9 +33,10 @@ class Model {
   Model(const Config& cfg, const comm::Comm& comm, std::int64_t train_tokens,
         std::int64_t eval_tokens);
 
-  // inputs [n x input_dim], labels [n].
+  // inputs [n x input_dim], labels [n]. pass: step and global id of the first token
+  // (keys the routing randomness and hash experts; see MoELayer).
   ForwardSums forward(const T* inputs, const std::int32_t* labels, std::int64_t n, bool training,
-                      perf::PhaseTimes* times);
+                      perf::PhaseTimes* times, const PassInfo& pass = {});
   // Backward of the last (training) forward. global_tokens: batch size over all ranks;
   // global_groups: routing groups per layer over all ranks.
   void backward(std::int64_t global_tokens, std::int64_t global_groups);

@@ -2,11 +2,17 @@
 //   y_t = x_t + sum_{kept a of t} w_a * Expert_{e_a}(x_t)
 // gate (logits = x Wg, softmax, rule, capacity per group) -> dispatch -> experts ->
 // combine, and the full backward through combine weights, experts, both all-to-alls and
-// the router (softmax, top-k weights, aux and z losses).
+// the router (softmax, rule weights, router losses).
+// Rule-specific parts of the gate live here because they touch the router input x:
+// noisy_topk's noise scale softplus(x W_noise) (a replicated [d x E] parameter
+// "layerN.noise", zero-initialised as Shazeer et al.), switch's input jitter (the router
+// sees x * U[1-eps, 1+eps], the experts see x), the aux-loss-free expert bias (state,
+// identical on every rank), and hash routing's absence of a gate.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,12 +31,22 @@ namespace moesim::model {
 struct LayerStats {
   double aux_sum = 0;                  // sum over local groups of aux (before coefficient)
   double z_sum = 0;                    // sum over local groups of z
+  double aux_gshard_sum = 0;           // sum over local groups of aux_gshard
+  double importance_sum = 0;           // sum over local groups of importance CV^2
+  double load_sum = 0;                 // sum over local groups of load CV^2
   std::int64_t groups = 0;             // local groups
   std::int64_t assignments = 0;        // candidates (token, choice) before capacity
   std::int64_t dropped = 0;            // candidates dropped by capacity
   std::vector<std::int64_t> routed;    // [E] before capacity
   std::vector<std::int64_t> kept;      // [E] after capacity
   std::vector<std::int64_t> sent_to;   // [P] rows this rank dispatched to each rank
+};
+
+// Which tokens a pass holds: keys the routing randomness and hash experts (random.hpp).
+struct PassInfo {
+  std::int64_t step = 0;         // training step (evaluation: unused)
+  std::int64_t first_token = 0;  // global id of this rank's first token in the pass
+                                 // (training: step * B + rank * N; evaluation: rank * N_eval)
 };
 
 template <typename T>
@@ -42,10 +58,23 @@ class MoELayer {
   void bind(ParamStore<T>& store);
 
   // x [n x d] -> y [n x d]; n must be train_tokens (training) or eval_tokens.
-  void forward(const T* x, T* y, std::int64_t n, bool training, perf::PhaseTimes* times);
+  void forward(const T* x, T* y, std::int64_t n, bool training, perf::PhaseTimes* times,
+               const PassInfo& pass = {});
   // dy [n x d] -> dx [n x d] for the last forward; accumulates parameter gradients.
-  // aux_scale / z_scale: dL/d(aux of one group), dL/d(z of one group).
-  void backward(const T* dy, T* dx, double aux_scale, double z_scale);
+  // scales: dL/d(each router loss of one group).
+  void backward(const T* dy, T* dx, const routing::LossScales& scales);
+  // Shorthand: aux_scale / z_scale only.
+  void backward(const T* dy, T* dx, double aux_scale, double z_scale) {
+    routing::LossScales s;
+    s.aux = aux_scale;
+    s.z = z_scale;
+    backward(dy, dx, s);
+  }
+  // Aux-loss-free balancing: b_e += u * sign(mean load - load_e) from this layer's global
+  // (all ranks) pre-capacity load [E] of the step. No-op unless routing.bias_update_rate > 0.
+  void update_bias(std::span<const double> global_load);
+  // The expert bias b [E] (state to checkpoint; used only when bias_update_rate > 0).
+  [[nodiscard]] std::span<double> expert_bias() { return bias_; }
 
   [[nodiscard]] const LayerStats& stats() const { return stats_; }
   [[nodiscard]] const dispatch::Plan& plan() const { return plan_; }
@@ -65,9 +94,17 @@ class MoELayer {
   std::unique_ptr<routing::Router> router_train_, router_eval_;
   std::unique_ptr<dispatch::Dispatcher<T>> dispatcher_;
   experts::ExpertBank<T> experts_;
-  int gate_id_;
+  std::uint64_t seed_;
+  bool has_gate_;       // false for hash routing (no router)
+  bool noisy_;          // noisy_topk: W_noise
+  double jitter_eps_;   // switch: router-input jitter (0 = off)
+  double bias_rate_;    // aux-loss-free balancing rate u (0 = off)
+  int gate_id_ = -1, noise_id_ = -1;
   T* wg_ = nullptr;   // [d x E], replicated
   T* gwg_ = nullptr;
+  T* wn_ = nullptr;   // [d x E], replicated (noisy_topk)
+  T* gwn_ = nullptr;
+  std::vector<double> bias_;  // [E] expert bias (aux-loss-free balancing)
 
   // Saved by forward for backward (sizes grow to the high-water mark only).
   const T* x_ = nullptr;
@@ -76,6 +113,10 @@ class MoELayer {
   AlignedVector<T> logits_t_;         // [n x E] in T (gate GEMM output; later dlogits)
   std::vector<double> logits_, probs_;  // [n x E]
   std::vector<routing::GroupRouting> groups_;
+  std::vector<routing::RouteContext> ctx_;  // per group, kept for backward
+  AlignedVector<T> noise_raw_t_;       // [n x E] x W_noise (later its gradient)
+  std::vector<double> noise_std_, dnoise_;  // [n x E] softplus(x W_noise) and its gradient
+  AlignedVector<T> jit_x_, jit_u_;     // [n x d] jittered router input and the factors
   std::vector<std::int64_t> cand_offset_;  // first flat candidate index of each group
   std::vector<std::int32_t> kept_token_, kept_expert_;
   std::vector<double> kept_weight_;    // combine weight per kept assignment (pack order)
