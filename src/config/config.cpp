@@ -255,7 +255,7 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::routing, &RoutingConfig::rule>("routing.rule", rule.c_str(),
                                                               "routing rule (routing.md)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::k>(
-        "routing.k", "integer in [1, routing.num_experts]; 1 for switch", "choices per token"));
+        "routing.k", "integer in [1, min(routing.num_experts, 64)]; 1 for switch and hash, 2 for gshard; ignored by dense and expert_choice", "choices per token"));
     t.push_back(make_field<&C::routing, &RoutingConfig::renormalize>(
         "routing.renormalize", bools.c_str(), "topk: renormalise kept weights to sum 1"));
     t.push_back(make_field<&C::routing, &RoutingConfig::capacity_factor>(
