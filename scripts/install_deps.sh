@@ -6,7 +6,10 @@ set -euo pipefail
 
 PACKAGES=(build-essential cmake git openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libeigen3-dev libboost-program-options-dev libgtest-dev libgmock-dev
-          python3-h5py python3-numpy python3-matplotlib)
+          python3-h5py python3-numpy python3-matplotlib
+          # Slurm for the job scripts and the `slurm` test tier (scripts/slurm/local_slurm.sh);
+          # srun --mpi=pmix dlopens libpmix.so, which only libpmix-dev ships.
+          slurm-wlm munge libpmix-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

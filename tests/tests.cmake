@@ -26,6 +26,12 @@ moesim_add_test(NAME test_checkpoint SOURCES mpi/test_checkpoint.cpp RANKS 1 2 4
 moesim_add_test(NAME test_layouts SOURCES mpi/test_layouts.cpp RANKS 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_metrics SOURCES unit/test_metrics.cpp)
 
+# Slurm tier: the job scripts against a real single-node Slurm started by the test itself
+# (scripts/slurm/local_slurm.sh; root, Debian's slurm-wlm + munge). Fails, never skips, without it.
+add_test(NAME slurm_sweep
+         COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_sweep.sh --moesim $<TARGET_FILE:moesim>)
+set_tests_properties(slurm_sweep PROPERTIES TIMEOUT 180 LABELS slurm PROCESSORS 2 RUN_SERIAL TRUE)
+
 # Routing toolkit end to end: every rule and drop policy through `moesim run` (routing_rules.py).
 add_test(NAME regression_routing_rules
          COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/routing_rules.py
