@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$(realpath "$0")")/.." && pwd)
 "$root/scripts/install_deps.sh"
-"$root/scripts/build.sh"
+BUILD_TARGET=moesim "$root/scripts/build.sh"   # the program only; scripts/test.sh builds the tests
 ranks=${RANKS:-2}
 mpi_flags=(--oversubscribe --bind-to none)
 [[ $(id -u) -eq 0 ]] && mpi_flags+=(--allow-run-as-root)
