@@ -1,7 +1,6 @@
 // One MoE layer vs pure GEMMs of its useful expert FLOPs (layer_bench.hpp).
 #include "moesim/bench/layer_bench.hpp"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -10,6 +9,7 @@
 #include <vector>
 
 #include "moesim/model/moe_layer.hpp"
+#include "moesim/util/eigen_maps.hpp"
 #include "moesim/util/params.hpp"
 #include "moesim/util/rng.hpp"
 
@@ -19,8 +19,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-template <typename T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using eigen::RowMat;
 
 // Interleaved timing: every iteration times the layer, then the GEMM reference, each
 // between barriers, so both see the same machine state (this machine is shared and

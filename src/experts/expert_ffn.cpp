@@ -1,22 +1,18 @@
 // Expert FFN forward/backward over expert-major slices (expert_ffn.hpp).
 #include "moesim/experts/expert_ffn.hpp"
 
-#include <Eigen/Core>
 #include <cmath>
+
+#include "moesim/util/eigen_maps.hpp"
 
 namespace moesim::experts {
 namespace {
 
-template <typename T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using MapM = Eigen::Map<RowMat<T>>;
-template <typename T>
-using CMapM = Eigen::Map<const RowMat<T>>;
-template <typename T>
-using MapRow = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
-template <typename T>
-using CMapRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+using eigen::CMapM;
+using eigen::CMapRow;
+using eigen::MapM;
+using eigen::MapRow;
+using eigen::RowMat;
 
 // GELU, tanh approximation (Hendrycks & Gimpel), and its exact derivative.
 constexpr double kGeluC = 0.7978845608028654;  // sqrt(2/pi)

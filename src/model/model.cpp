@@ -1,24 +1,19 @@
 // Model forward/backward (model.hpp).
 #include "moesim/model/model.hpp"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 
 #include "moesim/data/cluster_task.hpp"
+#include "moesim/util/eigen_maps.hpp"
 
 namespace moesim::model {
 namespace {
-template <typename T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using MapM = Eigen::Map<RowMat<T>>;
-template <typename T>
-using CMapM = Eigen::Map<const RowMat<T>>;
-template <typename T>
-using MapRow = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
-template <typename T>
-using CMapRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+using eigen::CMapM;
+using eigen::CMapRow;
+using eigen::MapM;
+using eigen::MapRow;
+using eigen::RowMat;
 constexpr std::int64_t C = data::kNumClasses;
 }  // namespace
 

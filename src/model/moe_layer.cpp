@@ -1,23 +1,20 @@
 // The distributed MoE layer: forward and backward (moe_layer.hpp).
 #include "moesim/model/moe_layer.hpp"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 #include "moesim/routing/losses.hpp"
 #include "moesim/routing/random.hpp"
+#include "moesim/util/eigen_maps.hpp"
 
 namespace moesim::model {
 namespace {
 
-template <typename T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using MapM = Eigen::Map<RowMat<T>>;
-template <typename T>
-using CMapM = Eigen::Map<const RowMat<T>>;
+using eigen::CMapM;
+using eigen::MapM;
+using eigen::RowMat;
 
 // Grow-only sizing: after the first steps no buffer is reallocated.
 template <typename V>
