@@ -17,7 +17,9 @@ namespace moesim::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 using eigen::RowMat;
 
@@ -25,8 +27,8 @@ using eigen::RowMat;
 // between barriers, so both see the same machine state (this machine is shared and
 // noisy). Per-iteration times are MAX-reduced over ranks; medians are returned (seconds).
 template <typename F, typename G>
-std::pair<double, double> interleaved(const comm::Comm& comm, std::int64_t warmup, std::int64_t iters,
-                                      F&& layer_body, G&& gemm_body) {
+std::pair<double, double> interleaved(const comm::Comm& comm, std::int64_t warmup,
+                                      std::int64_t iters, F&& layer_body, G&& gemm_body) {
   std::vector<double> t(static_cast<std::size_t>(2 * iters), 0.0);
   for (std::int64_t i = 0; i < warmup + iters; ++i) {
     comm.barrier();
@@ -67,12 +69,16 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
   layer.bind(store);
 
   // Inputs keyed by global token id: the same tokens whatever the rank count.
-  AlignedVector<T> x(static_cast<std::size_t>(N * d)), y(x.size()), dy(x.size()), dx(x.size()), y_first(x.size());
+  AlignedVector<T> x(static_cast<std::size_t>(N * d)), y(x.size()), dy(x.size()), dx(x.size()),
+      y_first(x.size());
   for (std::int64_t t = 0; t < N; ++t) {
-    const CounterRng rng(cfg.training.seed, Stream::data_train, static_cast<std::uint64_t>(comm.rank() * N + t));
+    const CounterRng rng(cfg.training.seed, Stream::data_train,
+                         static_cast<std::uint64_t>(comm.rank() * N + t));
     for (std::int64_t j = 0; j < d; ++j) {
-      x[static_cast<std::size_t>(t * d + j)] = static_cast<T>(rng.normal(static_cast<std::uint64_t>(j)));
-      dy[static_cast<std::size_t>(t * d + j)] = static_cast<T>(1e-3 * rng.normal(static_cast<std::uint64_t>(d + j)));
+      x[static_cast<std::size_t>(t * d + j)] =
+          static_cast<T>(rng.normal(static_cast<std::uint64_t>(j)));
+      dy[static_cast<std::size_t>(t * d + j)] =
+          static_cast<T>(1e-3 * rng.normal(static_cast<std::uint64_t>(d + j)));
     }
   }
   const std::int64_t W = cfg.bench.warmup, I = cfg.bench.iterations;
@@ -80,7 +86,8 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
   layer.forward(x.data(), y.data(), N, true, nullptr);
   y_first = y;
   const std::int64_t R = layer.plan().total_recv;
-  const double total_rows = static_cast<double>(comm.allreduce<std::int64_t>(R, comm::ReduceOp::sum));
+  const double total_rows =
+      static_cast<double>(comm.allreduce<std::int64_t>(R, comm::ReduceOp::sum));
   res.useful_gflop_fwd = 4.0 * total_rows * static_cast<double>(d * f) * 1e-9;
   // Pure GEMMs of the same useful FLOPs: this rank's R expert rows as single big GEMMs.
   RowMat<T> X = RowMat<T>::Random(R, d), W1 = RowMat<T>::Random(d, f), W2 = RowMat<T>::Random(f, d);

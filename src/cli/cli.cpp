@@ -15,12 +15,11 @@
 
 #include "moesim/bench/layer_bench.hpp"
 #include "moesim/build_info.hpp"  // generated: MOESIM_VERSION, MOESIM_GIT_COMMIT
-#include "moesim/io/result_file.hpp"
 #include "moesim/io/checkpoint_file.hpp"
+#include "moesim/io/result_file.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/train/checkpoint.hpp"
 #include "moesim/train/trainer.hpp"
-
 
 namespace moesim::cli {
 namespace {
@@ -29,7 +28,8 @@ constexpr const char* kUsage =
     "usage:\n"
     "  moesim run PARAMS.ini [--resume] [--section.key=value ...]\n"
     "                                                    train a distributed MoE model\n"
-    "  moesim route [PARAMS.ini] --trace.input=IN.h5 --trace.output=OUT.h5 [--routing.key=value ...]\n"
+    "  moesim route [PARAMS.ini] --trace.input=IN.h5 --trace.output=OUT.h5 [--routing.key=value "
+    "...]\n"
     "                                                    replay a router-logits trace\n"
     "  moesim bench PARAMS.ini [--section.key=value ...] time one MoE layer against pure GEMMs\n"
     "  moesim --help | moesim run --help                 list every parameter\n"
@@ -53,9 +53,12 @@ std::string env_or_empty(const char* name) {
 
 std::string format_duration(double s) {
   char buf[32];
-  if (s < 90) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else if (s < 5400) std::snprintf(buf, sizeof buf, "%.1fmin", s / 60);
-  else std::snprintf(buf, sizeof buf, "%.1fh", s / 3600);
+  if (s < 90)
+    std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 5400)
+    std::snprintf(buf, sizeof buf, "%.1fmin", s / 60);
+  else
+    std::snprintf(buf, sizeof buf, "%.1fh", s / 3600);
   return buf;
 }
 
@@ -72,12 +75,16 @@ class RunReporter final : public train::Observer {
     const std::int64_t every = cfg_.output.log_every;
     if (every > 0 && (done % every == 0 || done == cfg_.training.steps)) {
       writer_.flush();  // rows so far survive a kill
-      const double tps = static_cast<double>(cfg_.data.tokens_per_step * done) / std::max(elapsed_, 1e-12);
-      const double eta = elapsed_ / static_cast<double>(done) * static_cast<double>(cfg_.training.steps - done);
-      std::printf("step %6lld/%lld  loss %.5f  task %.5f  aux %.4f  z %.3f  dropped %5.2f%%  %9.0f tok/s  step %.1f ms  ETA %s\n",
-                  static_cast<long long>(done), static_cast<long long>(cfg_.training.steps), rec.loss,
-                  rec.task_loss, rec.aux_loss, rec.z_loss, 100.0 * rec.dropped_fraction, tps,
-                  1e3 * rec.time_step, format_duration(eta).c_str());
+      const double tps =
+          static_cast<double>(cfg_.data.tokens_per_step * done) / std::max(elapsed_, 1e-12);
+      const double eta =
+          elapsed_ / static_cast<double>(done) * static_cast<double>(cfg_.training.steps - done);
+      std::printf(
+          "step %6lld/%lld  loss %.5f  task %.5f  aux %.4f  z %.3f  dropped %5.2f%%  %9.0f tok/s  "
+          "step %.1f ms  ETA %s\n",
+          static_cast<long long>(done), static_cast<long long>(cfg_.training.steps), rec.loss,
+          rec.task_loss, rec.aux_loss, rec.z_loss, 100.0 * rec.dropped_fraction, tps,
+          1e3 * rec.time_step, format_duration(eta).c_str());
       std::fflush(stdout);
     }
   }
@@ -116,10 +123,15 @@ Invocation parse_command_line(int argc, char** argv) {
     inv.command = Command::version;
     return inv;
   }
-  if (cmd == "run") inv.command = Command::run;
-  else if (cmd == "route") inv.command = Command::route;
-  else if (cmd == "bench") inv.command = Command::bench;
-  else throw UsageError("unknown command '" + cmd + "': allowed are run, route, bench, --help, --version\n" + kUsage);
+  if (cmd == "run")
+    inv.command = Command::run;
+  else if (cmd == "route")
+    inv.command = Command::route;
+  else if (cmd == "bench")
+    inv.command = Command::bench;
+  else
+    throw UsageError("unknown command '" + cmd +
+                     "': allowed are run, route, bench, --help, --version\n" + kUsage);
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -134,12 +146,14 @@ Invocation parse_command_line(int argc, char** argv) {
     if (a.rfind("--", 0) == 0) {
       inv.overrides.push_back(a);
       // "--key value" form: the value is the next token unless it is an option itself.
-      if (a.find('=') == std::string::npos && i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0)
+      if (a.find('=') == std::string::npos && i + 1 < args.size() &&
+          args[i + 1].rfind("--", 0) != 0)
         inv.overrides.push_back(args[++i]);
       continue;
     }
     if (!inv.param_file.empty())
-      throw UsageError("unexpected argument '" + a + "': only one parameter file is allowed (got '" + inv.param_file + "')");
+      throw UsageError("unexpected argument '" + a +
+                       "': only one parameter file is allowed (got '" + inv.param_file + "')");
     inv.param_file = a;
   }
   if ((inv.command == Command::run || inv.command == Command::bench) && inv.param_file.empty())
@@ -161,7 +175,8 @@ Config load_config(const Invocation& inv, const comm::Comm& comm, Mode mode) {
   std::string text, problem;
   if (comm.rank() == 0 && !inv.param_file.empty()) {
     std::ifstream in(inv.param_file, std::ios::binary);
-    if (!in) problem = "cannot be opened";
+    if (!in)
+      problem = "cannot be opened";
     else {
       std::ostringstream ss;
       ss << in.rdbuf();
@@ -170,9 +185,11 @@ Config load_config(const Invocation& inv, const comm::Comm& comm, Mode mode) {
   }
   comm.bcast(problem, 0);
   if (!problem.empty())
-    throw ConfigError("parameter file", inv.param_file, "an existing, readable INI file (it " + problem + ")");
+    throw ConfigError("parameter file", inv.param_file,
+                      "an existing, readable INI file (it " + problem + ")");
   comm.bcast(text, 0);
-  Config cfg = parse_config(text, inv.param_file.empty() ? "<defaults>" : inv.param_file, inv.overrides);
+  Config cfg =
+      parse_config(text, inv.param_file.empty() ? "<defaults>" : inv.param_file, inv.overrides);
   validate(cfg, mode, comm.size());
   return cfg;
 }
@@ -205,14 +222,18 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
       // Resuming: keep the result rows before the checkpoint's step and continue the file.
       const std::string ckpt = train::checkpoint_path(cfg);
       std::int64_t resume_step = -1;
-      if (cfg.checkpoint.resume && std::filesystem::exists(ckpt)) resume_step = io::CheckpointReader(ckpt).meta().step;
+      if (cfg.checkpoint.resume && std::filesystem::exists(ckpt))
+        resume_step = io::CheckpointReader(ckpt).meta().step;
       if (resume_step >= 0 && std::filesystem::exists(cfg.output.file)) {
         writer = std::make_unique<io::ResultWriter>(cfg.output.file, meta, resume_step);
-        std::printf("resuming from checkpoint %s at step %lld\n", ckpt.c_str(), static_cast<long long>(resume_step));
+        std::printf("resuming from checkpoint %s at step %lld\n", ckpt.c_str(),
+                    static_cast<long long>(resume_step));
       } else {
         if (resume_step >= 0)
-          std::printf("resuming from checkpoint %s at step %lld; result file %s is missing, so its rows start there\n",
-                      ckpt.c_str(), static_cast<long long>(resume_step), cfg.output.file.c_str());
+          std::printf(
+              "resuming from checkpoint %s at step %lld; result file %s is missing, so its rows "
+              "start there\n",
+              ckpt.c_str(), static_cast<long long>(resume_step), cfg.output.file.c_str());
         writer = std::make_unique<io::ResultWriter>(cfg.output.file, meta);
       }
     } catch (const std::exception& e) {
@@ -220,7 +241,8 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
     }
   }
   comm.bcast(problem, 0);
-  if (!problem.empty()) throw ConfigError("output.file", cfg.output.file, "a writable file path (" + problem + ")");
+  if (!problem.empty())
+    throw ConfigError("output.file", cfg.output.file, "a writable file path (" + problem + ")");
 
   std::unique_ptr<RunReporter> reporter;
   if (writer) reporter = std::make_unique<RunReporter>(*writer, cfg);
@@ -229,9 +251,10 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   if (res.preempted) {
     if (comm.rank() == 0) {
       writer->flush();  // complete stays 0
-      std::printf("stopped on request after step %lld: checkpoint %s written; continue with --resume\n",
-                  static_cast<long long>(res.start_step + static_cast<std::int64_t>(res.loss.size())),
-                  train::checkpoint_path(cfg).c_str());
+      std::printf(
+          "stopped on request after step %lld: checkpoint %s written; continue with --resume\n",
+          static_cast<long long>(res.start_step + static_cast<std::int64_t>(res.loss.size())),
+          train::checkpoint_path(cfg).c_str());
       std::fflush(stdout);
     }
     return train::kExitPreempted;
@@ -269,13 +292,16 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
       try {
         trace = io::read_trace(cfg_in.trace.input);
       } catch (const std::exception& e) {
-        throw ConfigError("trace.input", cfg_in.trace.input, std::string("a readable trace file: ") + e.what());
+        throw ConfigError("trace.input", cfg_in.trace.input,
+                          std::string("a readable trace file: ") + e.what());
       }
       Config cfg = cfg_in;
       // The trace defines E; routing.num_experts is taken from it (and recorded).
       if (cfg.routing.num_experts != trace.experts) {
-        std::fprintf(stderr, "moesim route: routing.num_experts set to %lld from the trace's /logits width\n",
-                     static_cast<long long>(trace.experts));
+        std::fprintf(
+            stderr,
+            "moesim route: routing.num_experts set to %lld from the trace's /logits width\n",
+            static_cast<long long>(trace.experts));
         cfg.routing.num_experts = trace.experts;
       }
       validate(cfg, Mode::route, 1);
@@ -302,9 +328,12 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
         ctx.seed = cfg.training.seed;
         ctx.first_token = g * S;
         if (!trace.token_id.empty())
-          ctx.token_ids = std::span<const std::int64_t>(trace.token_id).subspan(static_cast<std::size_t>(g * S),
-                                                                                static_cast<std::size_t>(S));
-        router.route(std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)), probs, ctx, r);
+          ctx.token_ids =
+              std::span<const std::int64_t>(trace.token_id)
+                  .subspan(static_cast<std::size_t>(g * S), static_cast<std::size_t>(S));
+        router.route(
+            std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)),
+            probs, ctx, r);
         aux += r.aux;
         z += r.z;
         dropped += r.dropped;
@@ -331,14 +360,17 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
       const double groups = static_cast<double>(T / S);
       out.aux_loss = aux / groups;
       out.z_loss = z / groups;
-      out.dropped_fraction = total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0.0;
+      out.dropped_fraction =
+          total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0.0;
       out.config_ini = to_ini(cfg);
       io::write_route_output(cfg.trace.output, out);
-      std::printf("route: %lld tokens, %lld experts, %lld group%s of %lld, capacity %lld, kept %zu, dropped %zu (%.2f%%), aux %.6f, z %.6f -> %s\n",
-                  static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(T / S),
-                  T / S == 1 ? "" : "s", static_cast<long long>(S), static_cast<long long>(out.capacity),
-                  out.token.size(), out.dropped_token.size(), 100.0 * out.dropped_fraction, out.aux_loss,
-                  out.z_loss, cfg.trace.output.c_str());
+      std::printf(
+          "route: %lld tokens, %lld experts, %lld group%s of %lld, capacity %lld, kept %zu, "
+          "dropped %zu (%.2f%%), aux %.6f, z %.6f -> %s\n",
+          static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(T / S),
+          T / S == 1 ? "" : "s", static_cast<long long>(S), static_cast<long long>(out.capacity),
+          out.token.size(), out.dropped_token.size(), 100.0 * out.dropped_fraction, out.aux_loss,
+          out.z_loss, cfg.trace.output.c_str());
     } catch (const ConfigError& e) {
       problem = e.what();
       code = kExitBadInput;
@@ -357,18 +389,21 @@ int run_bench(const Config& cfg, const comm::Comm& comm) {
   const bench::LayerBenchResult r = bench::bench_layer(cfg, comm);
   if (comm.rank() == 0) {
     const double tflops = r.useful_gflop_fwd / (r.fwd_ms * 1e-3) / comm.size();
-    std::printf("bench layer E=%lld d_model=%lld d_ff=%lld tokens=%lld k=%lld cf=%s %s ranks=%d: "
-                "fwd %.2f ms (gemm %.2f ms, ratio %.3f) | fwd+bwd %.2f ms (gemm %.2f ms, ratio %.3f) | "
-                "useful %.1f GFLOP/s per rank fwd | deterministic %s\n",
-                static_cast<long long>(cfg.routing.num_experts), static_cast<long long>(cfg.model.d_model),
-                static_cast<long long>(cfg.model.d_ff), static_cast<long long>(cfg.data.tokens_per_step),
-                static_cast<long long>(cfg.routing.k), cfg.routing.capacity_factor.str().c_str(),
-                to_string(cfg.model.precision), comm.size(), r.fwd_ms, r.fwd_gemm_ms, r.fwd_ms / r.fwd_gemm_ms,
-                r.fwdbwd_ms, r.fwdbwd_gemm_ms, r.fwdbwd_ms / r.fwdbwd_gemm_ms, tflops,
-                r.deterministic ? "yes" : "NO");
-    std::printf("bench phases (ms per fwd+bwd iteration, max over ranks): gate %.2f dispatch %.2f expert %.2f "
-                "combine %.2f backward %.2f\n",
-                r.phase_ms[0], r.phase_ms[1], r.phase_ms[2], r.phase_ms[3], r.phase_ms[4]);
+    std::printf(
+        "bench layer E=%lld d_model=%lld d_ff=%lld tokens=%lld k=%lld cf=%s %s ranks=%d: "
+        "fwd %.2f ms (gemm %.2f ms, ratio %.3f) | fwd+bwd %.2f ms (gemm %.2f ms, ratio %.3f) | "
+        "useful %.1f GFLOP/s per rank fwd | deterministic %s\n",
+        static_cast<long long>(cfg.routing.num_experts), static_cast<long long>(cfg.model.d_model),
+        static_cast<long long>(cfg.model.d_ff), static_cast<long long>(cfg.data.tokens_per_step),
+        static_cast<long long>(cfg.routing.k), cfg.routing.capacity_factor.str().c_str(),
+        to_string(cfg.model.precision), comm.size(), r.fwd_ms, r.fwd_gemm_ms,
+        r.fwd_ms / r.fwd_gemm_ms, r.fwdbwd_ms, r.fwdbwd_gemm_ms, r.fwdbwd_ms / r.fwdbwd_gemm_ms,
+        tflops, r.deterministic ? "yes" : "NO");
+    std::printf(
+        "bench phases (ms per fwd+bwd iteration, max over ranks): gate %.2f dispatch %.2f expert "
+        "%.2f "
+        "combine %.2f backward %.2f\n",
+        r.phase_ms[0], r.phase_ms[1], r.phase_ms[2], r.phase_ms[3], r.phase_ms[4]);
     std::fflush(stdout);
   }
   return r.deterministic ? 0 : kExitRuntime;
@@ -384,7 +419,8 @@ int guarded(const comm::Comm& comm, const std::function<int()>& body) {
     if (comm.rank() == 0) std::fprintf(stderr, "moesim: error: %s\n", e.what());
     return kExitBadInput;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moesim: fatal error on rank %d of %d: %s\n", comm.rank(), comm.size(), e.what());
+    std::fprintf(stderr, "moesim: fatal error on rank %d of %d: %s\n", comm.rank(), comm.size(),
+                 e.what());
     std::fflush(stderr);
     comm::Environment::abort(kExitRuntime);
   }

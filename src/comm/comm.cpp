@@ -21,32 +21,44 @@ void check(int rc, const char* what) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, msg, &len);
-  throw CommError(std::string("MPI error in ") + what + ": " + std::string(msg, static_cast<std::size_t>(len)));
+  throw CommError(std::string("MPI error in ") + what + ": " +
+                  std::string(msg, static_cast<std::size_t>(len)));
 }
 
 MPI_Datatype to_mpi(DType t) {
   switch (t) {
-    case DType::f32: return MPI_FLOAT;
-    case DType::f64: return MPI_DOUBLE;
-    case DType::i32: return MPI_INT32_T;
-    case DType::i64: return MPI_INT64_T;
-    case DType::u64: return MPI_UINT64_T;
-    case DType::u8: return MPI_BYTE;
+    case DType::f32:
+      return MPI_FLOAT;
+    case DType::f64:
+      return MPI_DOUBLE;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::i64:
+      return MPI_INT64_T;
+    case DType::u64:
+      return MPI_UINT64_T;
+    case DType::u8:
+      return MPI_BYTE;
   }
   return MPI_DATATYPE_NULL;
 }
 
 MPI_Op to_mpi(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return MPI_SUM;
-    case ReduceOp::max: return MPI_MAX;
-    case ReduceOp::min: return MPI_MIN;
+    case ReduceOp::sum:
+      return MPI_SUM;
+    case ReduceOp::max:
+      return MPI_MAX;
+    case ReduceOp::min:
+      return MPI_MIN;
   }
   return MPI_OP_NULL;
 }
 
 int to_int_count(std::size_t n, const char* what) {
-  if (n > static_cast<std::size_t>(INT_MAX)) throw CommError(std::string(what) + ": message of " + std::to_string(n) + " elements exceeds the MPI int count limit");
+  if (n > static_cast<std::size_t>(INT_MAX))
+    throw CommError(std::string(what) + ": message of " + std::to_string(n) +
+                    " elements exceeds the MPI int count limit");
   return static_cast<int>(n);
 }
 
@@ -97,7 +109,9 @@ struct Comm::Impl {
     auto it = row_types.find({t, width});
     if (it != row_types.end()) return it->second;
     MPI_Datatype type = MPI_DATATYPE_NULL;
-    check(MPI_Type_contiguous(to_int_count(static_cast<std::size_t>(width), "row type"), to_mpi(t), &type), "MPI_Type_contiguous");
+    check(MPI_Type_contiguous(to_int_count(static_cast<std::size_t>(width), "row type"), to_mpi(t),
+                              &type),
+          "MPI_Type_contiguous");
     check(MPI_Type_commit(&type), "MPI_Type_commit");
     row_types.emplace(std::make_pair(t, width), type);
     return type;
@@ -127,7 +141,8 @@ void Comm::barrier() const { check(MPI_Barrier(impl_->comm), "MPI_Barrier"); }
 
 void Comm::allreduce_raw(void* data, std::size_t n, DType t, ReduceOp op) const {
   if (n == 0) return;
-  check(MPI_Allreduce(MPI_IN_PLACE, data, to_int_count(n, "MPI_Allreduce"), to_mpi(t), to_mpi(op), impl_->comm),
+  check(MPI_Allreduce(MPI_IN_PLACE, data, to_int_count(n, "MPI_Allreduce"), to_mpi(t), to_mpi(op),
+                      impl_->comm),
         "MPI_Allreduce");
 }
 
@@ -145,7 +160,8 @@ void Comm::bcast(std::string& s, int root) const {
 
 void Comm::gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const {
   const int count = to_int_count(n, "MPI_Gather");
-  check(MPI_Gather(send, count, to_mpi(t), recv, count, to_mpi(t), root, impl_->comm), "MPI_Gather");
+  check(MPI_Gather(send, count, to_mpi(t), recv, count, to_mpi(t), root, impl_->comm),
+        "MPI_Gather");
 }
 
 std::vector<char> Comm::gatherv_bytes(std::span<const char> send, int root) const {
@@ -159,8 +175,8 @@ std::vector<char> Comm::gatherv_bytes(std::span<const char> send, int root) cons
     total += static_cast<std::size_t>(counts[r]);
   }
   std::vector<char> out(total);
-  check(MPI_Gatherv(send.data(), mine, MPI_BYTE, out.data(), counts.data(), displ.data(), MPI_BYTE, root,
-                    impl_->comm),
+  check(MPI_Gatherv(send.data(), mine, MPI_BYTE, out.data(), counts.data(), displ.data(), MPI_BYTE,
+                    root, impl_->comm),
         "MPI_Gatherv");
   return out;
 }
@@ -170,12 +186,13 @@ void Comm::alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DT
   check(MPI_Alltoall(send, count, to_mpi(t), recv, count, to_mpi(t), impl_->comm), "MPI_Alltoall");
 }
 
-void Comm::alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width,
-                             DType t) const {
+void Comm::alltoall_rows_raw(const void* send, void* recv, std::int64_t rows,
+                             std::int64_t row_width, DType t) const {
   MPI_Datatype row = impl_->row_type(t, row_width);
-  check(MPI_Alltoall(send, to_int_count(static_cast<std::size_t>(rows), "MPI_Alltoall"), row, recv,
-                     to_int_count(static_cast<std::size_t>(rows), "MPI_Alltoall"), row, impl_->comm),
-        "MPI_Alltoall");
+  check(
+      MPI_Alltoall(send, to_int_count(static_cast<std::size_t>(rows), "MPI_Alltoall"), row, recv,
+                   to_int_count(static_cast<std::size_t>(rows), "MPI_Alltoall"), row, impl_->comm),
+      "MPI_Alltoall");
 }
 
 void Comm::alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,

@@ -40,18 +40,21 @@ constexpr Named<Activation> kActivationNames[] = {{Activation::relu, "relu"},
                                                   {Activation::gelu, "gelu"}};
 constexpr Named<Precision> kPrecisionNames[] = {{Precision::float32, "float32"},
                                                 {Precision::float64, "float64"}};
-constexpr Named<RoutingRuleKind> kRuleNames[] = {
-    {RoutingRuleKind::dense, "dense"},       {RoutingRuleKind::topk, "topk"},
-    {RoutingRuleKind::noisy_topk, "noisy_topk"}, {RoutingRuleKind::switch_top1, "switch"},
-    {RoutingRuleKind::gshard, "gshard"},     {RoutingRuleKind::expert_choice, "expert_choice"},
-    {RoutingRuleKind::hash, "hash"},         {RoutingRuleKind::base, "base"}};
+constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::dense, "dense"},
+                                                 {RoutingRuleKind::topk, "topk"},
+                                                 {RoutingRuleKind::noisy_topk, "noisy_topk"},
+                                                 {RoutingRuleKind::switch_top1, "switch"},
+                                                 {RoutingRuleKind::gshard, "gshard"},
+                                                 {RoutingRuleKind::expert_choice, "expert_choice"},
+                                                 {RoutingRuleKind::hash, "hash"},
+                                                 {RoutingRuleKind::base, "base"}};
 constexpr Named<DropPolicyKind> kDropPolicyNames[] = {
     {DropPolicyKind::position, "position"},
     {DropPolicyKind::choice_position, "choice_position"},
     {DropPolicyKind::probs, "probs"},
     {DropPolicyKind::priority, "priority"}};
-constexpr Named<DispatchKind> kDispatchNames[] = {{DispatchKind::alltoallv, "alltoallv"},
-                                                  {DispatchKind::alltoall_padded, "alltoall_padded"}};
+constexpr Named<DispatchKind> kDispatchNames[] = {
+    {DispatchKind::alltoallv, "alltoallv"}, {DispatchKind::alltoall_padded, "alltoall_padded"}};
 constexpr Named<OptimizerKind> kOptimizerNames[] = {{OptimizerKind::sgd, "sgd"},
                                                     {OptimizerKind::adam, "adam"}};
 
@@ -255,7 +258,10 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::routing, &RoutingConfig::rule>("routing.rule", rule.c_str(),
                                                               "routing rule (routing.md)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::k>(
-        "routing.k", "integer in [1, min(routing.num_experts, 64)]; 1 for switch and hash, 2 for gshard; ignored by dense and expert_choice", "choices per token"));
+        "routing.k",
+        "integer in [1, min(routing.num_experts, 64)]; 1 for switch and hash, 2 for gshard; "
+        "ignored by dense and expert_choice",
+        "choices per token"));
     t.push_back(make_field<&C::routing, &RoutingConfig::renormalize>(
         "routing.renormalize", bools.c_str(), "topk: renormalise kept weights to sum 1"));
     t.push_back(make_field<&C::routing, &RoutingConfig::capacity_factor>(
@@ -367,8 +373,8 @@ const std::vector<Field>& fields() {
     // bench
     t.push_back(make_field<&C::bench, &BenchConfig::warmup>(
         "bench.warmup", "integer >= 0", "moesim bench: untimed iterations before timing"));
-    t.push_back(make_field<&C::bench, &BenchConfig::iterations>(
-        "bench.iterations", "integer >= 1", "moesim bench: timed iterations"));
+    t.push_back(make_field<&C::bench, &BenchConfig::iterations>("bench.iterations", "integer >= 1",
+                                                                "moesim bench: timed iterations"));
     return t;
   }();
   return table;
@@ -776,8 +782,8 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   require_real(r.z_loss_coef, r.z_loss_coef >= 0, "routing.z_loss_coef", "must be a number >= 0");
   require_real(r.aux_gshard_loss_coef, r.aux_gshard_loss_coef >= 0, "routing.aux_gshard_loss_coef",
                "must be a number >= 0");
-  require_real(r.importance_loss_coef, r.importance_loss_coef >= 0,
-               "routing.importance_loss_coef", "must be a number >= 0");
+  require_real(r.importance_loss_coef, r.importance_loss_coef >= 0, "routing.importance_loss_coef",
+               "must be a number >= 0");
   require_real(r.load_loss_coef, r.load_loss_coef >= 0, "routing.load_loss_coef",
                "must be a number >= 0");
   require_real(r.jitter_eps, r.jitter_eps >= 0 && r.jitter_eps < 1, "routing.jitter_eps",
@@ -800,24 +806,32 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   // also the capacity keys); renormalize is read by topk only, random_routing by gshard only.
   if (r.rule == RoutingRuleKind::hash) {
     const std::pair<const char*, double> coefs[] = {
-        {"routing.aux_loss_coef", r.aux_loss_coef}, {"routing.aux_gshard_loss_coef", r.aux_gshard_loss_coef},
-        {"routing.importance_loss_coef", r.importance_loss_coef}, {"routing.load_loss_coef", r.load_loss_coef},
+        {"routing.aux_loss_coef", r.aux_loss_coef},
+        {"routing.aux_gshard_loss_coef", r.aux_gshard_loss_coef},
+        {"routing.importance_loss_coef", r.importance_loss_coef},
+        {"routing.load_loss_coef", r.load_loss_coef},
         {"routing.z_loss_coef", r.z_loss_coef}};
     for (const auto& [key, coef] : coefs)
       require(coef == 0, key, format_double(coef),
-              "must be 0 when routing.rule = hash (no learned router: the loss would have no gradient)");
+              "must be 0 when routing.rule = hash (no learned router: the loss would have no "
+              "gradient)");
   }
   require(r.jitter_eps == 0 || r.rule == RoutingRuleKind::switch_top1, "routing.jitter_eps",
-          format_double(r.jitter_eps), "must be 0 unless routing.rule = switch (router-input jitter)");
-  require(r.bias_update_rate == 0 || r.rule == RoutingRuleKind::topk || r.rule == RoutingRuleKind::switch_top1,
-          "routing.bias_update_rate", format_double(r.bias_update_rate),
-          "must be 0 unless routing.rule = topk or switch (aux-loss-free balancing by expert bias)");
+          format_double(r.jitter_eps),
+          "must be 0 unless routing.rule = switch (router-input jitter)");
+  require(
+      r.bias_update_rate == 0 || r.rule == RoutingRuleKind::topk ||
+          r.rule == RoutingRuleKind::switch_top1,
+      "routing.bias_update_rate", format_double(r.bias_update_rate),
+      "must be 0 unless routing.rule = topk or switch (aux-loss-free balancing by expert bias)");
   if (r.rule == RoutingRuleKind::expert_choice) {
     require(!r.dropless, "routing.dropless", "true",
-            "must be false when routing.rule = expert_choice (each expert takes C = ceil(S * cf / E) tokens)");
+            "must be false when routing.rule = expert_choice (each expert takes C = ceil(S * cf / "
+            "E) tokens)");
     require(r.capacity_factor.num > 0, "routing.capacity_factor", r.capacity_factor.str(),
             "must be > 0 when routing.rule = expert_choice (it sets the tokens per expert)");
-    require(r.eval_capacity_factor.num > 0, "routing.eval_capacity_factor", r.eval_capacity_factor.str(),
+    require(r.eval_capacity_factor.num > 0, "routing.eval_capacity_factor",
+            r.eval_capacity_factor.str(),
             "must be > 0 when routing.rule = expert_choice (it sets the tokens per expert)");
   }
 

@@ -30,7 +30,9 @@ void ClusterTask::generate(Stream stream, std::int64_t first_id, std::int64_t n,
   }
 }
 
-template void ClusterTask::generate<float>(Stream, std::int64_t, std::int64_t, float*, std::int32_t*, std::int32_t*) const;
-template void ClusterTask::generate<double>(Stream, std::int64_t, std::int64_t, double*, std::int32_t*, std::int32_t*) const;
+template void ClusterTask::generate<float>(Stream, std::int64_t, std::int64_t, float*,
+                                           std::int32_t*, std::int32_t*) const;
+template void ClusterTask::generate<double>(Stream, std::int64_t, std::int64_t, double*,
+                                            std::int32_t*, std::int32_t*) const;
 
 }  // namespace moesim::data

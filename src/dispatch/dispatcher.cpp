@@ -40,14 +40,17 @@ void pack_plan(const std::vector<std::int32_t>& token, const std::vector<std::in
       plan.send_per_peer_expert[(first_peer + i) * per + j] = rows;
       plan.send_rows[first_peer + i] += rows;
     }
-  for (std::size_t p = 1; p < P; ++p) plan.send_displ[p] = plan.send_displ[p - 1] + plan.send_rows[p - 1];
+  for (std::size_t p = 1; p < P; ++p)
+    plan.send_displ[p] = plan.send_displ[p - 1] + plan.send_rows[p - 1];
   plan.total_send = static_cast<std::int64_t>(n);
 }
 
 template <typename T>
-void gather_rows(const T* in, const std::int32_t* index, std::int64_t n, std::int64_t width, T* out) {
+void gather_rows(const T* in, const std::int32_t* index, std::int64_t n, std::int64_t width,
+                 T* out) {
   const auto bytes = static_cast<std::size_t>(width) * sizeof(T);
-  for (std::int64_t i = 0; i < n; ++i) std::memcpy(out + i * width, in + static_cast<std::int64_t>(index[i]) * width, bytes);
+  for (std::int64_t i = 0; i < n; ++i)
+    std::memcpy(out + i * width, in + static_cast<std::int64_t>(index[i]) * width, bytes);
 }
 
 template <typename T>
@@ -63,7 +66,8 @@ void exchange_plan_counts(const comm::Comm& comm, const Placement& placement, Pl
   const std::size_t P = static_cast<std::size_t>(placement.ranks);
   const std::size_t per = static_cast<std::size_t>(placement.per_rank());
   plan.recv_per_peer_expert.assign(P * per, 0);
-  comm.alltoall(std::span<const int>(plan.send_per_peer_expert), std::span<int>(plan.recv_per_peer_expert));
+  comm.alltoall(std::span<const int>(plan.send_per_peer_expert),
+                std::span<int>(plan.recv_per_peer_expert));
   plan.recv_rows.assign(P, 0);
   plan.recv_displ.assign(P, 0);
   plan.expert_offset.assign(per + 1, 0);
@@ -99,8 +103,10 @@ void reorder(Plan& plan, std::size_t P, std::size_t per, const T* src, T* dst, s
       const std::int64_t rows = plan.recv_per_peer_expert[p * per + j];
       const std::size_t bytes = static_cast<std::size_t>(rows * width) * sizeof(T);
       if (bytes > 0) {
-        if constexpr (ToExpertMajor) std::memcpy(dst + fill[j] * width, src + source_row * width, bytes);
-        else std::memcpy(dst + source_row * width, src + fill[j] * width, bytes);
+        if constexpr (ToExpertMajor)
+          std::memcpy(dst + fill[j] * width, src + source_row * width, bytes);
+        else
+          std::memcpy(dst + source_row * width, src + fill[j] * width, bytes);
       }
       fill[j] += rows;
       source_row += rows;
@@ -149,8 +155,9 @@ void AlltoallPaddedDispatcher<T>::exchange_counts(Plan& plan) {
   exchange_plan_counts(comm_, placement_, plan);
   for (std::size_t p = 0; p < plan.send_rows.size(); ++p)
     if (plan.send_rows[p] > plan.padded_rows || plan.recv_rows[p] > plan.padded_rows)
-      throw std::logic_error("alltoall_padded: a block holds more rows than its capacity padding (" +
-                             std::to_string(plan.padded_rows) + ")");
+      throw std::logic_error(
+          "alltoall_padded: a block holds more rows than its capacity padding (" +
+          std::to_string(plan.padded_rows) + ")");
 }
 
 template <typename T>
@@ -164,12 +171,13 @@ void AlltoallPaddedDispatcher<T>::to_experts(Plan& plan, const T* send_order, T*
   for (std::size_t p = 0; p < P; ++p)
     if (plan.send_rows[p] > 0)  // (an empty send buffer may be a null pointer: no memcpy)
       std::memcpy(send_blocks_.data() + static_cast<std::int64_t>(p) * B * width,
-                send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
-                static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
+                  send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
+                  static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
   if (B > 0) comm_.alltoall_rows(send_blocks_.data(), recv_blocks_.data(), B, width);
-  this->bytes_sent_ += static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
-  reorder<T, true>(plan, P, static_cast<std::size_t>(placement_.per_rank()), recv_blocks_.data(), expert_major,
-                   width, B);
+  this->bytes_sent_ +=
+      static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
+  reorder<T, true>(plan, P, static_cast<std::size_t>(placement_.per_rank()), recv_blocks_.data(),
+                   expert_major, width, B);
 }
 
 template <typename T>
@@ -180,19 +188,21 @@ void AlltoallPaddedDispatcher<T>::from_experts(Plan& plan, const T* expert_major
   const auto n = static_cast<std::size_t>(static_cast<std::int64_t>(P) * B * width);
   if (send_blocks_.size() < n) send_blocks_.resize(n, T(0));
   if (recv_blocks_.size() < n) recv_blocks_.resize(n, T(0));
-  reorder<T, false>(plan, P, static_cast<std::size_t>(placement_.per_rank()), expert_major, recv_blocks_.data(),
-                    width, B);
+  reorder<T, false>(plan, P, static_cast<std::size_t>(placement_.per_rank()), expert_major,
+                    recv_blocks_.data(), width, B);
   if (B > 0) comm_.alltoall_rows(recv_blocks_.data(), send_blocks_.data(), B, width);
-  this->bytes_sent_ += static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
+  this->bytes_sent_ +=
+      static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
   for (std::size_t p = 0; p < P; ++p)
     if (plan.send_rows[p] > 0)
       std::memcpy(send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
-                send_blocks_.data() + static_cast<std::int64_t>(p) * B * width,
-                static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
+                  send_blocks_.data() + static_cast<std::int64_t>(p) * B * width,
+                  static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
 }
 
 template <typename T>
-std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm, Placement placement) {
+std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm,
+                                               Placement placement) {
   if (padded) return std::make_unique<AlltoallPaddedDispatcher<T>>(comm, placement);
   return std::make_unique<AlltoallvDispatcher<T>>(comm, placement);
 }
@@ -201,9 +211,13 @@ template class AlltoallvDispatcher<float>;
 template class AlltoallvDispatcher<double>;
 template class AlltoallPaddedDispatcher<float>;
 template class AlltoallPaddedDispatcher<double>;
-template std::unique_ptr<Dispatcher<float>> make_dispatcher<float>(bool, const comm::Comm&, Placement);
-template std::unique_ptr<Dispatcher<double>> make_dispatcher<double>(bool, const comm::Comm&, Placement);
-template void gather_rows<float>(const float*, const std::int32_t*, std::int64_t, std::int64_t, float*);
-template void gather_rows<double>(const double*, const std::int32_t*, std::int64_t, std::int64_t, double*);
+template std::unique_ptr<Dispatcher<float>> make_dispatcher<float>(bool, const comm::Comm&,
+                                                                   Placement);
+template std::unique_ptr<Dispatcher<double>> make_dispatcher<double>(bool, const comm::Comm&,
+                                                                     Placement);
+template void gather_rows<float>(const float*, const std::int32_t*, std::int64_t, std::int64_t,
+                                 float*);
+template void gather_rows<double>(const double*, const std::int32_t*, std::int64_t, std::int64_t,
+                                  double*);
 
 }  // namespace moesim::dispatch

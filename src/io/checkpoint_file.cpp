@@ -20,15 +20,15 @@ void put_string(hid_t loc, const std::string& file, const char* name, const std:
   check(H5Tset_size(type.get(), value.size() + 1), file, name, "sizing the string type");
   check(H5Tset_strpad(type.get(), H5T_STR_NULLTERM), file, name, "setting the string padding");
   h5::Space space(check(H5Screate(H5S_SCALAR), file, name, "creating a dataspace"));
-  h5::Attr attr(check(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), file, name,
-                      "creating the attribute"));
+  h5::Attr attr(check(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                      file, name, "creating the attribute"));
   check(H5Awrite(attr.get(), type.get(), value.c_str()), file, name, "writing the attribute");
 }
 
 void put_int(hid_t loc, const std::string& file, const char* name, std::int64_t value) {
   h5::Space space(check(H5Screate(H5S_SCALAR), file, name, "creating a dataspace"));
-  h5::Attr attr(check(H5Acreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), file,
-                      name, "creating the attribute"));
+  h5::Attr attr(check(H5Acreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                      file, name, "creating the attribute"));
   check(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value), file, name, "writing the attribute");
 }
 
@@ -60,7 +60,8 @@ void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
   try {
     {
       h5::Plist lcpl(check(H5Pcreate(H5P_LINK_CREATE), tmp, "", "creating link properties"));
-      check(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp, "", "setting intermediate groups");
+      check(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp, "",
+            "setting intermediate groups");
       h5::File file(check(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp, "",
                           "creating the checkpoint file"));
       const hid_t root = file.get();
@@ -72,20 +73,23 @@ void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
       put_string(root, tmp, "config", meta.config_ini);
       for (const CheckpointEntry& e : entries) {
         const hsize_t n = e.data.size();
-        h5::Space space(check(H5Screate_simple(1, &n, nullptr), tmp, e.name, "creating the dataspace"));
-        h5::Dataset ds(check(H5Dcreate2(root, e.name.c_str(), H5T_IEEE_F64LE, space.get(), lcpl.get(),
-                                        H5P_DEFAULT, H5P_DEFAULT),
+        h5::Space space(
+            check(H5Screate_simple(1, &n, nullptr), tmp, e.name, "creating the dataspace"));
+        h5::Dataset ds(check(H5Dcreate2(root, e.name.c_str(), H5T_IEEE_F64LE, space.get(),
+                                        lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
                              tmp, e.name, "creating the dataset"));
         if (n > 0)
-          check(H5Dwrite(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, e.data.data()), tmp, e.name,
-                "writing the dataset");
+          check(H5Dwrite(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, e.data.data()),
+                tmp, e.name, "writing the dataset");
       }
       check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), tmp, "", "flushing");
       check(file.close(), tmp, "", "closing");
     }
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
-    if (ec) throw std::runtime_error("cannot rename checkpoint '" + tmp + "' to '" + path + "': " + ec.message());
+    if (ec)
+      throw std::runtime_error("cannot rename checkpoint '" + tmp + "' to '" + path +
+                               "': " + ec.message());
   } catch (...) {
     std::remove(tmp.c_str());
     throw;
@@ -101,13 +105,15 @@ struct CheckpointReader::Impl {
 CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
   h5::ErrorSilencer quiet;
   impl_->path = path;
-  impl_->file = h5::File(check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path, "", "opening the checkpoint"));
+  impl_->file = h5::File(check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path, "",
+                               "opening the checkpoint"));
   const hid_t root = impl_->file.get();
   CheckpointMeta& m = impl_->meta;
   m.format_version = get_int(root, path, "format_version");
   if (m.format_version != kCheckpointFormat)
-    throw std::runtime_error("checkpoint '" + path + "' has format_version " + std::to_string(m.format_version) +
-                             "; this build reads format " + std::to_string(kCheckpointFormat));
+    throw std::runtime_error("checkpoint '" + path + "' has format_version " +
+                             std::to_string(m.format_version) + "; this build reads format " +
+                             std::to_string(kCheckpointFormat));
   m.step = get_int(root, path, "step");
   m.optimizer_steps = get_int(root, path, "optimizer_steps");
   m.ranks = get_int(root, path, "ranks");
@@ -135,17 +141,19 @@ bool CheckpointReader::has(const std::string& name) const {
 void CheckpointReader::read(const std::string& name, std::span<double> out) const {
   h5::ErrorSilencer quiet;
   const std::string& path = impl_->path;
-  if (!has(name)) throw std::runtime_error("checkpoint '" + path + "' has no tensor '" + name + "'");
-  h5::Dataset ds(check(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), path, name, "opening the dataset"));
+  if (!has(name))
+    throw std::runtime_error("checkpoint '" + path + "' has no tensor '" + name + "'");
+  h5::Dataset ds(check(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), path, name,
+                       "opening the dataset"));
   h5::Space space(check(H5Dget_space(ds.get()), path, name, "reading the dataspace"));
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n < 0 || static_cast<std::size_t>(n) != out.size())
-    throw std::runtime_error("checkpoint '" + path + "' tensor '" + name + "' has " + std::to_string(n) +
-                             " values; expected " + std::to_string(out.size()) +
+    throw std::runtime_error("checkpoint '" + path + "' tensor '" + name + "' has " +
+                             std::to_string(n) + " values; expected " + std::to_string(out.size()) +
                              " (a different model shape?)");
   if (n > 0)
-    check(H5Dread(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), path, name,
-          "reading the dataset");
+    check(H5Dread(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), path,
+          name, "reading the dataset");
 }
 
 }  // namespace moesim::io

@@ -102,7 +102,8 @@ inline std::string last_error() {
 }
 
 // Throws "HDF5 file '<file>', object '<object>': <action> failed (<hdf5 reason>)".
-[[noreturn]] inline void fail(std::string_view file, std::string_view object, std::string_view action) {
+[[noreturn]] inline void fail(std::string_view file, std::string_view object,
+                              std::string_view action) {
   std::string msg = "HDF5 file '";
   msg += file;
   msg += "'";

@@ -52,7 +52,8 @@ double mutual_information(std::span<const std::int64_t> counts, std::int64_t K, 
       const auto c = static_cast<double>(counts[static_cast<std::size_t>(k * E + e)]);
       if (c == 0) continue;
       // p(k,e) log(p(k,e) / (p(k) p(e))) with p = count / n.
-      mi += (c / n) * std::log(c * n / (pk[static_cast<std::size_t>(k)] * pe[static_cast<std::size_t>(e)]));
+      mi += (c / n) *
+            std::log(c * n / (pk[static_cast<std::size_t>(k)] * pe[static_cast<std::size_t>(e)]));
     }
   return std::max(mi, 0.0);  // round-off can give -1e-17 for independent tables
 }

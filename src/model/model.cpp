@@ -22,17 +22,21 @@ Model<T>::Model(const Config& cfg, const comm::Comm& comm, std::int64_t train_to
                 std::int64_t eval_tokens)
     : cfg_(cfg), in_dim_(cfg.data.input_dim), d_(cfg.model.d_model) {
   const double s = cfg.model.init_scale;
-  w_in_ = store_.add("input.w", ParamKind::replicated, in_dim_ * d_, s / std::sqrt(static_cast<double>(in_dim_)));
+  w_in_ = store_.add("input.w", ParamKind::replicated, in_dim_ * d_,
+                     s / std::sqrt(static_cast<double>(in_dim_)));
   b_in_ = store_.add("input.b", ParamKind::replicated, d_, 0.0);
   for (int l = 0; l < cfg.model.layers; ++l)
-    layers_.push_back(std::make_unique<MoELayer<T>>(cfg, l, comm, store_, train_tokens, eval_tokens));
-  w_head_ = store_.add("head.w", ParamKind::replicated, d_ * C, s / std::sqrt(static_cast<double>(d_)));
+    layers_.push_back(
+        std::make_unique<MoELayer<T>>(cfg, l, comm, store_, train_tokens, eval_tokens));
+  w_head_ =
+      store_.add("head.w", ParamKind::replicated, d_ * C, s / std::sqrt(static_cast<double>(d_)));
   b_head_ = store_.add("head.b", ParamKind::replicated, C, 0.0);
   store_.allocate();
   store_.initialize(cfg.training.seed);
   for (auto& layer : layers_) layer->bind(store_);
   const std::int64_t n = std::max(train_tokens, eval_tokens);
-  act_.assign(static_cast<std::size_t>(cfg.model.layers) + 1, AlignedVector<T>(static_cast<std::size_t>(n * d_)));
+  act_.assign(static_cast<std::size_t>(cfg.model.layers) + 1,
+              AlignedVector<T>(static_cast<std::size_t>(n * d_)));
   logits_.resize(static_cast<std::size_t>(n * C));
   class_probs_.resize(static_cast<std::size_t>(n * C));
   grad_a_.resize(static_cast<std::size_t>(n * d_));
@@ -83,14 +87,18 @@ void Model<T>::backward(std::int64_t global_tokens, std::int64_t global_groups) 
   for (std::int64_t t = 0; t < n; ++t)
     for (std::int64_t c = 0; c < C; ++c)
       logits_[static_cast<std::size_t>(t * C + c)] = static_cast<T>(
-          (class_probs_[static_cast<std::size_t>(t * C + c)] - (labels_[t] == c ? 1.0 : 0.0)) * inv_b);
+          (class_probs_[static_cast<std::size_t>(t * C + c)] - (labels_[t] == c ? 1.0 : 0.0)) *
+          inv_b);
   CMapM<T> dlogits(logits_.data(), n, C);
-  MapM<T>(store_.grad(w_head_), d_, C).noalias() += CMapM<T>(act_.back().data(), n, d_).transpose() * dlogits;
+  MapM<T>(store_.grad(w_head_), d_, C).noalias() +=
+      CMapM<T>(act_.back().data(), n, d_).transpose() * dlogits;
   MapRow<T>(store_.grad(b_head_), C) += dlogits.colwise().sum();
-  MapM<T>(grad_a_.data(), n, d_).noalias() = dlogits * CMapM<T>(store_.value(w_head_), d_, C).transpose();
+  MapM<T>(grad_a_.data(), n, d_).noalias() =
+      dlogits * CMapM<T>(store_.value(w_head_), d_, C).transpose();
 
   // Each logged router loss is a mean over layers and groups: dL/d(one group's value).
-  const double per_group = 1.0 / (static_cast<double>(layers_.size()) * static_cast<double>(global_groups));
+  const double per_group =
+      1.0 / (static_cast<double>(layers_.size()) * static_cast<double>(global_groups));
   routing::LossScales scales;
   scales.aux = cfg_.routing.aux_loss_coef * per_group;
   scales.aux_gshard = cfg_.routing.aux_gshard_loss_coef * per_group;
@@ -104,7 +112,8 @@ void Model<T>::backward(std::int64_t global_tokens, std::int64_t global_groups) 
     std::swap(dy, dx);
   }
   CMapM<T> dh0(dy, n, d_);
-  MapM<T>(store_.grad(w_in_), in_dim_, d_).noalias() += CMapM<T>(inputs_, n, in_dim_).transpose() * dh0;
+  MapM<T>(store_.grad(w_in_), in_dim_, d_).noalias() +=
+      CMapM<T>(inputs_, n, in_dim_).transpose() * dh0;
   MapRow<T>(store_.grad(b_in_), d_) += dh0.colwise().sum();
 }
 

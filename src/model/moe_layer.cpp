@@ -44,9 +44,12 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       E_(cfg.routing.num_experts),
       index_(index),
       placement_{cfg.routing.num_experts, comm.size(), comm.rank()},
-      router_train_(std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, train_tokens))),
-      router_eval_(std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, eval_tokens))),
-      dispatcher_(dispatch::make_dispatcher<T>(cfg.routing.dispatch == DispatchKind::alltoall_padded, comm, placement_)),
+      router_train_(
+          std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, train_tokens))),
+      router_eval_(
+          std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, eval_tokens))),
+      dispatcher_(dispatch::make_dispatcher<T>(
+          cfg.routing.dispatch == DispatchKind::alltoall_padded, comm, placement_)),
       experts_(store, "layer" + std::to_string(index), placement_.first_local(),
                placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
                cfg.model.init_scale),
@@ -60,7 +63,9 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
     gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
                          cfg.model.init_scale / std::sqrt(static_cast<double>(d_)));
   // Shazeer et al. 2017 initialise W_noise to zeros (noise scale softplus(0) = ln 2).
-  if (noisy_) noise_id_ = store.add("layer" + std::to_string(index) + ".noise", ParamKind::replicated, d_ * E_, 0.0);
+  if (noisy_)
+    noise_id_ =
+        store.add("layer" + std::to_string(index) + ".noise", ParamKind::replicated, d_ * E_, 0.0);
   const std::int64_t n = std::max(train_tokens, eval_tokens);
   logits_t_.reserve(static_cast<std::size_t>(n * E_));
   logits_.reserve(static_cast<std::size_t>(n * E_));
@@ -83,7 +88,8 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
   ensure(back_, train_tokens * kmax * d_);
   if (const std::int64_t C = router_train_->capacity(true); C >= 0) {
     const std::int64_t groups = train_tokens * comm.size() / router_train_->group_tokens();
-    const std::int64_t rows = std::min(placement_.per_rank() * groups * C, train_tokens * comm.size() * kmax);
+    const std::int64_t rows =
+        std::min(placement_.per_rank() * groups * C, train_tokens * comm.size() * kmax);
     ensure(ex_in_, rows * d_);
     ensure(ex_out_, rows * d_);
     ensure(ex_h_, rows * f_);
@@ -110,12 +116,13 @@ void MoELayer<T>::update_bias(std::span<const double> global_load) {
 }
 
 template <typename T>
-void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
-                          perf::PhaseTimes* times, const PassInfo& pass) {
+void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf::PhaseTimes* times,
+                          const PassInfo& pass) {
   using perf::Phase;
   const routing::Router& router = training ? *router_train_ : *router_eval_;
   const std::int64_t S = router.group_tokens();
-  if (n % S != 0) throw std::logic_error("MoELayer: token count is not a multiple of the group size");
+  if (n % S != 0)
+    throw std::logic_error("MoELayer: token count is not a multiple of the group size");
   const std::int64_t G = n / S;
   const auto E = static_cast<std::size_t>(E_);
   x_ = x;
@@ -134,10 +141,11 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
         ensure(jit_x_, n * d_);
         ensure(jit_u_, n * d_);
         for (std::int64_t i = 0; i < n; ++i) {
-          const CounterRng rng = routing::draw_stream(seed_, pass.step, index_, pass.first_token + i,
-                                                      routing::DrawPurpose::jitter);
+          const CounterRng rng = routing::draw_stream(
+              seed_, pass.step, index_, pass.first_token + i, routing::DrawPurpose::jitter);
           for (std::int64_t j = 0; j < d_; ++j) {
-            const T u = static_cast<T>(1.0 - jitter_eps_ + 2.0 * jitter_eps_ * rng.uniform(static_cast<std::uint64_t>(j)));
+            const T u = static_cast<T>(
+                1.0 - jitter_eps_ + 2.0 * jitter_eps_ * rng.uniform(static_cast<std::uint64_t>(j)));
             jit_u_[static_cast<std::size_t>(i * d_ + j)] = u;
             jit_x_[static_cast<std::size_t>(i * d_ + j)] = x[i * d_ + j] * u;
           }
@@ -153,7 +161,8 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
       MapM<T>(noise_raw_t_.data(), n, E_).noalias() = CMapM<T>(x, n, d_) * CMapM<T>(wn_, d_, E_);
       noise_std_.resize(static_cast<std::size_t>(n * E_));
       for (std::int64_t i = 0; i < n * E_; ++i)
-        noise_std_[static_cast<std::size_t>(i)] = softplus(static_cast<double>(noise_raw_t_[static_cast<std::size_t>(i)]));
+        noise_std_[static_cast<std::size_t>(i)] =
+            softplus(static_cast<double>(noise_raw_t_[static_cast<std::size_t>(i)]));
     }
     groups_.resize(static_cast<std::size_t>(G));
     ctx_.resize(static_cast<std::size_t>(G));
@@ -179,11 +188,13 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
       ctx.layer = index_;
       // Evaluation tokens live in their own id space (hash experts differ from training's).
       ctx.first_token = (training ? 0 : routing::kEvalTokenIdBase) + pass.first_token + g * S;
-      ctx.noise_std = noise ? std::span<const double>(noise_std_).subspan(off, len) : std::span<const double>{};
+      ctx.noise_std =
+          noise ? std::span<const double>(noise_std_).subspan(off, len) : std::span<const double>{};
       ctx.bias = bias_rate_ > 0 ? std::span<const double>(bias_) : std::span<const double>{};
-      router.route(std::span<const double>(logits_).subspan(off, len), std::span<double>(probs_).subspan(off, len),
-                   ctx, r);
-      cand_offset_[static_cast<std::size_t>(g) + 1] = cand_offset_[static_cast<std::size_t>(g)] + static_cast<std::int64_t>(r.cands.size());
+      router.route(std::span<const double>(logits_).subspan(off, len),
+                   std::span<double>(probs_).subspan(off, len), ctx, r);
+      cand_offset_[static_cast<std::size_t>(g) + 1] =
+          cand_offset_[static_cast<std::size_t>(g)] + static_cast<std::int64_t>(r.cands.size());
       stats_.aux_sum += r.aux;
       stats_.z_sum += r.z;
       stats_.aux_gshard_sum += r.aux_gshard;
@@ -201,7 +212,8 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
         kept_token_.push_back(static_cast<std::int32_t>(g * S + c.token));
         kept_expert_.push_back(c.expert);
         kept_weight_.push_back(c.weight);
-        kept_cand_.push_back(cand_offset_[static_cast<std::size_t>(g)] + static_cast<std::int64_t>(i));
+        kept_cand_.push_back(cand_offset_[static_cast<std::size_t>(g)] +
+                             static_cast<std::int64_t>(i));
       }
     }
   }
@@ -212,7 +224,8 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
     dispatch::gather_rows(x, plan_.send_token.data(), plan_.total_send, d_, send_.data());
     // Capacity padding (alltoall_padded): a (src, dst) block holds at most C rows per
     // destination expert and local group.
-    plan_.padded_rows = std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
+    plan_.padded_rows =
+        std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
     dispatcher_->exchange_counts(plan_);
     ensure(ex_in_, plan_.total_recv * d_);
     dispatcher_->to_experts(plan_, send_.data(), ex_in_.data(), d_);
@@ -223,7 +236,8 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training,
     ensure(ex_h_, rows * f_);
     ensure(ex_a_, rows * f_);
     ensure(ex_out_, rows * d_);
-    experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(), ex_out_.data());
+    experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(),
+                     ex_out_.data());
   }
   {  // combine: alltoallv back, then y = x + sum_a w_a * expert_out_a
     perf::ScopedTimer timer(times, Phase::combine);
@@ -286,11 +300,14 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
     const auto off = static_cast<std::size_t>(g * S * E_);
     const auto len = static_cast<std::size_t>(S * E_);
     const routing::GroupRouting& r = groups_[static_cast<std::size_t>(g)];
-    router.backward(ctx_[static_cast<std::size_t>(g)], std::span<const double>(logits_).subspan(off, len),
-                    std::span<const double>(probs_).subspan(off, len), r,
-                    std::span<const double>(dweight_).subspan(static_cast<std::size_t>(cand_offset_[static_cast<std::size_t>(g)]), r.cands.size()),
-                    scales, std::span<double>(dprobs_).first(len), std::span<double>(dlogits_).subspan(off, len),
-                    noise ? std::span<double>(dnoise_).subspan(off, len) : std::span<double>{});
+    router.backward(
+        ctx_[static_cast<std::size_t>(g)], std::span<const double>(logits_).subspan(off, len),
+        std::span<const double>(probs_).subspan(off, len), r,
+        std::span<const double>(dweight_).subspan(
+            static_cast<std::size_t>(cand_offset_[static_cast<std::size_t>(g)]), r.cands.size()),
+        scales, std::span<double>(dprobs_).first(len),
+        std::span<double>(dlogits_).subspan(off, len),
+        noise ? std::span<double>(dnoise_).subspan(off, len) : std::span<double>{});
   }
   std::copy_n(dlogits_.begin(), n * E_, logits_t_.begin());
   CMapM<T> dL(logits_t_.data(), n, E_);
@@ -306,7 +323,8 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
   if (noise) {  // sigma = softplus(x Wn): d(x Wn) = dsigma * sigmoid(x Wn)
     for (std::int64_t i = 0; i < n * E_; ++i) {
       T& raw = noise_raw_t_[static_cast<std::size_t>(i)];
-      raw = static_cast<T>(dnoise_[static_cast<std::size_t>(i)] * sigmoid(static_cast<double>(raw)));
+      raw =
+          static_cast<T>(dnoise_[static_cast<std::size_t>(i)] * sigmoid(static_cast<double>(raw)));
     }
     CMapM<T> dR(noise_raw_t_.data(), n, E_);
     MapM<T>(gwn_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dR;

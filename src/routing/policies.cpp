@@ -13,7 +13,8 @@ namespace moesim::routing {
 namespace {
 
 // Slots in token order among the kept candidates of each expert.
-void slots_in_token_order(std::span<Candidate> cands, std::int64_t E, std::vector<std::int32_t>& fill) {
+void slots_in_token_order(std::span<Candidate> cands, std::int64_t E,
+                          std::vector<std::int32_t>& fill) {
   fill.assign(static_cast<std::size_t>(E), 0);
   for (Candidate& c : cands) c.slot = c.kept ? fill[static_cast<std::size_t>(c.expert)]++ : -1;
 }
@@ -58,7 +59,9 @@ class ProbsPolicy final : public DropPolicy {
     }
     for (std::int64_t e = 0; e < E; ++e) {
       auto& list = per_expert_[static_cast<std::size_t>(e)];
-      const auto prob = [&](std::size_t i) { return probs[static_cast<std::size_t>(cands[i].token * E + e)]; };
+      const auto prob = [&](std::size_t i) {
+        return probs[static_cast<std::size_t>(cands[i].token * E + e)];
+      };
       if (static_cast<std::int64_t>(list.size()) > cap) {
         // (prob, token) is a strict total order here (one candidate per token and expert),
         // so std::sort is deterministic and, unlike stable_sort, allocates nothing.
@@ -122,7 +125,8 @@ class ChoicePositionPolicy final : public ChoiceMajorPolicy {
   void apply(std::span<Candidate> cands, std::span<const double> /*probs*/, std::int64_t S,
              std::int64_t E, std::int64_t cap) const override {
     order_.resize(static_cast<std::size_t>(S));
-    for (std::int64_t t = 0; t < S; ++t) order_[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t);
+    for (std::int64_t t = 0; t < S; ++t)
+      order_[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t);
     fill(cands, S, E, cap, true);
   }
 };
@@ -132,8 +136,8 @@ class ChoicePositionPolicy final : public ChoiceMajorPolicy {
 class PriorityPolicy final : public ChoiceMajorPolicy {
  public:
   const char* name() const override { return "priority"; }
-  void apply(std::span<Candidate> cands, std::span<const double> probs, std::int64_t S, std::int64_t E,
-             std::int64_t cap) const override {
+  void apply(std::span<Candidate> cands, std::span<const double> probs, std::int64_t S,
+             std::int64_t E, std::int64_t cap) const override {
     priority_.resize(static_cast<std::size_t>(S));
     order_.resize(static_cast<std::size_t>(S));
     for (std::int64_t t = 0; t < S; ++t) {
@@ -142,7 +146,8 @@ class PriorityPolicy final : public ChoiceMajorPolicy {
       order_[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t);
     }
     std::sort(order_.begin(), order_.end(), [this](std::int32_t a, std::int32_t b) {
-      const double pa = priority_[static_cast<std::size_t>(a)], pb = priority_[static_cast<std::size_t>(b)];
+      const double pa = priority_[static_cast<std::size_t>(a)],
+                   pb = priority_[static_cast<std::size_t>(b)];
       return pa != pb ? pa > pb : a < b;
     });
     fill(cands, S, E, cap, false);
@@ -156,14 +161,20 @@ class PriorityPolicy final : public ChoiceMajorPolicy {
 
 std::unique_ptr<DropPolicy> make_drop_policy(DropPolicyKind kind) {
   switch (kind) {
-    case DropPolicyKind::position: return std::make_unique<PositionPolicy>();
-    case DropPolicyKind::choice_position: return std::make_unique<ChoicePositionPolicy>();
-    case DropPolicyKind::probs: return std::make_unique<ProbsPolicy>();
-    case DropPolicyKind::priority: return std::make_unique<PriorityPolicy>();
+    case DropPolicyKind::position:
+      return std::make_unique<PositionPolicy>();
+    case DropPolicyKind::choice_position:
+      return std::make_unique<ChoicePositionPolicy>();
+    case DropPolicyKind::probs:
+      return std::make_unique<ProbsPolicy>();
+    case DropPolicyKind::priority:
+      return std::make_unique<PriorityPolicy>();
   }
   throw std::invalid_argument(std::string("unknown drop policy ") + to_string(kind));
 }
 
-std::unique_ptr<DropPolicy> make_drop_policy(const RoutingConfig& cfg) { return make_drop_policy(cfg.drop_policy); }
+std::unique_ptr<DropPolicy> make_drop_policy(const RoutingConfig& cfg) {
+  return make_drop_policy(cfg.drop_policy);
+}
 
 }  // namespace moesim::routing

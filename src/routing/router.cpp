@@ -28,9 +28,11 @@ std::int64_t capacity(std::int64_t k, std::int64_t group_tokens, std::int64_t nu
     throw std::invalid_argument("capacity: invalid arguments");
   // ceil(k*S*num / (E*den)) exactly, in checked 64-bit integer arithmetic.
   std::int64_t numer = 0, denom = 0;
-  if (__builtin_mul_overflow(k, group_tokens, &numer) || __builtin_mul_overflow(numer, cf.num, &numer) ||
+  if (__builtin_mul_overflow(k, group_tokens, &numer) ||
+      __builtin_mul_overflow(numer, cf.num, &numer) ||
       __builtin_mul_overflow(num_experts, cf.den, &denom))
-    throw std::overflow_error("capacity: k * group_size * capacity_factor overflows 64-bit integers");
+    throw std::overflow_error(
+        "capacity: k * group_size * capacity_factor overflows 64-bit integers");
   const std::int64_t c = numer / denom + (numer % denom != 0 ? 1 : 0);
   return std::max(c, min_capacity);
 }
@@ -59,7 +61,8 @@ Router::Router(const RoutingConfig& cfg, std::int64_t group_tokens)
       rule_(make_rule(cfg)),
       policy_(make_drop_policy(cfg)),
       keep_all_(make_drop_policy(DropPolicyKind::position)) {
-  if (S_ <= 0 || E_ <= 0) throw std::invalid_argument("Router: group size and experts must be positive");
+  if (S_ <= 0 || E_ <= 0)
+    throw std::invalid_argument("Router: group size and experts must be positive");
   train_capacity_ = rule_->capacity(S_, E_, cfg.capacity_factor, cfg);
   eval_capacity_ = rule_->capacity(S_, E_, cfg.eval_capacity_factor, cfg);
   // Candidate counts vary from group to group (gshard): size for the most, once.
@@ -89,10 +92,13 @@ void Router::route(std::span<const double> logits, std::span<double> probs, cons
   out.cands.clear();
   out.cands.reserve(static_cast<std::size_t>(S_ * max_choices()));
   out.capacity = capacity(ctx.training);
-  const RuleInput in{learned ? logits : std::span<const double>{}, probs, S_, E_, out.capacity, &ctx};
+  const RuleInput in{
+      learned ? logits : std::span<const double>{}, probs, S_, E_, out.capacity, &ctx};
   rule_->select(in, out);
-  if (rule_->uses_drop_policy()) policy_->apply(out.cands, probs, S_, E_, out.capacity);
-  else keep_all_->apply(out.cands, probs, S_, E_, -1);
+  if (rule_->uses_drop_policy())
+    policy_->apply(out.cands, probs, S_, E_, out.capacity);
+  else
+    keep_all_->apply(out.cands, probs, S_, E_, -1);
 
   out.routed.assign(E, 0);
   out.kept.assign(E, 0);
@@ -104,8 +110,10 @@ void Router::route(std::span<const double> logits, std::span<double> probs, cons
     ++out.routed[e];
     out.importance_e[e] += c.weight;
     if (c.choice == 0) ++first_[e];
-    if (c.kept) ++out.kept[e];
-    else ++out.dropped;
+    if (c.kept)
+      ++out.kept[e];
+    else
+      ++out.dropped;
   }
 
   out.aux = out.aux_gshard = out.z = 0;
@@ -135,9 +143,11 @@ void Router::route(std::span<const double> logits, std::span<double> probs, cons
   out.load = cv_squared(out.load_e);
 }
 
-void Router::backward(const RouteContext& ctx, std::span<const double> logits, std::span<const double> probs,
-                      const GroupRouting& r, std::span<const double> dweight, const LossScales& scales,
-                      std::span<double> dprobs, std::span<double> dlogits, std::span<double> dnoise_std) const {
+void Router::backward(const RouteContext& ctx, std::span<const double> logits,
+                      std::span<const double> probs, const GroupRouting& r,
+                      std::span<const double> dweight, const LossScales& scales,
+                      std::span<double> dprobs, std::span<double> dlogits,
+                      std::span<double> dnoise_std) const {
   const auto E = static_cast<std::size_t>(E_);
   const auto S = static_cast<std::size_t>(S_);
   const double Sd = static_cast<double>(S_);
@@ -153,7 +163,8 @@ void Router::backward(const RouteContext& ctx, std::span<const double> logits, s
   if (scales.importance != 0) {
     dsum_.assign(E, 0.0);
     cv_squared_backward(r.importance_e, scales.importance, dsum_);
-    for (std::size_t i = 0; i < r.cands.size(); ++i) dweight_[i] += dsum_[static_cast<std::size_t>(r.cands[i].expert)];
+    for (std::size_t i = 0; i < r.cands.size(); ++i)
+      dweight_[i] += dsum_[static_cast<std::size_t>(r.cands[i].expert)];
   }
   rule_->backward(in, r, dweight_, g);
   if (scales.load != 0 && r.smooth_load) {
@@ -164,7 +175,8 @@ void Router::backward(const RouteContext& ctx, std::span<const double> logits, s
   // aux and aux_gshard are linear in P_e with piecewise-constant counts:
   // d aux / d p_t,e = (E/k) routed_e / S^2, d aux_gshard / d p_t,e = E c_e / S^2.
   if (scales.aux != 0 || scales.aux_gshard != 0) {
-    const double ca = scales.aux * static_cast<double>(E_) / rule_->choices_per_token(S_, E_, r.capacity) / (Sd * Sd);
+    const double ca = scales.aux * static_cast<double>(E_) /
+                      rule_->choices_per_token(S_, E_, r.capacity) / (Sd * Sd);
     const double cg = scales.aux_gshard * static_cast<double>(E_) / (Sd * Sd);
     dsum_.assign(E, 0.0);
     for (const Candidate& c : r.cands) {

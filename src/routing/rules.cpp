@@ -65,8 +65,12 @@ std::size_t token_end(std::span<const Candidate> cands, std::size_t i) {
 }
 
 Candidate make_candidate(std::int64_t t, std::int64_t e, std::int64_t choice, double weight) {
-  return Candidate{static_cast<std::int32_t>(t), static_cast<std::int32_t>(e),
-                   static_cast<std::int32_t>(choice), weight, false, -1};
+  return Candidate{static_cast<std::int32_t>(t),
+                   static_cast<std::int32_t>(e),
+                   static_cast<std::int32_t>(choice),
+                   weight,
+                   false,
+                   -1};
 }
 
 // topk (and switch): the k largest p, or p + b when an expert bias is given.
@@ -102,7 +106,8 @@ class TopKRule final : public RoutingRule {
         for (std::int64_t c = 0; c < k_; ++c) s += p[idx[c]];
         norm = 1.0 / s;
       }
-      for (std::int64_t c = 0; c < k_; ++c) out.cands.push_back(make_candidate(t, idx[c], c, p[idx[c]] * norm));
+      for (std::int64_t c = 0; c < k_; ++c)
+        out.cands.push_back(make_candidate(t, idx[c], c, p[idx[c]] * norm));
     }
   }
 
@@ -124,7 +129,8 @@ class TopKRule final : public RoutingRule {
         s += p[cands[i + c].expert];
         dot += dweight[i + c] * p[cands[i + c].expert];
       }
-      for (std::int64_t c = 0; c < k_; ++c) dp[cands[i + c].expert] += dweight[i + c] / s - dot / (s * s);
+      for (std::int64_t c = 0; c < k_; ++c)
+        dp[cands[i + c].expert] += dweight[i + c] / s - dot / (s * s);
     }
   }
 
@@ -141,7 +147,8 @@ class DenseRule final : public RoutingRule {
   const char* name() const override { return "dense"; }
   std::int64_t max_choices(std::int64_t E) const override { return E; }
   bool uses_drop_policy() const override { return false; }
-  std::int64_t capacity(std::int64_t, std::int64_t, const Rational&, const RoutingConfig&) const override {
+  std::int64_t capacity(std::int64_t, std::int64_t, const Rational&,
+                        const RoutingConfig&) const override {
     return -1;
   }
   double choices_per_token(std::int64_t, std::int64_t E, std::int64_t) const override {
@@ -152,11 +159,11 @@ class DenseRule final : public RoutingRule {
     order_.resize(static_cast<std::size_t>(E));
     for (std::int64_t t = 0; t < S; ++t) {
       const double* p = in.probs.data() + t * E;
-      for (std::int64_t e = 0; e < E; ++e) order_[static_cast<std::size_t>(e)] = static_cast<std::int32_t>(e);
+      for (std::int64_t e = 0; e < E; ++e)
+        order_[static_cast<std::size_t>(e)] = static_cast<std::int32_t>(e);
       // (p desc, expert asc) is a strict total order: std::sort is deterministic here.
-      std::sort(order_.begin(), order_.end(), [p](std::int32_t a, std::int32_t b) {
-        return p[a] != p[b] ? p[a] > p[b] : a < b;
-      });
+      std::sort(order_.begin(), order_.end(),
+                [p](std::int32_t a, std::int32_t b) { return p[a] != p[b] ? p[a] > p[b] : a < b; });
       for (std::int64_t c = 0; c < E; ++c) {
         const std::int32_t e = order_[static_cast<std::size_t>(c)];
         out.cands.push_back(make_candidate(t, e, c, p[e]));
@@ -177,7 +184,8 @@ class DenseRule final : public RoutingRule {
 class NoisyTopKRule final : public RoutingRule {
  public:
   explicit NoisyTopKRule(std::int64_t k) : k_(k) {
-    if (k_ >= kMaxK) throw std::invalid_argument("routing.k above 63 is not supported by noisy_topk");
+    if (k_ >= kMaxK)
+      throw std::invalid_argument("routing.k above 63 is not supported by noisy_topk");
   }
   const char* name() const override { return "noisy_topk"; }
   std::int64_t max_choices(std::int64_t) const override { return k_; }
@@ -199,7 +207,8 @@ class NoisyTopKRule final : public RoutingRule {
       const double* h = in.logits.data() + t * E;
       double* H = out.scores.data() + t * E;
       if (active) {
-        const CounterRng rng = draw_stream(ctx.seed, ctx.step, ctx.layer, ctx.token_id(t), DrawPurpose::noise);
+        const CounterRng rng =
+            draw_stream(ctx.seed, ctx.step, ctx.layer, ctx.token_id(t), DrawPurpose::noise);
         const double* sigma = ctx.noise_std.data() + t * E;
         double* nz = out.noise.data() + t * E;
         for (std::int64_t e = 0; e < E; ++e) {
@@ -213,7 +222,8 @@ class NoisyTopKRule final : public RoutingRule {
       const double m = H[idx[0]];
       double s = 0;
       for (std::int64_t c = 0; c < k_; ++c) s += std::exp(H[idx[c]] - m);
-      for (std::int64_t c = 0; c < k_; ++c) out.cands.push_back(make_candidate(t, idx[c], c, std::exp(H[idx[c]] - m) / s));
+      for (std::int64_t c = 0; c < k_; ++c)
+        out.cands.push_back(make_candidate(t, idx[c], c, std::exp(H[idx[c]] - m) / s));
     }
   }
 
@@ -256,7 +266,8 @@ class NoisyTopKRule final : public RoutingRule {
     return th;
   }
 
-  bool smooth_load(const RuleInput& in, const GroupRouting& r, std::span<double> load_e) const override {
+  bool smooth_load(const RuleInput& in, const GroupRouting& r,
+                   std::span<double> load_e) const override {
     if (!noisy(in) || k_ >= in.E) return false;
     std::fill(load_e.begin(), load_e.end(), 0.0);
     std::int32_t idx[kMaxK];
@@ -270,8 +281,8 @@ class NoisyTopKRule final : public RoutingRule {
     return true;
   }
 
-  void smooth_load_backward(const RuleInput& in, const GroupRouting& r, std::span<const double> dload_e,
-                            const RuleGrads& g) const override {
+  void smooth_load_backward(const RuleInput& in, const GroupRouting& r,
+                            std::span<const double> dload_e, const RuleGrads& g) const override {
     std::int32_t idx[kMaxK];
     const bool with_sigma = !g.dnoise_std.empty();
     for (std::int64_t t = 0; t < in.S; ++t) {
@@ -282,7 +293,8 @@ class NoisyTopKRule final : public RoutingRule {
         // z = (h_e - h_j - n_j sigma_j) / sigma_e; dPhi = phi(z) dz.
         const double phi = std::exp(-0.5 * th.z * th.z) / std::sqrt(2.0 * std::numbers::pi);
         const double c = dload_e[static_cast<std::size_t>(e)] * phi / th.sigma;
-        const auto te = static_cast<std::size_t>(t * in.E + e), tj = static_cast<std::size_t>(t * in.E + th.j);
+        const auto te = static_cast<std::size_t>(t * in.E + e),
+                   tj = static_cast<std::size_t>(t * in.E + th.j);
         g.dlogits[te] += c;
         g.dlogits[tj] -= c;
         if (with_sigma) {
@@ -321,7 +333,9 @@ class GShardRule final : public RoutingRule {
       out.cands.push_back(make_candidate(t, idx[0], 0, g1));
       bool second = true;
       if (random) {
-        const double u = draw_stream(ctx.seed, ctx.step, ctx.layer, ctx.token_id(t), DrawPurpose::random_routing).uniform(0);
+        const double u =
+            draw_stream(ctx.seed, ctx.step, ctx.layer, ctx.token_id(t), DrawPurpose::random_routing)
+                .uniform(0);
         second = 2.0 * g2 > u;
       }
       if (second) out.cands.push_back(make_candidate(t, idx[1], 1, g2));
@@ -335,7 +349,8 @@ class GShardRule final : public RoutingRule {
     for (std::size_t i = 0; i < cands.size();) {
       const std::size_t end = token_end(cands, i);
       const std::int64_t t = cands[i].token;
-      const std::int32_t a = r.picks[static_cast<std::size_t>(2 * t)], b = r.picks[static_cast<std::size_t>(2 * t + 1)];
+      const std::int32_t a = r.picks[static_cast<std::size_t>(2 * t)],
+                         b = r.picks[static_cast<std::size_t>(2 * t + 1)];
       const double* p = in.probs.data() + t * E;
       double* dp = g.dprobs.data() + t * E;
       // g_i = p_i / (p_a + p_b) for i in {a, b}, whether or not b was kept.
@@ -359,7 +374,8 @@ class ExpertChoiceRule final : public RoutingRule {
   const char* name() const override { return "expert_choice"; }
   std::int64_t max_choices(std::int64_t E) const override { return E; }
   bool uses_drop_policy() const override { return false; }
-  std::int64_t capacity(std::int64_t S, std::int64_t E, const Rational& cf, const RoutingConfig& cfg) const override {
+  std::int64_t capacity(std::int64_t S, std::int64_t E, const Rational& cf,
+                        const RoutingConfig& cfg) const override {
     if (cfg.dropless || cf.num == 0)
       throw std::invalid_argument("expert_choice needs a capacity factor > 0 and dropless = false");
     return std::min(routing::capacity(1, S, E, cf, cfg.min_capacity), S);
@@ -375,25 +391,30 @@ class ExpertChoiceRule final : public RoutingRule {
     chosen_.assign(static_cast<std::size_t>(S * E), 0);
     tokens_.resize(static_cast<std::size_t>(S));
     for (std::int64_t e = 0; e < E; ++e) {
-      for (std::int64_t t = 0; t < S; ++t) tokens_[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t);
+      for (std::int64_t t = 0; t < S; ++t)
+        tokens_[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t);
       const auto prob = [&](std::int32_t t) { return p[static_cast<std::size_t>(t * E + e)]; };
       // (p desc, token asc) is a strict total order: the C chosen tokens are well defined.
-      std::nth_element(tokens_.begin(), tokens_.begin() + (C - 1), tokens_.end(), [&](std::int32_t a, std::int32_t b) {
-        return prob(a) != prob(b) ? prob(a) > prob(b) : a < b;
-      });
-      for (std::int64_t c = 0; c < C; ++c) chosen_[static_cast<std::size_t>(tokens_[static_cast<std::size_t>(c)] * E + e)] = 1;
+      std::nth_element(tokens_.begin(), tokens_.begin() + (C - 1), tokens_.end(),
+                       [&](std::int32_t a, std::int32_t b) {
+                         return prob(a) != prob(b) ? prob(a) > prob(b) : a < b;
+                       });
+      for (std::int64_t c = 0; c < C; ++c)
+        chosen_[static_cast<std::size_t>(tokens_[static_cast<std::size_t>(c)] * E + e)] = 1;
     }
     order_.resize(static_cast<std::size_t>(E));
     for (std::int64_t t = 0; t < S; ++t) {
       const double* pt = p.data() + t * E;
       std::size_t n = 0;
       for (std::int64_t e = 0; e < E; ++e)
-        if (chosen_[static_cast<std::size_t>(t * E + e)]) order_[n++] = static_cast<std::int32_t>(e);
-      std::sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(n), [pt](std::int32_t a, std::int32_t b) {
-        return pt[a] != pt[b] ? pt[a] > pt[b] : a < b;
-      });
+        if (chosen_[static_cast<std::size_t>(t * E + e)])
+          order_[n++] = static_cast<std::int32_t>(e);
+      std::sort(
+          order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(n),
+          [pt](std::int32_t a, std::int32_t b) { return pt[a] != pt[b] ? pt[a] > pt[b] : a < b; });
       for (std::size_t c = 0; c < n; ++c)
-        out.cands.push_back(make_candidate(t, order_[c], static_cast<std::int64_t>(c), pt[order_[c]]));
+        out.cands.push_back(
+            make_candidate(t, order_[c], static_cast<std::int64_t>(c), pt[order_[c]]));
     }
   }
 
@@ -420,23 +441,33 @@ class HashRule final : public RoutingRule {
     for (std::int64_t t = 0; t < in.S; ++t)
       out.cands.push_back(make_candidate(t, hash_expert(in.ctx->token_id(t), in.E), 0, 1.0));
   }
-  void backward(const RuleInput&, const GroupRouting&, std::span<const double>, const RuleGrads&) const override {}
+  void backward(const RuleInput&, const GroupRouting&, std::span<const double>,
+                const RuleGrads&) const override {}
 };
 
 }  // namespace
 
 std::unique_ptr<RoutingRule> make_rule(const RoutingConfig& cfg) {
   switch (cfg.rule) {
-    case RoutingRuleKind::dense: return std::make_unique<DenseRule>();
-    case RoutingRuleKind::topk: return std::make_unique<TopKRule>(cfg.k, cfg.renormalize, "topk");
-    case RoutingRuleKind::noisy_topk: return std::make_unique<NoisyTopKRule>(cfg.k);
-    case RoutingRuleKind::switch_top1: return std::make_unique<TopKRule>(1, false, "switch");
-    case RoutingRuleKind::gshard: return std::make_unique<GShardRule>(cfg.random_routing);
-    case RoutingRuleKind::expert_choice: return std::make_unique<ExpertChoiceRule>();
-    case RoutingRuleKind::hash: return std::make_unique<HashRule>();
-    case RoutingRuleKind::base: break;
+    case RoutingRuleKind::dense:
+      return std::make_unique<DenseRule>();
+    case RoutingRuleKind::topk:
+      return std::make_unique<TopKRule>(cfg.k, cfg.renormalize, "topk");
+    case RoutingRuleKind::noisy_topk:
+      return std::make_unique<NoisyTopKRule>(cfg.k);
+    case RoutingRuleKind::switch_top1:
+      return std::make_unique<TopKRule>(1, false, "switch");
+    case RoutingRuleKind::gshard:
+      return std::make_unique<GShardRule>(cfg.random_routing);
+    case RoutingRuleKind::expert_choice:
+      return std::make_unique<ExpertChoiceRule>();
+    case RoutingRuleKind::hash:
+      return std::make_unique<HashRule>();
+    case RoutingRuleKind::base:
+      break;
   }
-  throw std::invalid_argument(std::string("routing.rule = ") + to_string(cfg.rule) + " is not implemented");
+  throw std::invalid_argument(std::string("routing.rule = ") + to_string(cfg.rule) +
+                              " is not implemented");
 }
 
 }  // namespace moesim::routing

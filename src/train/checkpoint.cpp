@@ -16,15 +16,19 @@ std::atomic<int> g_stop{0};
 extern "C" void on_stop_signal(int) { g_stop.store(1); }
 
 // Tensor names in the file: "param/<name>", "state0/<name>", "state1/<name>".
-std::string tensor_name(const char* kind, const std::string& name) { return std::string(kind) + "/" + name; }
+std::string tensor_name(const char* kind, const std::string& name) {
+  return std::string(kind) + "/" + name;
+}
 const char* const kStateKinds[] = {"state0", "state1"};
 
 // Flat byte stream of (name, values) pairs for the gather to rank 0.
 void put(std::vector<char>& out, const std::string& name, const double* v, std::uint64_t n) {
   const auto len = static_cast<std::uint32_t>(name.size());
-  out.insert(out.end(), reinterpret_cast<const char*>(&len), reinterpret_cast<const char*>(&len) + sizeof len);
+  out.insert(out.end(), reinterpret_cast<const char*>(&len),
+             reinterpret_cast<const char*>(&len) + sizeof len);
   out.insert(out.end(), name.begin(), name.end());
-  out.insert(out.end(), reinterpret_cast<const char*>(&n), reinterpret_cast<const char*>(&n) + sizeof n);
+  out.insert(out.end(), reinterpret_cast<const char*>(&n),
+             reinterpret_cast<const char*>(&n) + sizeof n);
   out.insert(out.end(), reinterpret_cast<const char*>(v), reinterpret_cast<const char*>(v + n));
 }
 
@@ -117,7 +121,8 @@ std::int64_t load_checkpoint(const std::string& path, model::Model<T>& model, Op
       buf.resize(static_cast<std::size_t>(e.size));
       reader.read(tensor_name("param", e.name), buf);
       T* v = store.value(static_cast<int>(id));
-      for (std::int64_t i = 0; i < e.size; ++i) v[i] = static_cast<T>(buf[static_cast<std::size_t>(i)]);
+      for (std::int64_t i = 0; i < e.size; ++i)
+        v[i] = static_cast<T>(buf[static_cast<std::size_t>(i)]);
       for (int s = 0; s < opt.state_slots(); ++s) {
         const std::string n = tensor_name(kStateKinds[s], e.name);
         if (!reader.has(n))
@@ -125,15 +130,18 @@ std::int64_t load_checkpoint(const std::string& path, model::Model<T>& model, Op
                                    "' (written with another optimizer?)");
         reader.read(n, buf);
         T* st = opt.state(s, e.kind).data() + e.offset;
-        for (std::int64_t i = 0; i < e.size; ++i) st[i] = static_cast<T>(buf[static_cast<std::size_t>(i)]);
+        for (std::int64_t i = 0; i < e.size; ++i)
+          st[i] = static_cast<T>(buf[static_cast<std::size_t>(i)]);
       }
     }
     opt.set_steps_taken(opt_steps);
     for (int l = 0; l < model.num_layers(); ++l) {
       const std::string n = "state/layer" + std::to_string(l) + ".expert_bias";
       const std::span<double> b = model.layer(l).expert_bias();
-      if (reader.has(n)) reader.read(n, b);
-      else if (!b.empty()) std::fill(b.begin(), b.end(), 0.0);
+      if (reader.has(n))
+        reader.read(n, b);
+      else if (!b.empty())
+        std::fill(b.begin(), b.end(), 0.0);
     }
   } catch (const std::exception& e) {
     problem = "rank " + std::to_string(comm.rank()) + ": " + e.what();
@@ -160,13 +168,13 @@ bool stop_requested() { return g_stop.load() != 0; }
 void request_stop() { g_stop.store(1); }
 void clear_stop_request() { g_stop.store(0); }
 
-template void save_checkpoint<float>(const std::string&, std::int64_t, model::Model<float>&, Optimizer<float>&,
-                                     const Config&, const comm::Comm&);
-template void save_checkpoint<double>(const std::string&, std::int64_t, model::Model<double>&, Optimizer<double>&,
-                                      const Config&, const comm::Comm&);
-template std::int64_t load_checkpoint<float>(const std::string&, model::Model<float>&, Optimizer<float>&,
-                                             const comm::Comm&);
-template std::int64_t load_checkpoint<double>(const std::string&, model::Model<double>&, Optimizer<double>&,
-                                              const comm::Comm&);
+template void save_checkpoint<float>(const std::string&, std::int64_t, model::Model<float>&,
+                                     Optimizer<float>&, const Config&, const comm::Comm&);
+template void save_checkpoint<double>(const std::string&, std::int64_t, model::Model<double>&,
+                                      Optimizer<double>&, const Config&, const comm::Comm&);
+template std::int64_t load_checkpoint<float>(const std::string&, model::Model<float>&,
+                                             Optimizer<float>&, const comm::Comm&);
+template std::int64_t load_checkpoint<double>(const std::string&, model::Model<double>&,
+                                              Optimizer<double>&, const comm::Comm&);
 
 }  // namespace moesim::train

@@ -32,7 +32,8 @@ void Optimizer<T>::update(std::span<T> p, std::span<const T> g, std::vector<T>& 
   const double c1 = 1.0 / (1.0 - std::pow(b1, static_cast<double>(t_)));
   const double c2 = 1.0 / (1.0 - std::pow(b2, static_cast<double>(t_)));
   const T tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2), eps = static_cast<T>(cfg_.epsilon);
-  const T tc1 = static_cast<T>(c1), tc2 = static_cast<T>(c2), tlr = static_cast<T>(lr), twd = static_cast<T>(wd);
+  const T tc1 = static_cast<T>(c1), tc2 = static_cast<T>(c2), tlr = static_cast<T>(lr),
+          twd = static_cast<T>(wd);
   for (std::size_t i = 0; i < p.size(); ++i) {
     m[i] = tb1 * m[i] + (T(1) - tb1) * g[i];
     v[i] = tb2 * v[i] + (T(1) - tb2) * g[i] * g[i];

@@ -41,8 +41,9 @@ class Trainer {
         E_(cfg.routing.num_experts),
         task_(cfg.data, cfg.training.seed),
         // Expert replicas (fewer experts than ranks) average gradients within their set.
-        replica_comm_(comm.split(comm.rank() % std::min<int>(comm.size(), static_cast<int>(cfg.routing.num_experts)),
-                                 comm.rank())),
+        replica_comm_(comm.split(
+            comm.rank() % std::min<int>(comm.size(), static_cast<int>(cfg.routing.num_experts)),
+            comm.rank())),
         model_(cfg, comm, N_, Ne_),
         opt_(cfg.training, model_.params()) {
     const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : N_;
@@ -78,20 +79,25 @@ class Trainer {
       const std::int64_t every = cfg_.training.eval_every;
       if ((every > 0 && done % every == 0) || done == steps) evaluate(done, res);
       const bool periodic = every_ckpt > 0 && done % every_ckpt == 0;
-      if (periodic || stop_all_) save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
-      if (stop_all_ && done < steps) {  // preempted: the checkpoint above lets a requeued job continue
+      if (periodic || stop_all_)
+        save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
+      if (stop_all_ &&
+          done < steps) {  // preempted: the checkpoint above lets a requeued job continue
         res.preempted = true;
         break;
       }
     }
     for (double t : step_times) res.train_seconds += t;
-    res.tokens_per_second = res.train_seconds > 0 ? static_cast<double>(B_ * steps) / res.train_seconds : 0;
+    res.tokens_per_second =
+        res.train_seconds > 0 ? static_cast<double>(B_ * steps) / res.train_seconds : 0;
     res.step_time_median = median(step_times);
     double dsum = 0;
     for (double d : res.dropped_fraction) dsum += d;
-    res.dropped_fraction_mean = res.dropped_fraction.empty() ? 0 : dsum / static_cast<double>(res.dropped_fraction.size());
+    res.dropped_fraction_mean =
+        res.dropped_fraction.empty() ? 0 : dsum / static_cast<double>(res.dropped_fraction.size());
     if (comm_.rank() == 0) res.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
-    comm_.gather(std::span<const std::int64_t>(traffic_), std::span<std::int64_t>(res.traffic_tokens), 0);
+    comm_.gather(std::span<const std::int64_t>(traffic_),
+                 std::span<std::int64_t>(res.traffic_tokens), 0);
     return res;
   }
 
@@ -101,10 +107,12 @@ class Trainer {
     perf::PhaseTimes times;
     const auto t0 = Clock::now();
     for (int l = 0; l < L_; ++l) model_.layer(l).reset_bytes();
-    task_.generate(Stream::data_train, step * B_ + comm_.rank() * N_, N_, x_.data(), y_.data(), nullptr);
+    task_.generate(Stream::data_train, step * B_ + comm_.rank() * N_, N_, x_.data(), y_.data(),
+                   nullptr);
     model_.params().zero_grads();
     const model::ForwardSums sums =
-        model_.forward(x_.data(), y_.data(), N_, true, &times, model::PassInfo{step, step * B_ + comm_.rank() * N_});
+        model_.forward(x_.data(), y_.data(), N_, true, &times,
+                       model::PassInfo{step, step * B_ + comm_.rank() * N_});
     {
       perf::ScopedTimer timer(&times, Phase::backward);
       model_.backward(B_, global_groups_);
@@ -121,7 +129,7 @@ class Trainer {
 
     // One SUM allreduce of every count (exact in double below 2^53) and one MAX of times.
     const auto LE = static_cast<std::size_t>(L_ * E_);
-    std::vector<double>& sum = sum_;  // member: no per-step allocation
+    std::vector<double>& sum = sum_;       // member: no per-step allocation
     const std::size_t extra = 5 + 2 * LE;  // aux_gshard, importance, load sums
     sum.assign(extra + 3 + 1, 0.0);
     sum[0] = sums.ce_sum;
@@ -135,10 +143,13 @@ class Trainer {
       sum[3] += static_cast<double>(st.dropped);
       sum[4] += static_cast<double>(st.assignments);
       for (std::int64_t e = 0; e < E_; ++e) {
-        sum[5 + static_cast<std::size_t>(l * E_ + e)] = static_cast<double>(st.routed[static_cast<std::size_t>(e)]);
-        sum[5 + LE + static_cast<std::size_t>(l * E_ + e)] = static_cast<double>(st.kept[static_cast<std::size_t>(e)]);
+        sum[5 + static_cast<std::size_t>(l * E_ + e)] =
+            static_cast<double>(st.routed[static_cast<std::size_t>(e)]);
+        sum[5 + LE + static_cast<std::size_t>(l * E_ + e)] =
+            static_cast<double>(st.kept[static_cast<std::size_t>(e)]);
       }
-      for (int p = 0; p < P_; ++p) traffic_[static_cast<std::size_t>(p)] += st.sent_to[static_cast<std::size_t>(p)];
+      for (int p = 0; p < P_; ++p)
+        traffic_[static_cast<std::size_t>(p)] += st.sent_to[static_cast<std::size_t>(p)];
     }
     double bytes = 0;
     for (int l = 0; l < L_; ++l) bytes += static_cast<double>(model_.layer(l).bytes_sent());
@@ -146,7 +157,8 @@ class Trainer {
     comm_.allreduce(std::span<double>(sum), comm::ReduceOp::sum);
     // Aux-loss-free balancing: every rank updates b from the same global loads.
     for (int l = 0; l < L_; ++l)
-      model_.layer(l).update_bias(std::span<const double>(sum).subspan(5 + static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_)));
+      model_.layer(l).update_bias(std::span<const double>(sum).subspan(
+          5 + static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_)));
     std::vector<double>& mx = max_;
     mx.assign(times.seconds.begin(), times.seconds.end());
     mx.push_back(stop_requested() ? 1.0 : 0.0);  // a signal on any rank stops every rank
@@ -164,7 +176,8 @@ class Trainer {
     rec.importance_loss = sum[extra + 1] / groups;
     rec.load_loss = sum[extra + 2] / groups;
     const RoutingConfig& rc = cfg_.routing;
-    rec.loss = rec.task_loss + rc.aux_loss_coef * rec.aux_loss + rc.aux_gshard_loss_coef * rec.aux_gshard_loss +
+    rec.loss = rec.task_loss + rc.aux_loss_coef * rec.aux_loss +
+               rc.aux_gshard_loss_coef * rec.aux_gshard_loss +
                rc.importance_loss_coef * rec.importance_loss + rc.load_loss_coef * rec.load_loss +
                rc.z_loss_coef * rec.z_loss;
     rec.dropped_fraction = sum[4] > 0 ? sum[3] / sum[4] : 0.0;
@@ -185,12 +198,16 @@ class Trainer {
     // Research metrics: per-layer load imbalance, and this step's rank x rank traffic.
     for (int l = 0; l < L_; ++l)
       rec.load_imbalance.push_back(metrics::load_imbalance(
-          std::span<const std::int64_t>(rec.expert_load).subspan(static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_))));
+          std::span<const std::int64_t>(rec.expert_load)
+              .subspan(static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_))));
     step_sent_.assign(static_cast<std::size_t>(P_), 0);
     for (int l = 0; l < L_; ++l)
-      for (int p = 0; p < P_; ++p) step_sent_[static_cast<std::size_t>(p)] += model_.layer(l).stats().sent_to[static_cast<std::size_t>(p)];
+      for (int p = 0; p < P_; ++p)
+        step_sent_[static_cast<std::size_t>(p)] +=
+            model_.layer(l).stats().sent_to[static_cast<std::size_t>(p)];
     if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
-    comm_.gather(std::span<const std::int64_t>(step_sent_), std::span<std::int64_t>(rec.traffic_tokens), 0);
+    comm_.gather(std::span<const std::int64_t>(step_sent_),
+                 std::span<std::int64_t>(rec.traffic_tokens), 0);
     return rec;
   }
 
@@ -206,8 +223,8 @@ class Trainer {
   }
 
   void evaluate(std::int64_t done, RunResult& res) {
-    const model::ForwardSums s =
-        model_.forward(xe_.data(), ye_.data(), Ne_, false, nullptr, model::PassInfo{done, comm_.rank() * Ne_});
+    const model::ForwardSums s = model_.forward(xe_.data(), ye_.data(), Ne_, false, nullptr,
+                                                model::PassInfo{done, comm_.rank() * Ne_});
     std::vector<double> v{s.ce_sum, static_cast<double>(s.correct), 0.0, 0.0};
     for (int l = 0; l < L_; ++l) {
       v[2] += static_cast<double>(model_.layer(l).stats().dropped);
@@ -244,13 +261,15 @@ class Trainer {
         for (const auto& c : groups[g].cands) {
           if (c.choice != 0) continue;
           const std::int64_t t = static_cast<std::int64_t>(g) * S + c.token;
-          ++cluster_expert_[static_cast<std::size_t>((l * K + ce_[static_cast<std::size_t>(t)]) * E_ + c.expert)];
+          ++cluster_expert_[static_cast<std::size_t>(
+              (l * K + ce_[static_cast<std::size_t>(t)]) * E_ + c.expert)];
         }
     }
     comm_.allreduce(std::span<std::int64_t>(cluster_expert_), comm::ReduceOp::sum);
     for (int l = 0; l < L_; ++l) {
-      const auto table = std::span<const std::int64_t>(cluster_expert_).subspan(static_cast<std::size_t>(l * K * E_),
-                                                                               static_cast<std::size_t>(K * E_));
+      const auto table =
+          std::span<const std::int64_t>(cluster_expert_)
+              .subspan(static_cast<std::size_t>(l * K * E_), static_cast<std::size_t>(K * E_));
       rec.specialization.push_back(metrics::specialization(table, K, E_));
       rec.cluster_expert_mi.push_back(metrics::mutual_information(table, K, E_));
     }

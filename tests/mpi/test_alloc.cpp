@@ -24,12 +24,14 @@ std::atomic<long> g_allocations{0};
 }  // namespace
 
 void* operator new(std::size_t n) {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (g_counting.load(std::memory_order_relaxed))
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
 void* operator new(std::size_t n, std::align_val_t a) {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (g_counting.load(std::memory_order_relaxed))
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
   const auto al = static_cast<std::size_t>(a);
   if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
   throw std::bad_alloc();
@@ -87,7 +89,8 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
     long counted = 0;
     for (int step = 0; step < 8; ++step) {
       // Different tokens every step, so routing (and all counts) change.
-      const CounterRng rng(1, Stream::data_train, static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(comm.rank()));
+      const CounterRng rng(1, Stream::data_train, static_cast<std::uint64_t>(step),
+                           static_cast<std::uint64_t>(comm.rank()));
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.normal(i));
       // Steps 0-4 warm the buffers up to their high-water marks. The layer sizes its own
       // buffers from the capacity bound at construction; the dispatcher's staging buffer
@@ -106,7 +109,7 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
     }
     g_counting = false;
     counted = g_allocations.load();
-    EXPECT_EQ(counted, 0) << "operator new calls in 3 steady-state steps, " << ac.label << ", policy "
-                          << to_string(policy);
+    EXPECT_EQ(counted, 0) << "operator new calls in 3 steady-state steps, " << ac.label
+                          << ", policy " << to_string(policy);
   }
 }

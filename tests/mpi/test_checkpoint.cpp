@@ -42,7 +42,9 @@ Config tiny(Precision precision, OptimizerKind opt) {
 std::string shared_dir(const comm::Comm& comm, const std::string& tag) {
   std::string dir;
   if (comm.rank() == 0) {
-    dir = (std::filesystem::temp_directory_path() / ("moesim_ckpt_" + tag + "_" + std::to_string(::getpid()))).string();
+    dir = (std::filesystem::temp_directory_path() /
+           ("moesim_ckpt_" + tag + "_" + std::to_string(::getpid())))
+              .string();
     std::filesystem::create_directories(dir);
   }
   comm.bcast(dir, 0);
@@ -50,8 +52,8 @@ std::string shared_dir(const comm::Comm& comm, const std::string& tag) {
 }
 
 // Uninterrupted run vs a run stopped by a request after its first step and resumed.
-void interrupted_equals_uninterrupted(Precision precision, OptimizerKind opt, const std::string& tag,
-                                      double bias_rate = 0.0) {
+void interrupted_equals_uninterrupted(Precision precision, OptimizerKind opt,
+                                      const std::string& tag, double bias_rate = 0.0) {
   const comm::Comm comm = comm::Comm::world();
   const std::string dir = shared_dir(comm, tag);
   Config cfg = tiny(precision, opt);
@@ -122,7 +124,10 @@ TEST(Checkpoint, ResumeOnADifferentRankCount) {
     worst = std::max(worst, rel);
     EXPECT_LT(rel, 1e-12) << "step " << 5 + i;
   }
-  if (comm.rank() == 0) std::printf("[checkpoint] written on %d ranks, resumed on 1: worst relative loss difference %.2e\n", comm.size(), worst);
+  if (comm.rank() == 0)
+    std::printf(
+        "[checkpoint] written on %d ranks, resumed on 1: worst relative loss difference %.2e\n",
+        comm.size(), worst);
   comm.barrier();
   if (comm.rank() == 0) std::filesystem::remove_all(dir);
 }

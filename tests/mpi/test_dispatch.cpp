@@ -28,14 +28,19 @@ void round_trip(const comm::Comm& comm, std::int64_t E, int pattern, bool padded
   // Assignments of this rank: pattern 0 random, 1 nothing at all from odd ranks,
   // 2 everything to expert 0 (all other ranks/experts receive nothing).
   std::vector<std::int32_t> token, expert;
-  const CounterRng rng(11, Stream::routing, static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(pattern));
+  const CounterRng rng(11, Stream::routing, static_cast<std::uint64_t>(r),
+                       static_cast<std::uint64_t>(pattern));
   const int n = 5 + 3 * r;
   for (int t = 0; t < n; ++t) {
     if (pattern == 1 && r % 2 == 1) break;
-    const int choices = pattern == 2 ? 1 : 1 + static_cast<int>(rng.bits(static_cast<std::uint64_t>(t)) % 2);
+    const int choices =
+        pattern == 2 ? 1 : 1 + static_cast<int>(rng.bits(static_cast<std::uint64_t>(t)) % 2);
     for (int c = 0; c < choices; ++c) {
       token.push_back(t);
-      expert.push_back(pattern == 2 ? 0 : static_cast<std::int32_t>(rng.bits(1000 + static_cast<std::uint64_t>(t * 2 + c)) % static_cast<std::uint64_t>(E)));
+      expert.push_back(pattern == 2 ? 0
+                                    : static_cast<std::int32_t>(
+                                          rng.bits(1000 + static_cast<std::uint64_t>(t * 2 + c)) %
+                                          static_cast<std::uint64_t>(E)));
     }
   }
   dispatch::Plan plan;
@@ -43,7 +48,8 @@ void round_trip(const comm::Comm& comm, std::int64_t E, int pattern, bool padded
   std::vector<double> send(static_cast<std::size_t>(plan.total_send * width));
   for (std::int64_t i = 0; i < plan.total_send; ++i) {
     const auto a = static_cast<std::size_t>(plan.send_assignment[static_cast<std::size_t>(i)]);
-    for (int c = 0; c < width; ++c) send[static_cast<std::size_t>(i * width + c)] = code(r, token[a], expert[a], c);
+    for (int c = 0; c < width; ++c)
+      send[static_cast<std::size_t>(i * width + c)] = code(r, token[a], expert[a], c);
   }
   // Rows only go to the sender's replica group.
   for (int p = 0; p < P; ++p)
@@ -62,23 +68,26 @@ void round_trip(const comm::Comm& comm, std::int64_t E, int pattern, bool padded
   // Every row in local expert j's slice was meant for expert first_local + j.
   const std::int64_t first = placement.first_local();
   for (std::int64_t j = 0; j < placement.per_rank(); ++j)
-    for (std::int64_t row = plan.expert_offset[static_cast<std::size_t>(j)]; row < plan.expert_offset[static_cast<std::size_t>(j) + 1]; ++row) {
+    for (std::int64_t row = plan.expert_offset[static_cast<std::size_t>(j)];
+         row < plan.expert_offset[static_cast<std::size_t>(j) + 1]; ++row) {
       const double v = ex[static_cast<std::size_t>(row * width)];
       const auto e = static_cast<std::int64_t>(std::llround(std::fmod(v, 100.0)));  // column 0
       EXPECT_EQ(e, first + j) << "row " << row;
     }
   // Count conservation: rows received == rows all ranks sent to me.
   std::vector<std::int64_t> to_peer(static_cast<std::size_t>(P), 0);
-  for (std::size_t i = 0; i < token.size(); ++i) ++to_peer[static_cast<std::size_t>(placement.owner(expert[i]))];
+  for (std::size_t i = 0; i < token.size(); ++i)
+    ++to_peer[static_cast<std::size_t>(placement.owner(expert[i]))];
   comm.allreduce(std::span<std::int64_t>(to_peer), comm::ReduceOp::sum);
   EXPECT_EQ(plan.total_recv, to_peer[static_cast<std::size_t>(r)]);
   // Transform at the expert, bring back, and check the identity (after undoing it).
   for (double& v : ex) v = 2.0 * v + 1.0;
   std::vector<double> back(send.size(), -1.0);
   disp.from_experts(plan, ex.data(), back.data(), width);
-  for (std::size_t i = 0; i < send.size(); ++i) EXPECT_DOUBLE_EQ((back[i] - 1.0) / 2.0, send[i]) << i;
-  const std::int64_t expected_bytes =
-      padded ? 2 * P * plan.padded_rows * width * 8 : (plan.total_send + plan.total_recv) * width * 8;
+  for (std::size_t i = 0; i < send.size(); ++i)
+    EXPECT_DOUBLE_EQ((back[i] - 1.0) / 2.0, send[i]) << i;
+  const std::int64_t expected_bytes = padded ? 2 * P * plan.padded_rows * width * 8
+                                             : (plan.total_send + plan.total_recv) * width * 8;
   EXPECT_EQ(disp.bytes_sent(), expected_bytes);
 }
 

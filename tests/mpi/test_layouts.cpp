@@ -41,8 +41,10 @@ TEST(Layouts, PaddedAlltoallEqualsAlltoallv) {
   cfg.routing.dispatch = DispatchKind::alltoall_padded;
   const train::RunResult padded = train::train(cfg, comm, nullptr);
   ASSERT_EQ(v.loss.size(), padded.loss.size());
-  for (std::size_t i = 0; i < v.loss.size(); ++i) EXPECT_EQ(v.loss[i], padded.loss[i]) << "step " << i;
-  for (std::size_t i = 0; i < v.evals.size(); ++i) EXPECT_EQ(v.evals[i].accuracy, padded.evals[i].accuracy);
+  for (std::size_t i = 0; i < v.loss.size(); ++i)
+    EXPECT_EQ(v.loss[i], padded.loss[i]) << "step " << i;
+  for (std::size_t i = 0; i < v.evals.size(); ++i)
+    EXPECT_EQ(v.evals[i].accuracy, padded.evals[i].accuracy);
 }
 
 TEST(Layouts, ExpertReplicasGiveTheSameCurveAsOneRank) {
@@ -66,7 +68,9 @@ TEST(Layouts, ExpertReplicasGiveTheSameCurveAsOneRank) {
     }
     EXPECT_LT(ref.loss.back(), ref.loss.front());
     if (comm.rank() == 0)
-      std::printf("[replicas] E=%lld on P=%d (%lld replicas each): worst relative loss difference vs 1 rank %.2e\n",
-                  static_cast<long long>(E), comm.size(), static_cast<long long>(comm.size() / E), worst);
+      std::printf(
+          "[replicas] E=%lld on P=%d (%lld replicas each): worst relative loss difference vs 1 "
+          "rank %.2e\n",
+          static_cast<long long>(E), comm.size(), static_cast<long long>(comm.size() / E), worst);
   }
 }

@@ -47,7 +47,8 @@ Config small_config() {
 
 // Experts must divide over the ranks: scale E to a multiple of P.
 void fit_to_ranks(Config& cfg, int P) {
-  if (cfg.routing.num_experts % P != 0) cfg.routing.num_experts = P * ((cfg.routing.num_experts + P - 1) / P);
+  if (cfg.routing.num_experts % P != 0)
+    cfg.routing.num_experts = P * ((cfg.routing.num_experts + P - 1) / P);
   cfg.routing.k = std::min(cfg.routing.k, cfg.routing.num_experts);
 }
 
@@ -57,16 +58,19 @@ struct Batch {
 };
 
 Batch make_batch(const Config& cfg, std::int64_t first, std::int64_t n) {
-  Batch b{std::vector<double>(static_cast<std::size_t>(n * cfg.data.input_dim)), std::vector<std::int32_t>(static_cast<std::size_t>(n))};
-  data::ClusterTask(cfg.data, cfg.training.seed).generate(Stream::data_train, first, n, b.x.data(), b.y.data(), nullptr);
+  Batch b{std::vector<double>(static_cast<std::size_t>(n * cfg.data.input_dim)),
+          std::vector<std::int32_t>(static_cast<std::size_t>(n))};
+  data::ClusterTask(cfg.data, cfg.training.seed)
+      .generate(Stream::data_train, first, n, b.x.data(), b.y.data(), nullptr);
   return b;
 }
 
 // The global objective, reduced over ranks exactly as the trainer does. Token ids (which
 // key the routing randomness) are those of step 0: rank r's first token is r * n.
-double global_loss(model::Model<double>& m, const Config& cfg, const comm::Comm& comm, const Batch& b,
-                   std::int64_t n) {
-  const model::ForwardSums s = m.forward(b.x.data(), b.y.data(), n, true, nullptr, model::PassInfo{0, comm.rank() * n});
+double global_loss(model::Model<double>& m, const Config& cfg, const comm::Comm& comm,
+                   const Batch& b, std::int64_t n) {
+  const model::ForwardSums s =
+      m.forward(b.x.data(), b.y.data(), n, true, nullptr, model::PassInfo{0, comm.rank() * n});
   std::vector<double> v{s.ce_sum, 0.0, 0.0, 0.0, 0.0, 0.0};
   for (int l = 0; l < m.num_layers(); ++l) {
     const model::LayerStats& st = m.layer(l).stats();
@@ -77,11 +81,13 @@ double global_loss(model::Model<double>& m, const Config& cfg, const comm::Comm&
     v[5] += st.load_sum;
   }
   comm.allreduce(std::span<double>(v), comm::ReduceOp::sum);
-  const double groups = static_cast<double>(cfg.data.tokens_per_step / cfg.routing.group_size) * m.num_layers();
+  const double groups =
+      static_cast<double>(cfg.data.tokens_per_step / cfg.routing.group_size) * m.num_layers();
   const RoutingConfig& r = cfg.routing;
   return v[0] / static_cast<double>(cfg.data.tokens_per_step) +
          (r.aux_loss_coef * v[1] + r.z_loss_coef * v[2] + r.aux_gshard_loss_coef * v[3] +
-          r.importance_loss_coef * v[4] + r.load_loss_coef * v[5]) / groups;
+          r.importance_loss_coef * v[4] + r.load_loss_coef * v[5]) /
+             groups;
 }
 
 // Test hooks that put a model in a state its initialisation does not reach.
@@ -102,19 +108,22 @@ void randomise_noise(model::Model<double>& m) {
 void set_bias(model::Model<double>& m) {
   for (int l = 0; l < m.num_layers(); ++l) {
     std::span<double> b = m.layer(l).expert_bias();
-    for (std::size_t e = 0; e < b.size(); ++e) b[e] = 0.08 * static_cast<double>((e * 5 + static_cast<std::size_t>(l)) % 4) - 0.1;
+    for (std::size_t e = 0; e < b.size(); ++e)
+      b[e] = 0.08 * static_cast<double>((e * 5 + static_cast<std::size_t>(l)) % 4) - 0.1;
   }
 }
 
-double ffn(const double* x, const double* w1, const double* b1, const double* w2, const double* b2, int d, int f,
-           int out, Activation act) {
+double ffn(const double* x, const double* w1, const double* b1, const double* w2, const double* b2,
+           int d, int f, int out, Activation act) {
   double y = b2[out];
   for (int j = 0; j < f; ++j) {
     double h = b1[j];
     for (int i = 0; i < d; ++i) h += x[i] * w1[i * f + j];
     double a = 0;
-    if (act == Activation::relu) a = h > 0 ? h : 0;
-    else a = 0.5 * h * (1 + std::tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)));
+    if (act == Activation::relu)
+      a = h > 0 ? h : 0;
+    else
+      a = 0.5 * h * (1 + std::tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)));
     y += a * w2[j * d + out];
   }
   return y;
@@ -136,8 +145,10 @@ void gradient_check(Config cfg, const std::string& label, const Prepare& prepare
   global_loss(m, cfg, comm, b, N);
   m.backward(B, B / cfg.routing.group_size);
   comm.allreduce(m.params().grads(ParamKind::replicated), comm::ReduceOp::sum);
-  const std::vector<double> rep_grad(m.params().grads(ParamKind::replicated).begin(), m.params().grads(ParamKind::replicated).end());
-  const std::vector<double> exp_grad(m.params().grads(ParamKind::expert).begin(), m.params().grads(ParamKind::expert).end());
+  const std::vector<double> rep_grad(m.params().grads(ParamKind::replicated).begin(),
+                                     m.params().grads(ParamKind::replicated).end());
+  const std::vector<double> exp_grad(m.params().grads(ParamKind::expert).begin(),
+                                     m.params().grads(ParamKind::expert).end());
 
   const double eps = 1e-6;
   int checked = 0, failed = 0;
@@ -154,7 +165,9 @@ void gradient_check(Config cfg, const std::string& label, const Prepare& prepare
       if (v) *v = saved;
       if (!v) continue;
       const auto& e = m.params().entry(id);
-      const double g = (e.kind == ParamKind::replicated ? rep_grad : exp_grad)[static_cast<std::size_t>(e.offset + i)];
+      const double g =
+          (e.kind == ParamKind::replicated ? rep_grad
+                                           : exp_grad)[static_cast<std::size_t>(e.offset + i)];
       const double fd = (lp - lm) / (2 * eps);
       // Central differences at eps = 1e-6 carry ~1e-10 absolute round-off on an O(1)
       // loss; gradients here are 1e-5..1e-1, so 1e-6 relative + 1e-9 absolute is tight.
@@ -164,7 +177,8 @@ void gradient_check(Config cfg, const std::string& label, const Prepare& prepare
       ++checked;
       if (diff > 1e-9 + 1e-6 * std::abs(fd)) {
         ++failed;
-        ADD_FAILURE() << label << ": " << entry.name << "[" << i << "] analytic " << g << " fd " << fd;
+        ADD_FAILURE() << label << ": " << entry.name << "[" << i << "] analytic " << g << " fd "
+                      << fd;
       }
       if (failed > 10) return;
     }
@@ -172,8 +186,10 @@ void gradient_check(Config cfg, const std::string& label, const Prepare& prepare
   const std::int64_t total_checked = comm.allreduce<std::int64_t>(checked, comm::ReduceOp::sum);
   EXPECT_GT(total_checked, 500) << label;
   if (comm.rank() == 0)
-    std::printf("[gradcheck %s] P=%d entries checked on rank 0: %d, worst |analytic - fd| %.2e (largest |grad| %.2e)\n",
-                label.c_str(), comm.size(), checked, worst, largest);
+    std::printf(
+        "[gradcheck %s] P=%d entries checked on rank 0: %d, worst |analytic - fd| %.2e (largest "
+        "|grad| %.2e)\n",
+        label.c_str(), comm.size(), checked, worst, largest);
 }
 
 }  // namespace
@@ -182,7 +198,8 @@ namespace {
 
 // Layer forward at P ranks == the single-rank layer == a plain loop over the routed experts
 // (whose input is x itself: switch's jitter reaches the router only).
-void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_drops, const Prepare& prepare = nullptr) {
+void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_drops,
+                              const Prepare& prepare = nullptr) {
   SCOPED_TRACE(label);
   const comm::Comm comm = comm::Comm::world();
   cfg.model.layers = 1;
@@ -192,7 +209,8 @@ void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_
   const Batch full = make_batch(cfg, 0, B);
   model::Model<double> dist(cfg, comm, N, N);
   if (prepare) prepare(dist);
-  dist.forward(mine.x.data(), mine.y.data(), N, true, nullptr, model::PassInfo{3, 3 * B + comm.rank() * N});
+  dist.forward(mine.x.data(), mine.y.data(), N, true, nullptr,
+               model::PassInfo{3, 3 * B + comm.rank() * N});
   const comm::Comm self = comm::Comm::self();
   model::Model<double> ref(cfg, self, B, B);
   if (prepare) prepare(ref);
@@ -213,10 +231,13 @@ void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_
       const std::string p = "layer0.expert" + std::to_string(c.expert);
       const std::int64_t t = static_cast<std::int64_t>(g) * S + c.token;
       for (int o = 0; o < d; ++o)
-        y[static_cast<std::size_t>(t * d + o)] += c.weight * ffn(x + t * d, ps.value(ps.find(p + ".w1")), ps.value(ps.find(p + ".b1")),
-                                               ps.value(ps.find(p + ".w2")), ps.value(ps.find(p + ".b2")), d, f, o, cfg.model.activation);
+        y[static_cast<std::size_t>(t * d + o)] +=
+            c.weight * ffn(x + t * d, ps.value(ps.find(p + ".w1")), ps.value(ps.find(p + ".b1")),
+                           ps.value(ps.find(p + ".w2")), ps.value(ps.find(p + ".b2")), d, f, o,
+                           cfg.model.activation);
     }
-  for (std::int64_t i = 0; i < B * d; ++i) EXPECT_NEAR(ref.activation(1)[i], y[static_cast<std::size_t>(i)], 1e-12);
+  for (std::int64_t i = 0; i < B * d; ++i)
+    EXPECT_NEAR(ref.activation(1)[i], y[static_cast<std::size_t>(i)], 1e-12);
   // The distributed rank's rows equal the reference rows.
   for (std::int64_t i = 0; i < N * d; ++i)
     EXPECT_NEAR(dist.activation(1)[i], ref.activation(1)[comm.rank() * N * d + i], 1e-12);
@@ -232,8 +253,8 @@ struct RuleCase {
 
 std::vector<RuleCase> rule_cases() {
   std::vector<RuleCase> cases;
-  const auto add = [&](const std::string& label, const std::function<void(Config&)>& set, Prepare prepare = nullptr,
-                       bool drops = false) {
+  const auto add = [&](const std::string& label, const std::function<void(Config&)>& set,
+                       Prepare prepare = nullptr, bool drops = false) {
     Config cfg = small_config();
     set(cfg);
     cases.push_back({label, cfg, std::move(prepare), drops});
@@ -243,38 +264,53 @@ std::vector<RuleCase> rule_cases() {
     c.routing.aux_gshard_loss_coef = 0.05;
     c.routing.importance_loss_coef = 0.2;
   });
-  add("noisy_topk", [](Config& c) {
-    c.routing.rule = RoutingRuleKind::noisy_topk;
-    c.routing.importance_loss_coef = 0.1;
-    c.routing.load_loss_coef = 0.1;
-  }, randomise_noise, true);
-  add("switch-jitter", [](Config& c) {
-    c.routing.rule = RoutingRuleKind::switch_top1;
-    c.routing.k = 1;
-    c.routing.jitter_eps = 0.3;
-    c.routing.drop_policy = DropPolicyKind::priority;
-  }, nullptr, true);
-  add("gshard", [](Config& c) {
-    c.routing.rule = RoutingRuleKind::gshard;
-    c.routing.drop_policy = DropPolicyKind::choice_position;
-    c.routing.capacity_factor = Rational{3, 4};
-    c.routing.aux_gshard_loss_coef = 0.1;
-  }, nullptr, true);
+  add(
+      "noisy_topk",
+      [](Config& c) {
+        c.routing.rule = RoutingRuleKind::noisy_topk;
+        c.routing.importance_loss_coef = 0.1;
+        c.routing.load_loss_coef = 0.1;
+      },
+      randomise_noise, true);
+  add(
+      "switch-jitter",
+      [](Config& c) {
+        c.routing.rule = RoutingRuleKind::switch_top1;
+        c.routing.k = 1;
+        c.routing.jitter_eps = 0.3;
+        c.routing.drop_policy = DropPolicyKind::priority;
+      },
+      nullptr, true);
+  add(
+      "gshard",
+      [](Config& c) {
+        c.routing.rule = RoutingRuleKind::gshard;
+        c.routing.drop_policy = DropPolicyKind::choice_position;
+        c.routing.capacity_factor = Rational{3, 4};
+        c.routing.aux_gshard_loss_coef = 0.1;
+      },
+      nullptr, true);
   add("expert_choice", [](Config& c) {
     c.routing.rule = RoutingRuleKind::expert_choice;
     c.routing.importance_loss_coef = 0.1;
   });
-  add("hash", [](Config& c) {
-    c.routing.rule = RoutingRuleKind::hash;
-    c.routing.k = 1;
-    c.routing.aux_loss_coef = 0;
-    c.routing.z_loss_coef = 0;
-  }, nullptr, true);
-  add("topk-bias-priority", [](Config& c) {
-    c.routing.bias_update_rate = 0.01;
-    c.routing.renormalize = true;
-    c.routing.drop_policy = DropPolicyKind::priority;
-  }, set_bias, true);
+  add(
+      "hash",
+      [](Config& c) {
+        c.routing.rule = RoutingRuleKind::hash;
+        c.routing.k = 1;
+        c.routing.aux_loss_coef = 0;
+        c.routing.z_loss_coef = 0;
+      },
+      nullptr, true);
+  add(
+      "topk-bias-priority",
+      [](Config& c) {
+        c.routing.bias_update_rate = 0.01;
+        c.routing.renormalize = true;
+        c.routing.drop_policy = DropPolicyKind::priority;
+      },
+      set_bias, true);
   return cases;
 }
 
@@ -285,7 +321,8 @@ TEST(Model, DistributedLayerMatchesPlainLoop) {
 }
 
 TEST(Model, DistributedLayerMatchesPlainLoopEveryRule) {
-  for (const RuleCase& rc : rule_cases()) layer_matches_plain_loop(rc.cfg, rc.label, rc.drops, rc.prepare);
+  for (const RuleCase& rc : rule_cases())
+    layer_matches_plain_loop(rc.cfg, rc.label, rc.drops, rc.prepare);
 }
 
 // switch's jitter: the router sees x * u with u = 1 - eps + 2 eps U(0,1) drawn from the
@@ -299,7 +336,8 @@ TEST(Model, SwitchJitterRoutesOnTheJitteredInput) {
   cfg.routing.jitter_eps = 0.9;
   cfg.model.init_scale = 3.0;
   const comm::Comm self = comm::Comm::self();
-  const std::int64_t B = cfg.data.tokens_per_step, E = cfg.routing.num_experts, d = cfg.model.d_model;
+  const std::int64_t B = cfg.data.tokens_per_step, E = cfg.routing.num_experts,
+                     d = cfg.model.d_model;
   const Batch b = make_batch(cfg, 0, B);
   model::Model<double> m(cfg, self, B, B);
   const double* wg = m.params().value(m.params().find("layer0.gate"));
@@ -309,18 +347,24 @@ TEST(Model, SwitchJitterRoutesOnTheJitteredInput) {
     const double* x = m.activation(0);
     const auto& cands = m.layer(0).groups();
     for (std::int64_t t = 0; t < B; ++t) {
-      const CounterRng rng = routing::draw_stream(cfg.training.seed, 7, 0, 1000 + t, routing::DrawPurpose::jitter);
-      std::vector<double> h(static_cast<std::size_t>(E), 0.0), clean(static_cast<std::size_t>(E), 0.0);
+      const CounterRng rng =
+          routing::draw_stream(cfg.training.seed, 7, 0, 1000 + t, routing::DrawPurpose::jitter);
+      std::vector<double> h(static_cast<std::size_t>(E), 0.0),
+          clean(static_cast<std::size_t>(E), 0.0);
       for (std::int64_t j = 0; j < d; ++j) {
-        const double u = training ? 1 - 0.9 + 1.8 * rng.uniform(static_cast<std::uint64_t>(j)) : 1.0;
+        const double u =
+            training ? 1 - 0.9 + 1.8 * rng.uniform(static_cast<std::uint64_t>(j)) : 1.0;
         for (std::int64_t e = 0; e < E; ++e) {
           h[static_cast<std::size_t>(e)] += x[t * d + j] * u * wg[j * E + e];
           clean[static_cast<std::size_t>(e)] += x[t * d + j] * wg[j * E + e];
         }
       }
-      const auto argmax = [](const std::vector<double>& v) { return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin()); };
+      const auto argmax = [](const std::vector<double>& v) {
+        return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
+      };
       const std::int64_t S = cfg.routing.group_size;
-      const routing::Candidate& c = cands[static_cast<std::size_t>(t / S)].cands[static_cast<std::size_t>(t % S)];
+      const routing::Candidate& c =
+          cands[static_cast<std::size_t>(t / S)].cands[static_cast<std::size_t>(t % S)];
       EXPECT_EQ(c.expert, argmax(h)) << "token " << t << " training " << training;
       double z = 0;
       for (double v : h) z += std::exp(v);
@@ -350,8 +394,11 @@ TEST(Model, OneExpertMoEIsTheDenseFFN) {
     const double* x = m.activation(0);
     for (std::int64_t t = 0; t < B; ++t)
       for (int o = 0; o < d; ++o) {
-        const double dense = x[t * d + o] + ffn(x + t * d, ps.value(ps.find("layer0.expert0.w1")), ps.value(ps.find("layer0.expert0.b1")),
-                                               ps.value(ps.find("layer0.expert0.w2")), ps.value(ps.find("layer0.expert0.b2")), d, f, o, act);
+        const double dense =
+            x[t * d + o] + ffn(x + t * d, ps.value(ps.find("layer0.expert0.w1")),
+                               ps.value(ps.find("layer0.expert0.b1")),
+                               ps.value(ps.find("layer0.expert0.w2")),
+                               ps.value(ps.find("layer0.expert0.b2")), d, f, o, act);
         EXPECT_NEAR(m.activation(1)[t * d + o], dense, 1e-12);
       }
     // With one expert the weight is softmax of one logit = 1 and aux is constant (= 1):
@@ -359,7 +406,8 @@ TEST(Model, OneExpertMoEIsTheDenseFFN) {
     ps.zero_grads();
     m.backward(B, B / cfg.routing.group_size);
     const int gate = ps.find("layer0.gate");
-    for (std::int64_t i = 0; i < ps.entry(gate).size; ++i) EXPECT_NEAR(ps.grad(gate)[i], 0.0, 1e-15);
+    for (std::int64_t i = 0; i < ps.entry(gate).size; ++i)
+      EXPECT_NEAR(ps.grad(gate)[i], 0.0, 1e-15);
   }
 }
 
@@ -425,7 +473,8 @@ void same_loss_curve(const Config& cfg, const std::string& label) {
   }
   EXPECT_LT(ref.loss.back(), ref.loss.front());  // it trains
   if (comm.rank() == 0)
-    std::printf("[rank invariance %s] P=%d worst relative loss difference %.2e\n", label.c_str(), comm.size(), worst);
+    std::printf("[rank invariance %s] P=%d worst relative loss difference %.2e\n", label.c_str(),
+                comm.size(), worst);
 }
 }  // namespace
 

@@ -64,7 +64,8 @@ std::string attr_string(hid_t loc, const std::string& obj, const std::string& na
 
 // Reads a scalar numeric attribute, checking its file type.
 template <class T>
-T attr_scalar(hid_t loc, const std::string& obj, const std::string& name, hid_t file_type, hid_t mem_type) {
+T attr_scalar(hid_t loc, const std::string& obj, const std::string& name, hid_t file_type,
+              hid_t mem_type) {
   Id a(H5Aopen_by_name(loc, obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   if (a < 0) throw std::runtime_error("test: no attribute " + obj + " " + name);
   Id t(H5Aget_type(a), H5Tclose);
@@ -122,7 +123,8 @@ hid_t create_file(const fs::path& p) {
   return f;
 }
 
-void put(hid_t file, const char* name, hid_t file_type, hid_t mem_type, std::vector<hsize_t> dims, const void* data) {
+void put(hid_t file, const char* name, hid_t file_type, hid_t mem_type, std::vector<hsize_t> dims,
+         const void* data) {
   Id s(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
   Id ds(H5Dcreate2(file, name, file_type, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
   ASSERT_GE(ds, 0) << name;
@@ -246,7 +248,8 @@ TEST_F(IoTest, RunFileRoundTrip) {
   EXPECT_EQ(attr_string(f, "/", "created_utc"), "2024-01-02T03:04:05Z");
   EXPECT_EQ(attr_string(f, "/", "slurm_job_id"), "");
   EXPECT_EQ(attr_i64(f, "/", "ranks"), kP);
-  EXPECT_EQ(attr_scalar<std::uint64_t>(f, "/", "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64), meta().seed);
+  EXPECT_EQ(attr_scalar<std::uint64_t>(f, "/", "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64),
+            meta().seed);
   EXPECT_EQ(attr_i64(f, "/", "complete"), 1);
 
   const std::vector<hsize_t> s3{3};
@@ -276,7 +279,8 @@ TEST_F(IoTest, RunFileRoundTrip) {
     EXPECT_EQ(d.dims, s3) << name;
     ASSERT_EQ(d.f64.size(), 3u) << name;
     int row = 0;
-    for (std::int64_t s : {0, 5, 10}) EXPECT_EQ(d.f64[static_cast<std::size_t>(row++)], step(s).*(c.member)) << name;
+    for (std::int64_t s : {0, 5, 10})
+      EXPECT_EQ(d.f64[static_cast<std::size_t>(row++)], step(s).*(c.member)) << name;
     EXPECT_FALSE(attr_string(f, name, "description").empty()) << name;
     const bool is_time = std::string(c.name).starts_with("time_");
     EXPECT_EQ(has_attr(f, name, "units"), is_time) << name;
@@ -310,7 +314,8 @@ TEST_F(IoTest, RunFileRoundTrip) {
   EXPECT_EQ(read_ds(f, "/eval/loss", H5T_IEEE_F64LE).f64, (std::vector<double>{7.0, 12.0}));
   EXPECT_EQ(read_ds(f, "/eval/accuracy", H5T_IEEE_F64LE).f64, (std::vector<double>{0.5, 0.5}));
   EXPECT_EQ(read_ds(f, "/eval/macro_f1", H5T_IEEE_F64LE).f64, (std::vector<double>{0.25, 0.25}));
-  EXPECT_EQ(read_ds(f, "/eval/dropped_fraction", H5T_IEEE_F64LE).f64, (std::vector<double>{0.125, 0.125}));
+  EXPECT_EQ(read_ds(f, "/eval/dropped_fraction", H5T_IEEE_F64LE).f64,
+            (std::vector<double>{0.125, 0.125}));
 
   EXPECT_EQ(attr_f64(f, "/summary", "tokens_per_second"), 12345.5);
   EXPECT_EQ(attr_f64(f, "/summary", "step_time_median"), 0.75);
@@ -355,7 +360,8 @@ TEST_F(IoTest, IncompleteUntilFinish) {
       Id f(open_ro(copy), H5Fclose);
       EXPECT_EQ(attr_i64(f, "/", "complete"), 0);
       EXPECT_EQ(read_ds(f, "/steps/step", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{1, 2}));
-      EXPECT_EQ(read_ds(f, "/steps/expert_kept", H5T_STD_I64LE).dims, (std::vector<hsize_t>{2, kL, kE}));
+      EXPECT_EQ(read_ds(f, "/steps/expert_kept", H5T_STD_I64LE).dims,
+                (std::vector<hsize_t>{2, kL, kE}));
     }
     w.append_step(step(3));
     // destroyed without finish(): the error path
@@ -401,7 +407,8 @@ TEST_F(IoTest, SizeMismatchesThrow) {
 
   // A rejected record leaves no partial row behind.
   w.append_step(step(0));
-  EXPECT_NE(error_of([&] { w.append_step(step(0)); }).find("strictly increasing"), std::string::npos);
+  EXPECT_NE(error_of([&] { w.append_step(step(0)); }).find("strictly increasing"),
+            std::string::npos);
 
   Summary s = summary();
   s.traffic_tokens.pop_back();
@@ -472,7 +479,8 @@ TEST_F(IoTest, TraceFloat64WithoutTokenIdsAndInt32Ids) {
 TEST_F(IoTest, TraceErrors) {
   const auto expect_error = [](const fs::path& p, const std::vector<std::string>& parts) {
     const std::string msg = error_of([&] { (void)read_trace(p.string()); });
-    for (const auto& part : parts) EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
+    for (const auto& part : parts)
+      EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
   };
 
   const fs::path missing = file("missing.h5");
@@ -588,11 +596,14 @@ TEST_F(IoTest, RouteOutputRoundTrip) {
   EXPECT_EQ(attr_f64(f, "/", "z_loss"), 0.5);
   EXPECT_EQ(attr_f64(f, "/", "dropped_fraction"), 0.2);
   EXPECT_EQ(read_ds(f, "/routing/token", H5T_STD_I64LE).i64, o.token);
-  EXPECT_EQ(read_ds(f, "/routing/expert", H5T_STD_I32LE).i64, (std::vector<std::int64_t>{0, 2, 1, 2}));
-  EXPECT_EQ(read_ds(f, "/routing/slot", H5T_STD_I32LE).i64, (std::vector<std::int64_t>{0, 0, 0, 1}));
+  EXPECT_EQ(read_ds(f, "/routing/expert", H5T_STD_I32LE).i64,
+            (std::vector<std::int64_t>{0, 2, 1, 2}));
+  EXPECT_EQ(read_ds(f, "/routing/slot", H5T_STD_I32LE).i64,
+            (std::vector<std::int64_t>{0, 0, 0, 1}));
   EXPECT_EQ(read_ds(f, "/routing/weight", H5T_IEEE_F64LE).f64, o.weight);
   EXPECT_EQ(read_ds(f, "/routing/dropped_token", H5T_STD_I64LE).i64, o.dropped_token);
-  EXPECT_EQ(read_ds(f, "/routing/dropped_expert", H5T_STD_I32LE).i64, (std::vector<std::int64_t>{2}));
+  EXPECT_EQ(read_ds(f, "/routing/dropped_expert", H5T_STD_I32LE).i64,
+            (std::vector<std::int64_t>{2}));
   EXPECT_EQ(read_ds(f, "/load/routed", H5T_STD_I64LE).i64, o.load_routed);
   EXPECT_EQ(read_ds(f, "/load/kept", H5T_STD_I64LE).i64, o.load_kept);
   EXPECT_EQ(read_ds(f, "/routing/token", H5T_STD_I64LE).dims, std::vector<hsize_t>{4});
@@ -639,7 +650,8 @@ TEST_F(IoTest, RouteOutputValidation) {
   EXPECT_THROW(write_route_output(p.string(), o), std::runtime_error);
   o = route();
   o.expert[1] = 3;
-  EXPECT_NE(error_of([&] { write_route_output(p.string(), o); }).find("expert[1] = 3"), std::string::npos);
+  EXPECT_NE(error_of([&] { write_route_output(p.string(), o); }).find("expert[1] = 3"),
+            std::string::npos);
   EXPECT_FALSE(fs::exists(p));
   EXPECT_FALSE(fs::exists(p.string() + ".tmp"));
 

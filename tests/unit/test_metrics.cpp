@@ -31,7 +31,8 @@ TEST(Metrics, IndependentRoutingCarriesNoInformation) {
 }
 
 TEST(Metrics, HandComputedMutualInformation) {
-  // p = [[1/2, 0], [1/4, 1/4]]: MI = 1/2 log(1/2 / (1/2*3/4)) + 1/4 log(1/4/(1/2*3/4)) + 1/4 log(1/4/(1/2*1/4)).
+  // p = [[1/2, 0], [1/4, 1/4]]: MI = 1/2 log(1/2 / (1/2*3/4)) + 1/4 log(1/4/(1/2*3/4)) + 1/4
+  // log(1/4/(1/2*1/4)).
   const std::vector<std::int64_t> c = {2, 0, 1, 1};
   const double want = 0.5 * std::log(4.0 / 3.0) + 0.25 * std::log(2.0 / 3.0) + 0.25 * std::log(2.0);
   EXPECT_NEAR(mutual_information(c, 2, 2), want, 1e-15);

@@ -12,8 +12,8 @@
 
 using moesim::Rational;
 using moesim::RoutingConfig;
-using moesim::routing::capacity;
 using moesim::routing::Candidate;
+using moesim::routing::capacity;
 using moesim::routing::GroupRouting;
 using moesim::routing::Router;
 
@@ -39,7 +39,8 @@ GroupRouting route(const RoutingConfig& cfg, const std::vector<double>& logits, 
 }
 
 // DeepSpeed's unit-test logits quoted in routing.md.
-const std::vector<double> kL1 = {.11, .2, .1, .3, .3, .4, .11, .1, .11, .1, .6, .5, .1, .11, .7, .8};
+const std::vector<double> kL1 = {.11, .2, .1, .3, .3, .4,  .11, .1,
+                                 .11, .1, .6, .5, .1, .11, .7,  .8};
 
 RoutingConfig l1_config(moesim::DropPolicyKind policy) {
   RoutingConfig cfg;
@@ -58,17 +59,18 @@ TEST(Capacity, ExactDecimalArithmetic) {
   EXPECT_EQ(capacity(1, 50, 1, Rational{11, 10}, 0), 55);
   EXPECT_EQ(capacity(2, 4, 4, Rational{1, 1}, 1), 2);
   EXPECT_EQ(capacity(2, 4096, 8, Rational{125, 100}, 0), 1280);
-  EXPECT_EQ(capacity(1, 10, 4, Rational{1, 1}, 0), 3);     // ceil(2.5)
-  EXPECT_EQ(capacity(1, 8, 4, Rational{1, 1}, 0), 2);      // exact, no rounding up
-  EXPECT_EQ(capacity(1, 8, 4, Rational{1, 100}, 0), 1);    // ceil(0.02)
-  EXPECT_EQ(capacity(1, 8, 4, Rational{1, 100}, 5), 5);    // min_capacity wins
-  EXPECT_EQ(capacity(2, 8, 4, Rational{0, 1}, 5), -1);     // cf = 0: dropless
+  EXPECT_EQ(capacity(1, 10, 4, Rational{1, 1}, 0), 3);   // ceil(2.5)
+  EXPECT_EQ(capacity(1, 8, 4, Rational{1, 1}, 0), 2);    // exact, no rounding up
+  EXPECT_EQ(capacity(1, 8, 4, Rational{1, 100}, 0), 1);  // ceil(0.02)
+  EXPECT_EQ(capacity(1, 8, 4, Rational{1, 100}, 5), 5);  // min_capacity wins
+  EXPECT_EQ(capacity(2, 8, 4, Rational{0, 1}, 5), -1);   // cf = 0: dropless
 }
 
 TEST(Routing, L1ProbsPolicyMatchesReference) {
   const GroupRouting r = route(l1_config(moesim::DropPolicyKind::probs), kL1, 4);
   EXPECT_EQ(r.capacity, 2);
-  const std::vector<Kept> want = {{0, 1, 0}, {1, 0, 0}, {1, 1, 1}, {2, 2, 0}, {2, 3, 0}, {3, 2, 1}, {3, 3, 1}};
+  const std::vector<Kept> want = {{0, 1, 0}, {1, 0, 0}, {1, 1, 1}, {2, 2, 0},
+                                  {2, 3, 0}, {3, 2, 1}, {3, 3, 1}};
   EXPECT_EQ(kept_sorted(r), want);
   EXPECT_NEAR(r.aux, 1.0334199, 5e-7);
   EXPECT_EQ(r.dropped, 1);
@@ -76,7 +78,8 @@ TEST(Routing, L1ProbsPolicyMatchesReference) {
 
 TEST(Routing, L1PositionPolicyMatchesReference) {
   const GroupRouting r = route(l1_config(moesim::DropPolicyKind::position), kL1, 4);
-  const std::vector<Kept> want = {{0, 1, 0}, {0, 3, 0}, {1, 0, 0}, {1, 1, 1}, {2, 2, 0}, {2, 3, 1}, {3, 2, 1}};
+  const std::vector<Kept> want = {{0, 1, 0}, {0, 3, 0}, {1, 0, 0}, {1, 1, 1},
+                                  {2, 2, 0}, {2, 3, 1}, {3, 2, 1}};
   EXPECT_EQ(kept_sorted(r), want);
   EXPECT_NEAR(r.aux, 1.0334199, 5e-7);
   const std::vector<std::int64_t> routed = {1, 2, 2, 3}, kept = {1, 2, 2, 2};
@@ -149,7 +152,8 @@ TEST(Routing, TopKRenormalisedWeightsSumToOne) {
   cfg.k = 2;
   cfg.renormalize = true;
   cfg.dropless = true;
-  const std::vector<double> logits = {0.0, std::log(3.0), std::log(1.0), std::log(6.0)};  // p ~ 1,3,1,6 /11
+  const std::vector<double> logits = {0.0, std::log(3.0), std::log(1.0),
+                                      std::log(6.0)};  // p ~ 1,3,1,6 /11
   const GroupRouting r = route(cfg, logits, 1);
   ASSERT_EQ(r.cands.size(), 2U);
   EXPECT_EQ(r.cands[0].expert, 3);
@@ -249,7 +253,8 @@ TEST(Routing, BackwardMatchesFiniteDifferences) {
       router.route(h, p, true, r);
       ASSERT_GT(r.dropped, 0);  // the case exercises capacity
       std::vector<double> coef(r.cands.size());
-      for (std::size_t i = 0; i < coef.size(); ++i) coef[i] = r.cands[i].kept ? rng.normal(1000 + i) : 0.0;
+      for (std::size_t i = 0; i < coef.size(); ++i)
+        coef[i] = r.cands[i].kept ? rng.normal(1000 + i) : 0.0;
       const double s_aux = 0.7, s_z = 0.3;
       moesim::routing::LossScales scales;
       scales.aux = s_aux;

@@ -22,7 +22,9 @@ std::string validate_error(const Config& cfg) {
   return {};
 }
 
-Config with(const std::vector<std::string>& overrides) { return parse_config("", "t.ini", overrides); }
+Config with(const std::vector<std::string>& overrides) {
+  return parse_config("", "t.ini", overrides);
+}
 
 }  // namespace
 
@@ -32,14 +34,16 @@ TEST(RoutingConfigValidate, EveryRuleAndPolicyIsAccepted) {
       {"--routing.rule=dense", "--routing.k=1", "--routing.dropless=true"},  // k, capacity unused
       {"--routing.rule=topk", "--routing.k=3", "--routing.renormalize=true"},
       {"--routing.rule=topk", "--routing.bias_update_rate=0.001"},
-      {"--routing.rule=noisy_topk", "--routing.importance_loss_coef=0.01", "--routing.load_loss_coef=0.01"},
+      {"--routing.rule=noisy_topk", "--routing.importance_loss_coef=0.01",
+       "--routing.load_loss_coef=0.01"},
       {"--routing.rule=switch", "--routing.k=1", "--routing.jitter_eps=0.01"},
       {"--routing.rule=switch", "--routing.k=1", "--routing.bias_update_rate=0.01"},
       {"--routing.rule=gshard", "--routing.k=2", "--routing.aux_gshard_loss_coef=0.01"},
       {"--routing.rule=gshard", "--routing.random_routing=false"},
       {"--routing.rule=expert_choice", "--routing.k=1"},
       {"--routing.rule=expert_choice", "--routing.drop_policy=probs"},  // ignored
-      {"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0", "--routing.z_loss_coef=0"},
+      {"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0",
+       "--routing.z_loss_coef=0"},
       {"--routing.drop_policy=position"},
       {"--routing.drop_policy=choice_position"},
       {"--routing.drop_policy=probs"},
@@ -62,20 +66,24 @@ TEST(RoutingConfigValidate, ImpossibleCombinationsNameKeyValueAndWhatIsAllowed) 
       {{"--routing.rule=gshard", "--routing.k=1"}, {"routing.k = 1", "must be 2"}},
       {{"--routing.rule=hash"}, {"routing.k = 2", "must be 1", "hash"}},
       {{"--routing.rule=hash", "--routing.k=1"}, {"routing.aux_loss_coef", "must be 0", "hash"}},
-      {{"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0", "--routing.z_loss_coef=0.1"},
+      {{"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0",
+        "--routing.z_loss_coef=0.1"},
        {"routing.z_loss_coef", "must be 0"}},
-      {{"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0", "--routing.load_loss_coef=0.1"},
+      {{"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0",
+        "--routing.load_loss_coef=0.1"},
        {"routing.load_loss_coef", "must be 0"}},
       {{"--routing.rule=topk", "--routing.jitter_eps=0.1"}, {"routing.jitter_eps", "switch"}},
       {{"--routing.rule=noisy_topk", "--routing.bias_update_rate=0.1"},
        {"routing.bias_update_rate", "topk or switch"}},
-      {{"--routing.rule=expert_choice", "--routing.dropless=true"}, {"routing.dropless = true", "expert_choice"}},
+      {{"--routing.rule=expert_choice", "--routing.dropless=true"},
+       {"routing.dropless = true", "expert_choice"}},
       {{"--routing.rule=expert_choice", "--routing.capacity_factor=0"},
        {"routing.capacity_factor = 0", "must be > 0"}},
       {{"--routing.rule=expert_choice", "--routing.eval_capacity_factor=0"},
        {"routing.eval_capacity_factor = 0", "must be > 0"}},
       {{"--routing.rule=base"}, {"routing.rule = base", "not implemented"}},
-      {{"--routing.rule=topk", "--routing.num_experts=80", "--routing.k=65"}, {"routing.k = 65", "at most 64"}},
+      {{"--routing.rule=topk", "--routing.num_experts=80", "--routing.k=65"},
+       {"routing.k = 65", "at most 64"}},
   };
   for (const Case& c : cases) {
     const std::string msg = validate_error(with(c.overrides));

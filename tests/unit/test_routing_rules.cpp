@@ -77,7 +77,8 @@ RoutingConfig config(RoutingRuleKind rule, std::int64_t E, std::int64_t k) {
   return cfg;
 }
 
-RouteContext keyed(std::int64_t step, std::int64_t layer, std::int64_t first_token, bool training = true) {
+RouteContext keyed(std::int64_t step, std::int64_t layer, std::int64_t first_token,
+                   bool training = true) {
   RouteContext ctx;
   ctx.training = training;
   ctx.seed = 11;
@@ -87,7 +88,8 @@ RouteContext keyed(std::int64_t step, std::int64_t layer, std::int64_t first_tok
   return ctx;
 }
 
-const std::vector<double> kL1 = {.11, .2, .1, .3, .3, .4, .11, .1, .11, .1, .6, .5, .1, .11, .7, .8};
+const std::vector<double> kL1 = {.11, .2, .1, .3, .3, .4,  .11, .1,
+                                 .11, .1, .6, .5, .1, .11, .7,  .8};
 
 }  // namespace
 
@@ -188,18 +190,26 @@ TEST(RuleNoisyTopK, TopKOfNoisyLogitsFromKeyedDraws) {
   ASSERT_EQ(r.cands.size(), static_cast<std::size_t>(S * k));
   for (std::int64_t t = 0; t < S; ++t) {
     // H = h + n sigma with n the (seed, step, layer, token 1000 + t) normal draw of expert e.
-    const moesim::CounterRng rng = moesim::routing::draw_stream(11, 3, 1, 1000 + t, moesim::routing::DrawPurpose::noise);
+    const moesim::CounterRng rng =
+        moesim::routing::draw_stream(11, 3, 1, 1000 + t, moesim::routing::DrawPurpose::noise);
     std::vector<double> H(static_cast<std::size_t>(E));
     for (std::int64_t e = 0; e < E; ++e)
-      H[static_cast<std::size_t>(e)] = h[static_cast<std::size_t>(t * E + e)] + rng.normal(static_cast<std::uint64_t>(e)) * sigma[static_cast<std::size_t>(t * E + e)];
+      H[static_cast<std::size_t>(e)] =
+          h[static_cast<std::size_t>(t * E + e)] +
+          rng.normal(static_cast<std::uint64_t>(e)) * sigma[static_cast<std::size_t>(t * E + e)];
     std::vector<int> order(static_cast<std::size_t>(E));
     for (int e = 0; e < E; ++e) order[static_cast<std::size_t>(e)] = e;
-    std::sort(order.begin(), order.end(), [&](int a, int b) { return H[static_cast<std::size_t>(a)] > H[static_cast<std::size_t>(b)]; });
-    const double z = std::exp(H[static_cast<std::size_t>(order[0])]) + std::exp(H[static_cast<std::size_t>(order[1])]);
+    std::sort(order.begin(), order.end(), [&](int a, int b) {
+      return H[static_cast<std::size_t>(a)] > H[static_cast<std::size_t>(b)];
+    });
+    const double z = std::exp(H[static_cast<std::size_t>(order[0])]) +
+                     std::exp(H[static_cast<std::size_t>(order[1])]);
     for (int c = 0; c < k; ++c) {
       const Candidate& cand = r.cands[static_cast<std::size_t>(t * k + c)];
       EXPECT_EQ(cand.expert, order[static_cast<std::size_t>(c)]) << "token " << t;
-      EXPECT_NEAR(cand.weight, std::exp(H[static_cast<std::size_t>(order[static_cast<std::size_t>(c)])]) / z, 1e-14);
+      EXPECT_NEAR(cand.weight,
+                  std::exp(H[static_cast<std::size_t>(order[static_cast<std::size_t>(c)])]) / z,
+                  1e-14);
     }
   }
   // The draws are keyed: another step, layer or token id changes them, the same key does not.
@@ -225,9 +235,12 @@ TEST(RuleNoisyTopK, LoadIsShazeersSmoothEstimator) {
   ctx.noise_std = sigma;
   const GroupRouting r = route(cfg, h, 1, ctx);
   ASSERT_TRUE(r.smooth_load);
-  const moesim::CounterRng rng = moesim::routing::draw_stream(11, 0, 0, 7, moesim::routing::DrawPurpose::noise);
+  const moesim::CounterRng rng =
+      moesim::routing::draw_stream(11, 0, 0, 7, moesim::routing::DrawPurpose::noise);
   double H[3];
-  for (int e = 0; e < 3; ++e) H[e] = h[static_cast<std::size_t>(e)] + rng.normal(static_cast<std::uint64_t>(e)) * sigma[static_cast<std::size_t>(e)];
+  for (int e = 0; e < 3; ++e)
+    H[e] = h[static_cast<std::size_t>(e)] +
+           rng.normal(static_cast<std::uint64_t>(e)) * sigma[static_cast<std::size_t>(e)];
   const int best = static_cast<int>(std::max_element(H, H + 3) - H);
   EXPECT_EQ(r.cands[0].expert, best);
   const auto Phi = [](double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); };
@@ -237,9 +250,11 @@ TEST(RuleNoisyTopK, LoadIsShazeersSmoothEstimator) {
     double thr = -HUGE_VAL;
     for (int j = 0; j < 3; ++j)
       if (j != e) thr = std::max(thr, H[j]);
-    load[static_cast<std::size_t>(e)] = Phi((h[static_cast<std::size_t>(e)] - thr) / sigma[static_cast<std::size_t>(e)]);
+    load[static_cast<std::size_t>(e)] =
+        Phi((h[static_cast<std::size_t>(e)] - thr) / sigma[static_cast<std::size_t>(e)]);
   }
-  for (int e = 0; e < 3; ++e) EXPECT_NEAR(r.load_e[static_cast<std::size_t>(e)], load[static_cast<std::size_t>(e)], 1e-14);
+  for (int e = 0; e < 3; ++e)
+    EXPECT_NEAR(r.load_e[static_cast<std::size_t>(e)], load[static_cast<std::size_t>(e)], 1e-14);
   EXPECT_NEAR(r.load, moesim::routing::cv_squared(load), 1e-14);
 }
 
@@ -281,12 +296,19 @@ TEST(RuleGShard, SecondExpertKeptIffTwiceG2ExceedsKeyedUniform) {
   int with_second = 0, without = 0;
   for (std::int64_t t = 0; t < S; ++t) {
     std::vector<double> p(static_cast<std::size_t>(E));
-    moesim::routing::softmax_rows(std::span<const double>(h).subspan(static_cast<std::size_t>(t * E), static_cast<std::size_t>(E)), 1, E, p, {});
+    moesim::routing::softmax_rows(std::span<const double>(h).subspan(
+                                      static_cast<std::size_t>(t * E), static_cast<std::size_t>(E)),
+                                  1, E, p, {});
     std::vector<int> order = {0, 1, 2, 3};
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[static_cast<std::size_t>(a)] > p[static_cast<std::size_t>(b)]; });
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return p[static_cast<std::size_t>(a)] > p[static_cast<std::size_t>(b)];
+    });
     const double s = p[static_cast<std::size_t>(order[0])] + p[static_cast<std::size_t>(order[1])];
-    const double g1 = p[static_cast<std::size_t>(order[0])] / s, g2 = p[static_cast<std::size_t>(order[1])] / s;
-    const double u = moesim::routing::draw_stream(11, 2, 3, 500 + t, moesim::routing::DrawPurpose::random_routing).uniform(0);
+    const double g1 = p[static_cast<std::size_t>(order[0])] / s,
+                 g2 = p[static_cast<std::size_t>(order[1])] / s;
+    const double u = moesim::routing::draw_stream(11, 2, 3, 500 + t,
+                                                  moesim::routing::DrawPurpose::random_routing)
+                         .uniform(0);
     ASSERT_EQ(r.cands[i].token, t);
     EXPECT_EQ(r.cands[i].expert, order[0]);
     EXPECT_NEAR(r.cands[i].weight, g1, 1e-15);  // g1 is not renormalised when the 2nd goes
@@ -308,7 +330,8 @@ TEST(RuleGShard, SecondExpertKeptIffTwiceG2ExceedsKeyedUniform) {
   EXPECT_GT(without, 10);
   // Random routing is not a capacity drop; evaluation keeps every 2nd expert.
   EXPECT_EQ(r.dropped, 0);
-  EXPECT_EQ(route(cfg, h, S, keyed(2, 3, 500, false)).cands.size(), static_cast<std::size_t>(2 * S));
+  EXPECT_EQ(route(cfg, h, S, keyed(2, 3, 500, false)).cands.size(),
+            static_cast<std::size_t>(2 * S));
 }
 
 TEST(RuleGShard, ExtremeSecondWeights) {
@@ -328,7 +351,8 @@ TEST(RuleGShard, RandomRoutingWithHugeCapacityDropsNothing) {
   const std::int64_t S = 64, E = 8;
   RoutingConfig cfg = config(RoutingRuleKind::gshard, E, 2);
   cfg.capacity_factor = Rational{100, 1};
-  for (auto policy : {DropPolicyKind::position, DropPolicyKind::choice_position, DropPolicyKind::probs, DropPolicyKind::priority}) {
+  for (auto policy : {DropPolicyKind::position, DropPolicyKind::choice_position,
+                      DropPolicyKind::probs, DropPolicyKind::priority}) {
     cfg.drop_policy = policy;
     const GroupRouting r = route(cfg, normal_logits(8, S * E, 3.0), S, keyed(1, 0, 0));
     EXPECT_EQ(r.dropped, 0) << to_string(policy);
@@ -367,11 +391,11 @@ TEST(RuleExpertChoice, EveryExpertTakesExactlyC) {
     std::int64_t min_capacity, want;
   };
   const Case cases[] = {
-      {10, 4, {1, 1}, 0, 3},     // ceil(2.5)
-      {16, 4, {1, 1}, 0, 4},     // exact
-      {50, 1, {11, 10}, 0, 50},  // ceil(55) is clamped to S
-      {12, 3, {1, 10}, 0, 1},    // ceil(0.4)
-      {12, 3, {1, 10}, 5, 5},    // min_capacity
+      {10, 4, {1, 1}, 0, 3},      // ceil(2.5)
+      {16, 4, {1, 1}, 0, 4},      // exact
+      {50, 1, {11, 10}, 0, 50},   // ceil(55) is clamped to S
+      {12, 3, {1, 10}, 0, 1},     // ceil(0.4)
+      {12, 3, {1, 10}, 5, 5},     // min_capacity
       {12, 3, {125, 100}, 0, 5},  // ceil(5)
   };
   for (const Case& k : cases) {
@@ -379,14 +403,18 @@ TEST(RuleExpertChoice, EveryExpertTakesExactlyC) {
     cfg.capacity_factor = k.cf;
     cfg.eval_capacity_factor = Rational{1, 1000};
     cfg.min_capacity = k.min_capacity;
-    const GroupRouting r = route(cfg, normal_logits(static_cast<std::uint64_t>(k.S * 7 + k.E), static_cast<std::size_t>(k.S * k.E)), k.S);
+    const GroupRouting r = route(cfg,
+                                 normal_logits(static_cast<std::uint64_t>(k.S * 7 + k.E),
+                                               static_cast<std::size_t>(k.S * k.E)),
+                                 k.S);
     EXPECT_EQ(r.capacity, k.want) << k.S << " " << k.E;
     for (std::int64_t e = 0; e < k.E; ++e) {
       EXPECT_EQ(r.routed[static_cast<std::size_t>(e)], k.want);
       EXPECT_EQ(r.kept[static_cast<std::size_t>(e)], k.want);
     }
     EXPECT_EQ(r.dropped, 0);
-    EXPECT_EQ(Router(cfg, k.S).capacity(false), std::max<std::int64_t>(1, k.min_capacity));  // eval factor
+    EXPECT_EQ(Router(cfg, k.S).capacity(false),
+              std::max<std::int64_t>(1, k.min_capacity));  // eval factor
   }
 }
 
@@ -456,7 +484,8 @@ TEST(DropPolicies, L1ChoicePosition) {
   // 1st choices in token order: e3 <- t0 (slot 0), e1 <- t1 (0), e2 <- t2 (0), e3 <- t3 (1).
   // 2nd choices: e1 <- t0 (1), e0 <- t1 (0), e3 <- t2 (full: dropped), e2 <- t3 (1).
   const GroupRouting r = route(l1_config(DropPolicyKind::choice_position), kL1, 4);
-  const std::vector<Kept> want = {{0, 1, 1}, {0, 3, 0}, {1, 0, 0}, {1, 1, 0}, {2, 2, 0}, {3, 2, 1}, {3, 3, 1}};
+  const std::vector<Kept> want = {{0, 1, 1}, {0, 3, 0}, {1, 0, 0}, {1, 1, 0},
+                                  {2, 2, 0}, {3, 2, 1}, {3, 3, 1}};
   EXPECT_EQ(kept_sorted(r), want);
   EXPECT_EQ(r.dropped, 1);
 }
@@ -466,7 +495,8 @@ TEST(DropPolicies, L1Priority) {
   // 1st choices: e3 <- t3, e2 <- t2, e1 <- t1, e3 <- t0 (full now). 2nd: e2 <- t3 (full now),
   // e3 <- t2 dropped, e0 <- t1, e1 <- t0. Slots in token order.
   const GroupRouting r = route(l1_config(DropPolicyKind::priority), kL1, 4);
-  const std::vector<Kept> want = {{0, 1, 0}, {0, 3, 0}, {1, 0, 0}, {1, 1, 1}, {2, 2, 0}, {3, 2, 1}, {3, 3, 1}};
+  const std::vector<Kept> want = {{0, 1, 0}, {0, 3, 0}, {1, 0, 0}, {1, 1, 1},
+                                  {2, 2, 0}, {3, 2, 1}, {3, 3, 1}};
   EXPECT_EQ(kept_sorted(r), want);
   EXPECT_EQ(r.dropped, 1);
 }
@@ -495,9 +525,11 @@ TEST(DropPolicies, ChoicePositionSlotsFollowFillOrder) {
   cfg.dropless = true;
   cfg.drop_policy = DropPolicyKind::choice_position;
   const std::vector<double> logits = log_of({.7, .3, .2, .8});
-  EXPECT_EQ(kept_sorted(route(cfg, logits, 2)), (std::vector<Kept>{{0, 0, 0}, {0, 1, 1}, {1, 0, 1}, {1, 1, 0}}));
+  EXPECT_EQ(kept_sorted(route(cfg, logits, 2)),
+            (std::vector<Kept>{{0, 0, 0}, {0, 1, 1}, {1, 0, 1}, {1, 1, 0}}));
   cfg.drop_policy = DropPolicyKind::priority;  // slots in token order
-  EXPECT_EQ(kept_sorted(route(cfg, logits, 2)), (std::vector<Kept>{{0, 0, 0}, {0, 1, 0}, {1, 0, 1}, {1, 1, 1}}));
+  EXPECT_EQ(kept_sorted(route(cfg, logits, 2)),
+            (std::vector<Kept>{{0, 0, 0}, {0, 1, 0}, {1, 0, 1}, {1, 1, 1}}));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -527,11 +559,11 @@ TEST(RouterLosses, AllOnOneExpertHandCase) {
   RoutingConfig cfg = config(RoutingRuleKind::topk, 2, 1);
   cfg.dropless = true;
   const GroupRouting r = route(cfg, log_of({3, 1, 2, 1}), 2);
-  const double P0 = (3.0 / 4 + 2.0 / 3) / 2;  // 17/24
+  const double P0 = (3.0 / 4 + 2.0 / 3) / 2;         // 17/24
   EXPECT_NEAR(r.aux, 2.0 * 1.0 * P0, 1e-15);         // (E/k) (f_0 P_0 + 0)
   EXPECT_NEAR(r.aux_gshard, 2.0 * 1.0 * P0, 1e-15);  // E (c_0/S) P_0
-  EXPECT_NEAR(r.importance, 1.0, 1e-15);  // importance (17/12, 0): CV^2 = 1
-  EXPECT_NEAR(r.load, 1.0, 1e-15);        // counts (2, 0)
+  EXPECT_NEAR(r.importance, 1.0, 1e-15);             // importance (17/12, 0): CV^2 = 1
+  EXPECT_NEAR(r.load, 1.0, 1e-15);                   // counts (2, 0)
   EXPECT_NEAR(r.z, (std::log(4.0) * std::log(4.0) + std::log(3.0) * std::log(3.0)) / 2, 1e-15);
 }
 
@@ -541,7 +573,11 @@ TEST(RouterLosses, GShardAuxCountsFirstChoicesOnly) {
   moesim::routing::softmax_rows(kL1, 4, 4, p, {});
   const double c[4] = {0, 1, 1, 2};  // first choices: t0 -> 3, t1 -> 1, t2 -> 2, t3 -> 3
   double want = 0;
-  for (int e = 0; e < 4; ++e) want += c[e] / 4 * (p[static_cast<std::size_t>(e)] + p[static_cast<std::size_t>(4 + e)] + p[static_cast<std::size_t>(8 + e)] + p[static_cast<std::size_t>(12 + e)]) / 4;
+  for (int e = 0; e < 4; ++e)
+    want += c[e] / 4 *
+            (p[static_cast<std::size_t>(e)] + p[static_cast<std::size_t>(4 + e)] +
+             p[static_cast<std::size_t>(8 + e)] + p[static_cast<std::size_t>(12 + e)]) /
+            4;
   EXPECT_NEAR(r.aux_gshard, 4 * want, 1e-15);
   // Importance: sum of the (pre-capacity) weights p of each expert's candidates.
   const std::vector<double> imp = {p[4], p[1] + p[5], p[10] + p[14], p[3] + p[11] + p[15]};
@@ -554,10 +590,10 @@ TEST(RouterLosses, UniformProbabilitiesGiveAuxOne) {
     RoutingRuleKind rule;
     std::int64_t k;
   };
-  const Case cases[] = {{RoutingRuleKind::topk, 1}, {RoutingRuleKind::topk, 2}, {RoutingRuleKind::topk, 3},
-                        {RoutingRuleKind::switch_top1, 1}, {RoutingRuleKind::gshard, 2},
-                        {RoutingRuleKind::noisy_topk, 2}, {RoutingRuleKind::dense, 2},
-                        {RoutingRuleKind::expert_choice, 1}};
+  const Case cases[] = {{RoutingRuleKind::topk, 1},   {RoutingRuleKind::topk, 2},
+                        {RoutingRuleKind::topk, 3},   {RoutingRuleKind::switch_top1, 1},
+                        {RoutingRuleKind::gshard, 2}, {RoutingRuleKind::noisy_topk, 2},
+                        {RoutingRuleKind::dense, 2},  {RoutingRuleKind::expert_choice, 1}};
   for (const Case& k : cases) {
     RoutingConfig cfg = config(k.rule, 6, k.k);
     const GroupRouting r = route(cfg, std::vector<double>(12 * 6, 0.37), 12, keyed(0, 0, 0));
@@ -581,12 +617,14 @@ TEST(RouterInvariants, DroplessEqualsLargeCapacity) {
     std::int64_t k;
     bool with_bias;
   };
-  const Case cases[] = {{RoutingRuleKind::topk, 2, false}, {RoutingRuleKind::topk, 3, true},
-                        {RoutingRuleKind::switch_top1, 1, false}, {RoutingRuleKind::switch_top1, 1, true},
-                        {RoutingRuleKind::gshard, 2, false}, {RoutingRuleKind::noisy_topk, 2, false},
-                        {RoutingRuleKind::hash, 1, false}};
+  const Case cases[] = {
+      {RoutingRuleKind::topk, 2, false},        {RoutingRuleKind::topk, 3, true},
+      {RoutingRuleKind::switch_top1, 1, false}, {RoutingRuleKind::switch_top1, 1, true},
+      {RoutingRuleKind::gshard, 2, false},      {RoutingRuleKind::noisy_topk, 2, false},
+      {RoutingRuleKind::hash, 1, false}};
   for (const Case& k : cases) {
-    for (auto policy : {DropPolicyKind::position, DropPolicyKind::choice_position, DropPolicyKind::probs, DropPolicyKind::priority}) {
+    for (auto policy : {DropPolicyKind::position, DropPolicyKind::choice_position,
+                        DropPolicyKind::probs, DropPolicyKind::priority}) {
       RoutingConfig a = config(k.rule, E, k.k);
       a.drop_policy = policy;
       a.dropless = true;
@@ -603,7 +641,8 @@ TEST(RouterInvariants, DroplessEqualsLargeCapacity) {
       EXPECT_EQ(rb.dropped, 0) << label;
       EXPECT_EQ(kept_sorted(ra), kept_sorted(rb)) << label;
       ASSERT_EQ(ra.cands.size(), rb.cands.size());
-      for (std::size_t i = 0; i < ra.cands.size(); ++i) EXPECT_EQ(ra.cands[i].weight, rb.cands[i].weight);
+      for (std::size_t i = 0; i < ra.cands.size(); ++i)
+        EXPECT_EQ(ra.cands[i].weight, rb.cands[i].weight);
       EXPECT_EQ(ra.aux, rb.aux);
     }
   }
@@ -629,7 +668,8 @@ void fd_check(const FdCase& fc) {
   const moesim::CounterRng srng(17, moesim::Stream::routing);
   for (std::size_t i = 0; i < n; ++i) sigma[i] = 0.3 + srng.uniform(i);
   std::vector<double> bias(static_cast<std::size_t>(E));
-  for (std::int64_t e = 0; e < E; ++e) bias[static_cast<std::size_t>(e)] = 0.05 * static_cast<double>((e * 7) % 5) - 0.1;
+  for (std::int64_t e = 0; e < E; ++e)
+    bias[static_cast<std::size_t>(e)] = 0.05 * static_cast<double>((e * 7) % 5) - 0.1;
   Router router(fc.cfg, S);
   const auto context = [&](const std::vector<double>& sg) {
     RouteContext ctx = keyed(6, 2, 240);
@@ -645,15 +685,18 @@ void fd_check(const FdCase& fc) {
   std::vector<double> coef(r.cands.size());
   for (std::size_t i = 0; i < coef.size(); ++i) coef[i] = r.cands[i].kept ? crng.normal(i) : 0.0;
   const LossScales scales{0.7, 0.4, 0.5, 0.6, 0.3};
-  router.backward(ctx, h, p, r, coef, scales, dprobs, dl, fc.noise ? std::span<double>(dsig) : std::span<double>{});
+  router.backward(ctx, h, p, r, coef, scales, dprobs, dl,
+                  fc.noise ? std::span<double>(dsig) : std::span<double>{});
   const auto J = [&](const std::vector<double>& hh, const std::vector<double>& sg) {
     std::vector<double> pp(n);
     GroupRouting rr;
     router.route(hh, pp, context(sg), rr);
-    EXPECT_EQ(rr.cands.size(), r.cands.size()) << fc.label << ": the selection changed under the step";
-    double j = scales.aux * rr.aux + scales.aux_gshard * rr.aux_gshard + scales.importance * rr.importance +
-               scales.load * rr.load + scales.z * rr.z;
-    for (std::size_t i = 0; i < rr.cands.size() && i < coef.size(); ++i) j += coef[i] * rr.cands[i].weight;
+    EXPECT_EQ(rr.cands.size(), r.cands.size())
+        << fc.label << ": the selection changed under the step";
+    double j = scales.aux * rr.aux + scales.aux_gshard * rr.aux_gshard +
+               scales.importance * rr.importance + scales.load * rr.load + scales.z * rr.z;
+    for (std::size_t i = 0; i < rr.cands.size() && i < coef.size(); ++i)
+      j += coef[i] * rr.cands[i].weight;
     return j;
   };
   const double eps = 1e-6;
@@ -672,7 +715,8 @@ void fd_check(const FdCase& fc) {
     sp[i] += eps;
     sm[i] -= eps;
     const double fds = (J(h, sp) - J(h, sm)) / (2 * eps);
-    EXPECT_NEAR(dsig[i], fds, 1e-8 + 1e-6 * std::abs(fds)) << fc.label << " dnoise_std[" << i << "]";
+    EXPECT_NEAR(dsig[i], fds, 1e-8 + 1e-6 * std::abs(fds))
+        << fc.label << " dnoise_std[" << i << "]";
   }
   EXPECT_GT(largest, 1e-3) << fc.label << ": the gradient is trivially zero";
 }
@@ -680,8 +724,9 @@ void fd_check(const FdCase& fc) {
 
 TEST(RouterBackward, EveryRuleAndLossMatchesFiniteDifferences) {
   std::vector<FdCase> cases;
-  const auto add = [&](std::string label, RoutingRuleKind rule, std::int64_t k, DropPolicyKind policy,
-                       bool renorm = false, bool noise = false, bool bias = false) {
+  const auto add = [&](std::string label, RoutingRuleKind rule, std::int64_t k,
+                       DropPolicyKind policy, bool renorm = false, bool noise = false,
+                       bool bias = false) {
     RoutingConfig cfg = config(rule, 5, k);
     cfg.capacity_factor = Rational{8, 10};
     cfg.drop_policy = policy;
@@ -694,11 +739,13 @@ TEST(RouterBackward, EveryRuleAndLossMatchesFiniteDifferences) {
   add("topk-renorm-priority", RoutingRuleKind::topk, 2, DropPolicyKind::priority, true);
   add("topk-bias", RoutingRuleKind::topk, 2, DropPolicyKind::position, true, false, true);
   add("switch-probs", RoutingRuleKind::switch_top1, 1, DropPolicyKind::probs);
-  add("switch-bias-priority", RoutingRuleKind::switch_top1, 1, DropPolicyKind::priority, false, false, true);
+  add("switch-bias-priority", RoutingRuleKind::switch_top1, 1, DropPolicyKind::priority, false,
+      false, true);
   add("dense", RoutingRuleKind::dense, 2, DropPolicyKind::position);
   add("gshard-random", RoutingRuleKind::gshard, 2, DropPolicyKind::choice_position);
   add("noisy_topk-2", RoutingRuleKind::noisy_topk, 2, DropPolicyKind::position, false, true);
-  add("noisy_topk-1-priority", RoutingRuleKind::noisy_topk, 1, DropPolicyKind::priority, false, true);
+  add("noisy_topk-1-priority", RoutingRuleKind::noisy_topk, 1, DropPolicyKind::priority, false,
+      true);
   add("noisy_topk-clean", RoutingRuleKind::noisy_topk, 2, DropPolicyKind::probs);
   add("expert_choice", RoutingRuleKind::expert_choice, 1, DropPolicyKind::position);
   for (const FdCase& fc : cases) fd_check(fc);
@@ -725,7 +772,8 @@ TEST(RouterBackward, GShardSecondNotKeptStillShapesTheFirstWeight) {
     GroupRouting a, b;
     router.route(hp, p, keyed(0, 0, token), a);
     router.route(hm, p, keyed(0, 0, token), b);
-    EXPECT_NEAR(dl[static_cast<std::size_t>(e)], (a.cands[0].weight - b.cands[0].weight) / 2e-6, 1e-9);
+    EXPECT_NEAR(dl[static_cast<std::size_t>(e)], (a.cands[0].weight - b.cands[0].weight) / 2e-6,
+                1e-9);
   }
   EXPECT_LT(dl[1], -1e-3);  // raising p2 lowers g1
 }

@@ -10,11 +10,11 @@
 namespace moesim::bench {
 
 struct LayerBenchResult {
-  double fwd_ms = 0, fwd_gemm_ms = 0;        // per iteration, max over ranks
+  double fwd_ms = 0, fwd_gemm_ms = 0;  // per iteration, max over ranks
   double fwdbwd_ms = 0, fwdbwd_gemm_ms = 0;
-  double useful_gflop_fwd = 0;               // all ranks, per iteration
-  double phase_ms[6] = {};                   // gate, dispatch, expert, combine (fwd), backward, sync
-  bool deterministic = false;                // identical output in every timed iteration
+  double useful_gflop_fwd = 0;  // all ranks, per iteration
+  double phase_ms[6] = {};      // gate, dispatch, expert, combine (fwd), backward, sync
+  bool deterministic = false;   // identical output in every timed iteration
 };
 
 LayerBenchResult bench_layer(const Config& cfg, const comm::Comm& comm);

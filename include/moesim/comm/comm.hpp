@@ -25,13 +25,20 @@ enum class DType { f32, f64, i32, i64, u64, u8 };
 
 template <typename T>
 constexpr DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DType::f32;
-  else if constexpr (std::is_same_v<T, double>) return DType::f64;
-  else if constexpr (std::is_same_v<T, std::int32_t>) return DType::i32;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return DType::i64;
-  else if constexpr (std::is_same_v<T, std::uint64_t>) return DType::u64;
-  else if constexpr (std::is_same_v<T, char> || std::is_same_v<T, std::uint8_t>) return DType::u8;
-  else static_assert(sizeof(T) == 0, "type has no MPI mapping in moesim::comm");
+  if constexpr (std::is_same_v<T, float>)
+    return DType::f32;
+  else if constexpr (std::is_same_v<T, double>)
+    return DType::f64;
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return DType::i32;
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return DType::i64;
+  else if constexpr (std::is_same_v<T, std::uint64_t>)
+    return DType::u64;
+  else if constexpr (std::is_same_v<T, char> || std::is_same_v<T, std::uint8_t>)
+    return DType::u8;
+  else
+    static_assert(sizeof(T) == 0, "type has no MPI mapping in moesim::comm");
 }
 
 enum class ReduceOp { sum, max, min };
@@ -101,7 +108,8 @@ class Comm {
   // Fixed-size all-to-all of rows: `rows_per_peer` rows of `row_width` elements to and
   // from every peer (block p at row p * rows_per_peer).
   template <typename T>
-  void alltoall_rows(const T* send, T* recv, std::int64_t rows_per_peer, std::int64_t row_width) const {
+  void alltoall_rows(const T* send, T* recv, std::int64_t rows_per_peer,
+                     std::int64_t row_width) const {
     alltoall_rows_raw(send, recv, rows_per_peer, row_width, dtype_of<T>());
   }
 
@@ -122,10 +130,10 @@ class Comm {
   void bcast_raw(void* data, std::size_t n, DType t, int root) const;
   void gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const;
   void alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const;
-  void alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width, DType t) const;
+  void alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width,
+                         DType t) const;
   void alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
-                     const int* rcounts, const int* rdispl, std::int64_t row_width,
-                     DType t) const;
+                     const int* rcounts, const int* rdispl, std::int64_t row_width, DType t) const;
   std::unique_ptr<Impl> impl_;
 };
 

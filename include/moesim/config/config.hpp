@@ -25,30 +25,42 @@ struct Rational {
 enum class Activation { relu, gelu };
 enum class Precision { float32, float64 };
 // INI names: dense, topk, noisy_topk, switch, gshard, expert_choice, hash, base.
-enum class RoutingRuleKind { dense, topk, noisy_topk, switch_top1, gshard, expert_choice, hash, base };
+enum class RoutingRuleKind {
+  dense,
+  topk,
+  noisy_topk,
+  switch_top1,
+  gshard,
+  expert_choice,
+  hash,
+  base
+};
 enum class DropPolicyKind { position, choice_position, probs, priority };
-enum class DispatchKind { alltoallv, alltoall_padded };  // variable-size or capacity-padded exchange
+enum class DispatchKind {
+  alltoallv,
+  alltoall_padded
+};  // variable-size or capacity-padded exchange
 enum class OptimizerKind { sgd, adam };
 
 struct ModelConfig {
-  std::int64_t d_model = 64;              // token width
-  std::int64_t d_ff = 256;                // expert hidden width
-  std::int64_t layers = 1;                // number of MoE layers (each residual)
+  std::int64_t d_model = 64;                 // token width
+  std::int64_t d_ff = 256;                   // expert hidden width
+  std::int64_t layers = 1;                   // number of MoE layers (each residual)
   Activation activation = Activation::relu;  // expert nonlinearity
   Precision precision = Precision::float32;  // arithmetic of activations and parameters
-  double init_scale = 1.0;                // multiplies the default (He/Xavier-like) init std
+  double init_scale = 1.0;                   // multiplies the default (He/Xavier-like) init std
 };
 
 struct RoutingConfig {
-  std::int64_t num_experts = 4;                          // E, experts per MoE layer over all ranks
-  RoutingRuleKind rule = RoutingRuleKind::topk;          // routing rule (routing.md)
-  std::int64_t k = 2;                                    // choices per token (switch: must be 1)
-  bool renormalize = false;                              // topk: renormalise kept weights to sum 1
-  Rational capacity_factor{125, 100};                    // training capacity factor; 0 = dropless
-  Rational eval_capacity_factor{2, 1};                   // evaluation capacity factor; 0 = dropless
-  std::int64_t min_capacity = 0;                         // lower bound of C per (group, expert)
-  bool dropless = false;                                 // true: no capacity limit at all
-  DropPolicyKind drop_policy = DropPolicyKind::position; // which assignments survive over capacity
+  std::int64_t num_experts = 4;                  // E, experts per MoE layer over all ranks
+  RoutingRuleKind rule = RoutingRuleKind::topk;  // routing rule (routing.md)
+  std::int64_t k = 2;                            // choices per token (switch: must be 1)
+  bool renormalize = false;                      // topk: renormalise kept weights to sum 1
+  Rational capacity_factor{125, 100};            // training capacity factor; 0 = dropless
+  Rational eval_capacity_factor{2, 1};           // evaluation capacity factor; 0 = dropless
+  std::int64_t min_capacity = 0;                 // lower bound of C per (group, expert)
+  bool dropless = false;                         // true: no capacity limit at all
+  DropPolicyKind drop_policy = DropPolicyKind::position;  // which assignments survive over capacity
   std::int64_t group_size = 0;  // tokens per routing group; 0 = each rank's share is one group
   double aux_loss_coef = 0.01;  // coefficient of the load-balance loss
   double z_loss_coef = 0.0;     // coefficient of the router z-loss
@@ -62,20 +74,20 @@ struct RoutingConfig {
 };
 
 struct TrainingConfig {
-  std::int64_t steps = 100;                        // optimizer steps
-  std::uint64_t seed = 1;                          // keys every random stream (data, init)
-  OptimizerKind optimizer = OptimizerKind::adam;   // sgd (with momentum) or adam
-  double learning_rate = 1e-3;                     // step size
-  double momentum = 0.9;                           // sgd momentum
-  double beta1 = 0.9;                              // adam beta1
-  double beta2 = 0.999;                            // adam beta2
-  double epsilon = 1e-8;                           // adam epsilon
-  double weight_decay = 0.0;                       // decoupled (AdamW-style) decay; sgd: L2
-  std::int64_t eval_every = 50;                    // evaluate every N steps (0 = only at the end)
+  std::int64_t steps = 100;                       // optimizer steps
+  std::uint64_t seed = 1;                         // keys every random stream (data, init)
+  OptimizerKind optimizer = OptimizerKind::adam;  // sgd (with momentum) or adam
+  double learning_rate = 1e-3;                    // step size
+  double momentum = 0.9;                          // sgd momentum
+  double beta1 = 0.9;                             // adam beta1
+  double beta2 = 0.999;                           // adam beta2
+  double epsilon = 1e-8;                          // adam epsilon
+  double weight_decay = 0.0;                      // decoupled (AdamW-style) decay; sgd: L2
+  std::int64_t eval_every = 50;                   // evaluate every N steps (0 = only at the end)
 };
 
 struct DataConfig {
-  std::string task = "clusters";      // synthetic task: "clusters" (Chen et al. 2022)
+  std::string task = "clusters";        // synthetic task: "clusters" (Chen et al. 2022)
   std::int64_t tokens_per_step = 1024;  // global tokens per step, split evenly over ranks
   std::int64_t eval_tokens = 4096;      // held-out tokens per evaluation
   std::int64_t input_dim = 32;          // raw feature width (>= 2 * num_clusters)

@@ -53,13 +53,13 @@ struct Plan {
   std::vector<int> send_rows;                 // [P] rows to each peer
   std::vector<int> send_displ;                // [P] first row of each peer's block
   // --- receive side ---
-  std::vector<int> recv_per_peer_expert;      // [P * E_local] rows from peer p for local expert j
-  std::vector<int> recv_rows;                 // [P]
-  std::vector<int> recv_displ;                // [P] source-major offsets
-  std::vector<std::int64_t> expert_offset;    // [E_local + 1] expert-major slice offsets
+  std::vector<int> recv_per_peer_expert;    // [P * E_local] rows from peer p for local expert j
+  std::vector<int> recv_rows;               // [P]
+  std::vector<int> recv_displ;              // [P] source-major offsets
+  std::vector<std::int64_t> expert_offset;  // [E_local + 1] expert-major slice offsets
   std::int64_t total_send = 0, total_recv = 0;
-  std::int64_t padded_rows = 0;               // capacity-padded exchange: rows per (src, dst) block
-  std::vector<std::int64_t> scratch;          // pack/unpack cursors, reused across steps
+  std::int64_t padded_rows = 0;       // capacity-padded exchange: rows per (src, dst) block
+  std::vector<std::int64_t> scratch;  // pack/unpack cursors, reused across steps
 };
 
 // Builds the send side of `plan` from per-assignment (local token, global expert) lists
@@ -78,8 +78,7 @@ class Dispatcher {
   // counts: fills the receive side of the plan (one small all-to-all).
   virtual void exchange_counts(Plan& plan) = 0;
   // Send-order rows [total_send x width] -> expert-major rows [total_recv x width].
-  virtual void to_experts(Plan& plan, const T* send_order, T* expert_major,
-                          std::int64_t width) = 0;
+  virtual void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) = 0;
   // Expert-major rows [total_recv x width] -> send-order rows [total_send x width].
   virtual void from_experts(Plan& plan, const T* expert_major, T* send_order,
                             std::int64_t width) = 0;
@@ -94,7 +93,8 @@ class Dispatcher {
 
 // Chooses the implementation routing.dispatch names.
 template <typename T>
-std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm, Placement placement);
+std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm,
+                                               Placement placement);
 
 // MPI_Alltoallv of exactly the kept rows: no padding to capacity.
 template <typename T>
@@ -103,10 +103,8 @@ class AlltoallvDispatcher final : public Dispatcher<T> {
   AlltoallvDispatcher(const comm::Comm& comm, Placement placement);
   const char* name() const override { return "alltoallv"; }
   void exchange_counts(Plan& plan) override;
-  void to_experts(Plan& plan, const T* send_order, T* expert_major,
-                  std::int64_t width) override;
-  void from_experts(Plan& plan, const T* expert_major, T* send_order,
-                    std::int64_t width) override;
+  void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
+  void from_experts(Plan& plan, const T* expert_major, T* send_order, std::int64_t width) override;
 
  private:
   const comm::Comm& comm_;
@@ -134,6 +132,7 @@ class AlltoallPaddedDispatcher final : public Dispatcher<T> {
 
 // Gathers rows: out[i] = in[index[i]] for rows of `width` (the pack stage).
 template <typename T>
-void gather_rows(const T* in, const std::int32_t* index, std::int64_t n, std::int64_t width, T* out);
+void gather_rows(const T* in, const std::int32_t* index, std::int64_t n, std::int64_t width,
+                 T* out);
 
 }  // namespace moesim::dispatch

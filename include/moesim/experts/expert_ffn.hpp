@@ -38,8 +38,12 @@ class ExpertBank {
   void backward(T* x_then_dx, T* h, T* a, const T* dy, std::span<const std::int64_t> offset);
 
  private:
-  struct Ids { int w1, b1, w2, b2; };
-  struct Ptrs { T *w1, *b1, *w2, *b2, *gw1, *gb1, *gw2, *gb2; };
+  struct Ids {
+    int w1, b1, w2, b2;
+  };
+  struct Ptrs {
+    T *w1, *b1, *w2, *b2, *gw1, *gb1, *gw2, *gb2;
+  };
   std::int64_t first_, count_, d_, f_;
   Activation act_;
   std::vector<Ids> ids_;

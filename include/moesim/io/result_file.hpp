@@ -12,16 +12,16 @@ namespace moesim::io {
 
 // Root attributes of a `moesim run` result file.
 struct RunMetadata {
-  std::string config_ini;     // fully resolved parameter file (INI text)
+  std::string config_ini;  // fully resolved parameter file (INI text)
   std::string moesim_version;
   std::string git_commit;
-  std::string created_utc;    // ISO 8601
-  std::string slurm_job_id;   // "" outside Slurm
+  std::string created_utc;   // ISO 8601
+  std::string slurm_job_id;  // "" outside Slurm
   std::int64_t ranks = 1;
   std::uint64_t seed = 0;
-  std::int64_t layers = 1;       // L (shape of expert_load)
-  std::int64_t num_experts = 1;  // E
-  std::int64_t num_clusters = 0; // K (cluster-task metrics; 0 = none)
+  std::int64_t layers = 1;        // L (shape of expert_load)
+  std::int64_t num_experts = 1;   // E
+  std::int64_t num_clusters = 0;  // K (cluster-task metrics; 0 = none)
 };
 
 // One row of /steps/*.
@@ -93,7 +93,7 @@ Trace read_trace(const std::string& path);
 
 // `moesim route` output (outputs.md).
 struct RouteOutput {
-  std::vector<std::int64_t> token;   // kept assignments, sorted by (token, expert)
+  std::vector<std::int64_t> token;  // kept assignments, sorted by (token, expert)
   std::vector<std::int32_t> expert;
   std::vector<std::int32_t> slot;
   std::vector<double> weight;

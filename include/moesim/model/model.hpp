@@ -22,8 +22,8 @@ namespace moesim::model {
 
 // Local (this rank's) sums of one forward pass; the trainer reduces them.
 struct ForwardSums {
-  double ce_sum = 0;                       // sum of cross-entropy over local tokens
-  std::int64_t correct = 0;                // argmax == label
+  double ce_sum = 0;                        // sum of cross-entropy over local tokens
+  std::int64_t correct = 0;                 // argmax == label
   std::array<std::int64_t, 4> confusion{};  // [true][pred] counts, 2 classes
 };
 
@@ -43,10 +43,14 @@ class Model {
 
   [[nodiscard]] ParamStore<T>& params() { return store_; }
   // Activation entering layer l (l = num_layers(): the head's input), [n x d_model].
-  [[nodiscard]] const T* activation(int l) const { return act_[static_cast<std::size_t>(l)].data(); }
+  [[nodiscard]] const T* activation(int l) const {
+    return act_[static_cast<std::size_t>(l)].data();
+  }
   [[nodiscard]] int num_layers() const { return static_cast<int>(layers_.size()); }
   [[nodiscard]] MoELayer<T>& layer(int i) { return *layers_[static_cast<std::size_t>(i)]; }
-  [[nodiscard]] const MoELayer<T>& layer(int i) const { return *layers_[static_cast<std::size_t>(i)]; }
+  [[nodiscard]] const MoELayer<T>& layer(int i) const {
+    return *layers_[static_cast<std::size_t>(i)];
+  }
 
  private:
   Config cfg_;
@@ -58,9 +62,9 @@ class Model {
   const std::int32_t* labels_ = nullptr;
   std::int64_t n_ = 0;
   std::vector<AlignedVector<T>> act_;  // [L+1] activations [n x d]
-  AlignedVector<T> logits_;          // [n x 2]
-  std::vector<double> class_probs_;  // [n x 2]
-  AlignedVector<T> grad_a_, grad_b_;  // [n x d] ping-pong gradients
+  AlignedVector<T> logits_;            // [n x 2]
+  std::vector<double> class_probs_;    // [n x 2]
+  AlignedVector<T> grad_a_, grad_b_;   // [n x d] ping-pong gradients
 };
 
 }  // namespace moesim::model

@@ -29,17 +29,17 @@ namespace moesim::model {
 
 // What one forward pass of a layer observed on this rank (summed over its groups).
 struct LayerStats {
-  double aux_sum = 0;                  // sum over local groups of aux (before coefficient)
-  double z_sum = 0;                    // sum over local groups of z
-  double aux_gshard_sum = 0;           // sum over local groups of aux_gshard
-  double importance_sum = 0;           // sum over local groups of importance CV^2
-  double load_sum = 0;                 // sum over local groups of load CV^2
-  std::int64_t groups = 0;             // local groups
-  std::int64_t assignments = 0;        // candidates (token, choice) before capacity
-  std::int64_t dropped = 0;            // candidates dropped by capacity
-  std::vector<std::int64_t> routed;    // [E] before capacity
-  std::vector<std::int64_t> kept;      // [E] after capacity
-  std::vector<std::int64_t> sent_to;   // [P] rows this rank dispatched to each rank
+  double aux_sum = 0;                 // sum over local groups of aux (before coefficient)
+  double z_sum = 0;                   // sum over local groups of z
+  double aux_gshard_sum = 0;          // sum over local groups of aux_gshard
+  double importance_sum = 0;          // sum over local groups of importance CV^2
+  double load_sum = 0;                // sum over local groups of load CV^2
+  std::int64_t groups = 0;            // local groups
+  std::int64_t assignments = 0;       // candidates (token, choice) before capacity
+  std::int64_t dropped = 0;           // candidates dropped by capacity
+  std::vector<std::int64_t> routed;   // [E] before capacity
+  std::vector<std::int64_t> kept;     // [E] after capacity
+  std::vector<std::int64_t> sent_to;  // [P] rows this rank dispatched to each rank
 };
 
 // Which tokens a pass holds: keys the routing randomness and hash experts (random.hpp).
@@ -95,14 +95,14 @@ class MoELayer {
   std::unique_ptr<dispatch::Dispatcher<T>> dispatcher_;
   experts::ExpertBank<T> experts_;
   std::uint64_t seed_;
-  bool has_gate_;       // false for hash routing (no router)
-  bool noisy_;          // noisy_topk: W_noise
-  double jitter_eps_;   // switch: router-input jitter (0 = off)
-  double bias_rate_;    // aux-loss-free balancing rate u (0 = off)
+  bool has_gate_;      // false for hash routing (no router)
+  bool noisy_;         // noisy_topk: W_noise
+  double jitter_eps_;  // switch: router-input jitter (0 = off)
+  double bias_rate_;   // aux-loss-free balancing rate u (0 = off)
   int gate_id_ = -1, noise_id_ = -1;
-  T* wg_ = nullptr;   // [d x E], replicated
+  T* wg_ = nullptr;  // [d x E], replicated
   T* gwg_ = nullptr;
-  T* wn_ = nullptr;   // [d x E], replicated (noisy_topk)
+  T* wn_ = nullptr;  // [d x E], replicated (noisy_topk)
   T* gwn_ = nullptr;
   std::vector<double> bias_;  // [E] expert bias (aux-loss-free balancing)
 
@@ -110,19 +110,19 @@ class MoELayer {
   const T* x_ = nullptr;
   std::int64_t n_ = 0;
   bool training_ = true;
-  AlignedVector<T> logits_t_;         // [n x E] in T (gate GEMM output; later dlogits)
+  AlignedVector<T> logits_t_;           // [n x E] in T (gate GEMM output; later dlogits)
   std::vector<double> logits_, probs_;  // [n x E]
   std::vector<routing::GroupRouting> groups_;
   std::vector<routing::RouteContext> ctx_;  // per group, kept for backward
-  AlignedVector<T> noise_raw_t_;       // [n x E] x W_noise (later its gradient)
+  AlignedVector<T> noise_raw_t_;            // [n x E] x W_noise (later its gradient)
   std::vector<double> noise_std_, dnoise_;  // [n x E] softplus(x W_noise) and its gradient
-  AlignedVector<T> jit_x_, jit_u_;     // [n x d] jittered router input and the factors
-  std::vector<std::int64_t> cand_offset_;  // first flat candidate index of each group
+  AlignedVector<T> jit_x_, jit_u_;          // [n x d] jittered router input and the factors
+  std::vector<std::int64_t> cand_offset_;   // first flat candidate index of each group
   std::vector<std::int32_t> kept_token_, kept_expert_;
-  std::vector<double> kept_weight_;    // combine weight per kept assignment (pack order)
+  std::vector<double> kept_weight_;      // combine weight per kept assignment (pack order)
   std::vector<std::int64_t> kept_cand_;  // flat candidate index per kept assignment
   dispatch::Plan plan_;
-  AlignedVector<T> send_, back_;       // [send x d] packed rows; expert outputs back
+  AlignedVector<T> send_, back_;                   // [send x d] packed rows; expert outputs back
   AlignedVector<T> ex_in_, ex_h_, ex_a_, ex_out_;  // expert-major [recv x d|f]
   std::vector<double> dweight_, dprobs_, dlogits_;
   LayerStats stats_;

@@ -22,9 +22,10 @@ enum class DrawPurpose : std::uint64_t {
 // The stream of one (token, purpose) at one (step, layer).
 inline CounterRng draw_stream(std::uint64_t seed, std::int64_t step, std::int64_t layer,
                               std::int64_t token_id, DrawPurpose purpose) {
-  return CounterRng(seed, Stream::routing, static_cast<std::uint64_t>(step),
-                    hash_key({static_cast<std::uint64_t>(layer), static_cast<std::uint64_t>(purpose)}),
-                    static_cast<std::uint64_t>(token_id));
+  return CounterRng(
+      seed, Stream::routing, static_cast<std::uint64_t>(step),
+      hash_key({static_cast<std::uint64_t>(layer), static_cast<std::uint64_t>(purpose)}),
+      static_cast<std::uint64_t>(token_id));
 }
 
 // hash rule: expert = mix64(global token id) mod E (rng.hpp's SplitMix64 finaliser). A

@@ -36,14 +36,15 @@ inline constexpr std::int64_t kEvalTokenIdBase = std::int64_t{1} << 62;
 // Where a group sits in the run: what keys its random draws and hash experts, plus the
 // per-token inputs some rules need besides the logits.
 struct RouteContext {
-  bool training = true;        // false: evaluation (no noise, jitter or random routing)
-  std::uint64_t seed = 0;      // training.seed
-  std::int64_t step = 0;       // training step (draws differ per step)
-  std::int64_t layer = 0;      // MoE layer index
+  bool training = true;          // false: evaluation (no noise, jitter or random routing)
+  std::uint64_t seed = 0;        // training.seed
+  std::int64_t step = 0;         // training step (draws differ per step)
+  std::int64_t layer = 0;        // MoE layer index
   std::int64_t first_token = 0;  // global id of the group's token 0 (ids are consecutive)
   std::span<const std::int64_t> token_ids;  // if non-empty: explicit global ids [S] (traces)
-  std::span<const double> noise_std;  // [S*E] softplus(x W_noise) (noisy_topk, training); empty = none
-  std::span<const double> bias;       // [E] expert bias of aux-loss-free balancing; empty = none
+  std::span<const double>
+      noise_std;                 // [S*E] softplus(x W_noise) (noisy_topk, training); empty = none
+  std::span<const double> bias;  // [E] expert bias of aux-loss-free balancing; empty = none
   [[nodiscard]] std::int64_t token_id(std::int64_t t) const {
     return token_ids.empty() ? first_token + t : token_ids[static_cast<std::size_t>(t)];
   }
@@ -60,24 +61,24 @@ struct Candidate {
 
 // Everything the router decided for one group, with the values its backward needs.
 struct GroupRouting {
-  std::vector<Candidate> cands;        // token order, choice order within a token
-  std::vector<std::int64_t> routed;    // [E] candidates per expert before capacity
-  std::vector<std::int64_t> kept;      // [E] after capacity
-  std::vector<double> lse;             // [S] logsumexp of each token's logits (z-loss)
-  std::vector<double> scores;          // [S*E] selection scores where a rule keeps them
-                                       // (noisy_topk: noisy logits; bias: p + b)
-  std::vector<double> noise;           // [S*E] noisy_topk: the N(0,1) draws
-  std::vector<std::int32_t> picks;     // gshard: [S*2] the top-2 experts (before random routing)
-  std::vector<double> importance_e;    // [E] sum_t G_t,e (gate weights before capacity)
-  std::vector<double> load_e;          // [E] Shazeer's load (smooth estimate or counts)
-  bool smooth_load = false;            // load_e is the differentiable estimator
-  std::int64_t capacity = -1;          // per expert for this group, -1 = unlimited
-  double aux = 0;                      // (E/k) sum_e f_e P_e, before its coefficient
-  double aux_gshard = 0;               // E sum_e (c_e/S) P_e (first choices)
-  double importance = 0;               // CV^2(importance_e)
-  double load = 0;                     // CV^2(load_e)
-  double z = 0;                        // mean_t lse_t^2, before its coefficient
-  std::int64_t dropped = 0;            // dropped candidates
+  std::vector<Candidate> cands;      // token order, choice order within a token
+  std::vector<std::int64_t> routed;  // [E] candidates per expert before capacity
+  std::vector<std::int64_t> kept;    // [E] after capacity
+  std::vector<double> lse;           // [S] logsumexp of each token's logits (z-loss)
+  std::vector<double> scores;        // [S*E] selection scores where a rule keeps them
+                                     // (noisy_topk: noisy logits; bias: p + b)
+  std::vector<double> noise;         // [S*E] noisy_topk: the N(0,1) draws
+  std::vector<std::int32_t> picks;   // gshard: [S*2] the top-2 experts (before random routing)
+  std::vector<double> importance_e;  // [E] sum_t G_t,e (gate weights before capacity)
+  std::vector<double> load_e;        // [E] Shazeer's load (smooth estimate or counts)
+  bool smooth_load = false;          // load_e is the differentiable estimator
+  std::int64_t capacity = -1;        // per expert for this group, -1 = unlimited
+  double aux = 0;                    // (E/k) sum_e f_e P_e, before its coefficient
+  double aux_gshard = 0;             // E sum_e (c_e/S) P_e (first choices)
+  double importance = 0;             // CV^2(importance_e)
+  double load = 0;                   // CV^2(load_e)
+  double z = 0;                      // mean_t lse_t^2, before its coefficient
+  std::int64_t dropped = 0;          // dropped candidates
 };
 
 // dL/d(each router loss of one group): the coefficient over (layers * groups).
@@ -90,7 +91,7 @@ struct RuleInput {
   std::span<const double> logits;  // [S*E] (empty for rules without a learned router)
   std::span<const double> probs;   // [S*E] softmax of logits (zeros without a router)
   std::int64_t S = 0, E = 0;
-  std::int64_t capacity = -1;      // this group's capacity (expert_choice selects with it)
+  std::int64_t capacity = -1;  // this group's capacity (expert_choice selects with it)
   const RouteContext* ctx = nullptr;
 };
 
@@ -131,7 +132,8 @@ class RoutingRule {
   }
   // Accumulates the gradient of sum_e dload_e * load_e into g (smooth estimator only).
   virtual void smooth_load_backward(const RuleInput& /*in*/, const GroupRouting& /*r*/,
-                                    std::span<const double> /*dload_e*/, const RuleGrads& /*g*/) const {}
+                                    std::span<const double> /*dload_e*/,
+                                    const RuleGrads& /*g*/) const {}
 };
 
 // A drop policy decides which candidates fit under capacity and assigns slots.
@@ -173,8 +175,9 @@ class Router {
   // Backward of one group routed with `ctx`: dweight per candidate (same order as
   // out.cands) and the loss scales; writes dlogits [S*E] and, if non-empty, dnoise_std
   // [S*E] (noisy_topk). dprobs_work is [S*E] scratch.
-  void backward(const RouteContext& ctx, std::span<const double> logits, std::span<const double> probs,
-                const GroupRouting& r, std::span<const double> dweight, const LossScales& scales,
+  void backward(const RouteContext& ctx, std::span<const double> logits,
+                std::span<const double> probs, const GroupRouting& r,
+                std::span<const double> dweight, const LossScales& scales,
                 std::span<double> dprobs_work, std::span<double> dlogits,
                 std::span<double> dnoise_std = {}) const;
 

@@ -22,7 +22,8 @@ class Optimizer {
   // laid out like the store's arena of `kind` (same offsets as the parameters).
   [[nodiscard]] int state_slots() const { return v_rep_.empty() ? 1 : 2; }
   [[nodiscard]] std::span<T> state(int slot, ParamKind kind) {
-    if (slot == 0) return kind == ParamKind::replicated ? std::span<T>(m_rep_) : std::span<T>(m_exp_);
+    if (slot == 0)
+      return kind == ParamKind::replicated ? std::span<T>(m_rep_) : std::span<T>(m_exp_);
     return kind == ParamKind::replicated ? std::span<T>(v_rep_) : std::span<T>(v_exp_);
   }
   void set_steps_taken(std::int64_t t) { t_ = t; }

@@ -22,16 +22,16 @@ class Observer {
 };
 
 struct RunResult {
-  std::vector<double> loss;             // per step (identical on every rank)
+  std::vector<double> loss;  // per step (identical on every rank)
   std::vector<double> task_loss, aux_loss, z_loss, dropped_fraction;
   std::vector<io::EvalRecord> evals;
-  double train_seconds = 0;             // sum of step times (max over ranks)
-  double tokens_per_second = 0;         // trained tokens / train_seconds
+  double train_seconds = 0;      // sum of step times (max over ranks)
+  double tokens_per_second = 0;  // trained tokens / train_seconds
   double step_time_median = 0;
   double dropped_fraction_mean = 0;
   std::vector<std::int64_t> traffic_tokens;  // [P x P] on rank 0 (empty elsewhere)
-  std::int64_t start_step = 0;          // > 0 when resumed from a checkpoint
-  bool preempted = false;               // stopped early on a signal (checkpoint written)
+  std::int64_t start_step = 0;               // > 0 when resumed from a checkpoint
+  bool preempted = false;                    // stopped early on a signal (checkpoint written)
 };
 
 // Runs cfg.training.steps steps at the precision cfg.model.precision selects.

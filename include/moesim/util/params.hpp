@@ -20,11 +20,11 @@ template <typename T>
 class ParamStore {
  public:
   struct Entry {
-    std::string name;   // globally unique, rank independent ("layer0.expert5.w1")
+    std::string name;  // globally unique, rank independent ("layer0.expert5.w1")
     ParamKind kind;
     std::int64_t offset = 0;  // within its arena
     std::int64_t size = 0;
-    double init_std = 0;      // N(0, init_std^2); 0 = zeros
+    double init_std = 0;  // N(0, init_std^2); 0 = zeros
   };
 
   // Registers a tensor; returns its id. Only before allocate().
@@ -35,9 +35,7 @@ class ParamStore {
 
   [[nodiscard]] T* value(int id) { return arena(entries_[id].kind).data() + entries_[id].offset; }
   [[nodiscard]] T* grad(int id) { return garena(entries_[id].kind).data() + entries_[id].offset; }
-  [[nodiscard]] const T* value(int id) const {
-    return const_cast<ParamStore*>(this)->value(id);
-  }
+  [[nodiscard]] const T* value(int id) const { return const_cast<ParamStore*>(this)->value(id); }
   // Id of the tensor called `name`, or -1 if this store does not hold it.
   [[nodiscard]] int find(const std::string& name) const {
     for (std::size_t i = 0; i < entries_.size(); ++i)
@@ -53,7 +51,9 @@ class ParamStore {
 
  private:
   AlignedVector<T>& arena(ParamKind k) { return k == ParamKind::replicated ? rep_ : exp_; }
-  AlignedVector<T>& garena(ParamKind k) { return k == ParamKind::replicated ? rep_grad_ : exp_grad_; }
+  AlignedVector<T>& garena(ParamKind k) {
+    return k == ParamKind::replicated ? rep_grad_ : exp_grad_;
+  }
   std::vector<Entry> entries_;
   std::int64_t rep_size_ = 0, exp_size_ = 0;
   AlignedVector<T> rep_, exp_, rep_grad_, exp_grad_;  // tensors start on 64-byte boundaries
