@@ -13,7 +13,7 @@ moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 3
 moesim_add_test(NAME test_alloc SOURCES mpi/test_alloc.cpp RANKS 1 2 TIMEOUT 60)
 
 # Regression tier (tests/regression/*.py, Debian's python3 with h5py + numpy): end-to-end runs of
-# the moesim program on 1-2 ranks, checked against shared/spec/outputs.md and routing.md.
+# the moesim program on 1-2 ranks, checked against docs/outputs.md and routing.md.
 foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke signal_resume)
   add_test(NAME regression_${moesim_regression_script}
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/${moesim_regression_script}.py

@@ -14,7 +14,7 @@ A sweep spec is an INI file with one [sweep] section:
     training.steps = 20                  # one value: a fixed override of every point
     routing.num_experts = 4*P            # an expression in P (= ranks): derived per point
 
-Every `section.key` is a MoESim parameter name (shared/spec/outputs.md); with --moesim, names are
+Every `section.key` is a MoESim parameter name (docs/outputs.md); with --moesim, names are
 checked against `moesim run --help` before anything is written. Values are not checked here:
 `moesim run` rejects a bad value with exit code 2 before any work, and aggregation reports that
 point as failed.
