@@ -39,3 +39,14 @@ add_test(NAME regression_routing_rules
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+
+# Lifecycle tier, job-script side (tests/lifecycle/*.py): signals through the launcher path of
+# jobscripts/lib.sh (mpirun), sweeps (validation, dry run, resubmit, seeds, figures).
+foreach(moesim_lifecycle_script IN ITEMS launcher_signals)
+  add_test(NAME lifecycle_${moesim_lifecycle_script}
+           COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/lifecycle/${moesim_lifecycle_script}.py
+                   --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                   --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+  set_tests_properties(lifecycle_${moesim_lifecycle_script} PROPERTIES TIMEOUT 400 PROCESSORS 2
+                       LABELS lifecycle ENVIRONMENT "${MOESIM_TEST_ENV}")
+endforeach()

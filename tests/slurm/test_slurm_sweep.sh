@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CTest `slurm` tier: MoESim's job scripts against a REAL Slurm (munged + slurmctld + slurmd
 # started by scripts/slurm/local_slurm.sh in a private directory on free ports, stopped at the end).
-#   tests/slurm/test_slurm_sweep.sh --moesim BUILD/moesim [--keep-tmp]
+#   tests/slurm/test_slurm_sweep.sh --moesim BUILD/moesim [--keep-tmp] [--only=run|signals|sweep]
+# (--only: one part, for development; CTest runs all of them)
 # 1. run.sbatch: fails clearly outside Slurm; a job with a missing parameter file fails (exit 2)
 #    with a message; a real 2-rank job writes a complete result with its job id.
 # 2. A sweep (tiny_sweep.spec: capacity factors 1.0, 2.0 and an invalid -1, ranks 1,2) through
@@ -14,16 +15,18 @@
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
 repo=$(dirname "$(dirname "$here")")
-moesim="" keep=0
+moesim="" keep=0 only=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --moesim) moesim=$(realpath "$2"); shift ;;
     --moesim=*) moesim=$(realpath "${1#--moesim=}") ;;
     --keep-tmp) keep=1 ;;
-    *) echo "usage: $0 --moesim BUILD/moesim [--keep-tmp]" >&2; exit 2 ;;
+    --only=run|--only=signals|--only=sweep) only=${1#--only=} ;;
+    *) echo "usage: $0 --moesim BUILD/moesim [--keep-tmp] [--only=run|signals|sweep]" >&2; exit 2 ;;
   esac
   shift
 done
+want() { [[ -z $only || $only == "$1" ]] || { echo "SKIPPED part '$1' (--only=$only)"; false; }; }
 [[ -x $moesim ]] || { echo "test_slurm_sweep: --moesim BUILD/moesim is required (got '$moesim')" >&2; exit 2; }
 
 t_start=$SECONDS
@@ -90,6 +93,7 @@ overcommit=()
 
 # ---- run.sbatch ----------------------------------------------------------------------------
 cd "$tmp"
+if want run; then
 out=$(bash "$repo/jobscripts/run.sbatch" "$here/tiny.ini" 2>&1 </dev/null) && rc=0 || rc=$?
 check "run.sbatch outside Slurm exits 2 (got $rc)" test "$rc" -eq 2
 check "run.sbatch outside Slurm says so" grep --quiet "not inside a Slurm job" <<< "$out"
@@ -113,6 +117,73 @@ import sys, h5py
 f = h5py.File(sys.argv[1], "r")
 sys.exit(0 if f.attrs["slurm_job_id"].decode() == sys.argv[2] and int(f.attrs["ranks"]) == 2 else 1)' "$tmp/run.h5" "$job"
 
+fi
+
+if want signals; then
+# ---- run.sbatch and signals: scancel ends the job for good, USR1 requeues ---------------------
+# A long run (tiny model, many steps) is stopped mid-run. Slurm delays a requeued job's start by
+# ~2 min (begin time): the test checks the decision (requeued or not, exit code, job state, log)
+# and cancels the requeued job instead of waiting for its rerun (the rerun's --resume is covered
+# by tests/lifecycle/launcher_signals.py and regression_signal_resume).
+job_field() { scontrol show job --oneliner "$1" 2>/dev/null | grep --only-matching --perl-regexp "(?<= $2=)\S+" || true; }
+start_long_job() {  # start_long_job NAME -> job id once its run is writing results
+  local name=$1 id i
+  id=$(sbatch --parsable --ntasks=1 --output="$tmp/$name-%j.out" "$repo/jobscripts/run.sbatch" "$here/tiny.ini" \
+       --training.steps=5000000 --training.eval_every=0 --output.log_every=0 --checkpoint.every=0 \
+       --output.file="$tmp/$name.h5" </dev/null)
+  id=${id%%;*}
+  for i in $(seq 1 600); do
+    [[ $(job_field "$id" JobState) == RUNNING && -s $tmp/$name.h5.ckpt.tmp || -s $tmp/$name.h5 ]] && break
+    sleep 0.1
+  done
+  sleep 1  # some steps done
+  echo "$id"
+}
+wait_job_left_running() {  # wait_job_left_running ID: until the job's first run has ended
+  local i st
+  for i in $(seq 1 300); do
+    st=$(job_field "$1" JobState)
+    [[ $st != RUNNING && $st != COMPLETING && $st != CONFIGURING ]] && break
+    sleep 0.1
+  done
+}
+t0=$SECONDS
+job=$(start_long_job sig-term)
+scancel "$job"
+wait_job_left_running "$job"
+sleep 2  # a requeue (the old behaviour) would show up as PENDING with Restarts=1 by now
+state=$(job_field "$job" JobState) restarts=$(job_field "$job" Restarts) exitc=$(job_field "$job" ExitCode)
+echo "     scancel: job $job state=$state restarts=$restarts exit=$exitc ($((SECONDS - t0))s)"
+check "plain scancel: the job ends CANCELLED, not requeued (state=$state restarts=$restarts)" \
+  test "$state" == CANCELLED -a "$restarts" == 0
+check "  ... the script says it stopped on SIGTERM with a checkpoint and did not requeue" \
+  grep --quiet "stopped by SIGTERM.*NOT requeued" "$tmp"/sig-term-"$job".out
+check "  ... exit code 75 of the ranks" grep --quiet "exit code 75" "$tmp"/sig-term-"$job".out
+check "  ... checkpoint written, result file complete = 0" /usr/bin/python3 -c '
+import os, sys, h5py
+f = h5py.File(sys.argv[1], "r")
+sys.exit(0 if os.path.exists(sys.argv[1] + ".ckpt") and int(f.attrs["complete"]) == 0 and len(f["steps/loss"]) > 0 else 1)' "$tmp/sig-term.h5"
+scancel "$job" 2>/dev/null || true
+
+t0=$SECONDS
+job=$(start_long_job sig-usr1)
+scancel --signal=USR1 --batch "$job"
+wait_job_left_running "$job"
+for i in $(seq 1 50); do [[ $(job_field "$job" Restarts) == 1 ]] && break; sleep 0.1; done
+state=$(job_field "$job" JobState) restarts=$(job_field "$job" Restarts)
+echo "     USR1: job $job state=$state restarts=$restarts ($((SECONDS - t0))s)"
+check "SIGUSR1 (the pre-timeout warning): the job requeues itself (state=$state restarts=$restarts)" \
+  test "$state" == PENDING -a "$restarts" == 1
+check "  ... and says so" grep --quiet "stopped by SIGUSR1.*requeueing job $job" "$tmp"/sig-usr1-"$job".out
+check "  ... checkpoint written, result file complete = 0" /usr/bin/python3 -c '
+import os, sys, h5py
+f = h5py.File(sys.argv[1], "r")
+sys.exit(0 if os.path.exists(sys.argv[1] + ".ckpt") and int(f.attrs["complete"]) == 0 else 1)' "$tmp/sig-usr1.h5"
+scancel "$job" 2>/dev/null || true  # do not wait ~2 min for the requeued attempt
+
+fi
+
+if want sweep; then
 # ---- the sweep: arrays + dependent aggregation -------------------------------------------------
 t0=$SECONDS
 rc=0
@@ -207,5 +278,6 @@ timeout 60 "$repo/jobscripts/submit_sweep.sh" --wait --resubmit "${overcommit[@]
 check "--resubmit reruns the lost point and aggregates (exit $rc)" test "$rc" -eq 0
 check "  ... the point's result is back" test -s "$tmp/ok/results/point-0000.h5"
 
+fi
 echo "test_slurm_sweep: $((${#failures[@]})) failure(s), $(elapsed) total"
 [[ ${#failures[@]} -eq 0 ]]
