@@ -126,12 +126,13 @@ moesim_manifest_field() {
     END { if (!found) exit 4 }' "$manifest"
 }
 
-# moesim_run_point SWEEP_DIR POINT : one sweep point, run from SWEEP_DIR (the parameter files name
-# their results relative to it), resuming from the point's checkpoint if it has one. Writes logs/point-NNNN.status (key=value: exit code, job ids,
-# host, ranks, oversubscription, seconds) atomically before and after the run; returns moesim's
-# exit code.
+# moesim_run_point SWEEP_DIR POINT [ATTEMPT] : one sweep point, run from SWEEP_DIR (the parameter
+# files name their results relative to it), resuming from the point's checkpoint if it has one.
+# Writes logs/attempt-ATTEMPT/point-NNNN.status (key=value: exit code, stop signal, job ids, host,
+# ranks, oversubscription, seconds) atomically before and after the run; earlier attempts' files
+# are never touched. Returns moesim's exit code.
 moesim_run_point() {
-  local dir=$1 point=$2 ranks params result status t0 rc
+  local dir=$1 point=$2 attempt=${3:-1} ranks params result status t0 rc
   cd "$dir" || moesim_die "sweep directory '$dir' not found"
   [[ -r manifest.tsv ]] || moesim_die "$dir/manifest.tsv not found (tools/sweep.py expand writes it)"
   ranks=$(moesim_manifest_field manifest.tsv "$point" ranks) \
@@ -142,12 +143,13 @@ moesim_run_point() {
   if [[ -n ${SLURM_NTASKS:-} && $SLURM_NTASKS -ne $ranks ]]; then
     moesim_die "point $point needs $ranks rank(s) but this job has $SLURM_NTASKS task(s): submit each rank count as its own array (submit_sweep.sh does)"
   fi
-  status=$(printf 'logs/point-%04d.status' "$point")
-  mkdir -p logs "$(dirname "$result")"
+  [[ $attempt =~ ^[0-9]+$ ]] || moesim_die "attempt '$attempt' is not a number"
+  status=$(printf 'logs/attempt-%d/point-%04d.status' "$attempt" "$point")
+  mkdir -p "logs/attempt-$attempt" "$(dirname "$result")"
   local launcher; launcher=$(moesim_launcher)
   local info
   info=$(printf '%s\n' "point=$point" "ranks=$ranks" "params=$params" "result=$result" \
-    "slurm_job_id=${SLURM_JOB_ID:-}" \
+    "attempt=$attempt" "slurm_job_id=${SLURM_JOB_ID:-}" \
     "slurm_array_job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}" \
     "host=$(hostname)" "nodes=${SLURM_JOB_NUM_NODES:-1}" "nproc=$(nproc)" \
     "oversubscribed=$(moesim_oversubscribed "$ranks")" "launcher=$launcher" \
