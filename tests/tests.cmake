@@ -42,7 +42,7 @@ set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 
 
 # Lifecycle tier, job-script side (tests/lifecycle/*.py): signals through the launcher path of
 # jobscripts/lib.sh (mpirun), sweeps (validation, dry run, resubmit, seeds, figures).
-foreach(moesim_lifecycle_script IN ITEMS launcher_signals)
+foreach(moesim_lifecycle_script IN ITEMS launcher_signals sweep_local)
   add_test(NAME lifecycle_${moesim_lifecycle_script}
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/lifecycle/${moesim_lifecycle_script}.py
                    --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}

@@ -369,7 +369,7 @@ def plot_all(sweep, name, dims, ok_rows, failed_rows, replicate, prov):
         # Machine-readable: which points are drawn as failed (x on the axis), and what is averaged.
         extra = {"MoESim-Failed-Points": " ".join(r["point"] for r in failed_rows),
                  "MoESim-Replicate": replicate or ""}
-        plotting.save(fig, out, prov, title=title, dpi=80, extra=extra)
+        plotting.save(fig, out, prov, title=title, dpi=80, extra=extra, reserve_footer=False)
         plt.close(fig)
         written.append(out)
     return written

@@ -92,7 +92,18 @@ def mark_failed(ax, xs, color="C3", label=None):
                       transform=ax.get_xaxis_transform(), label=label)
 
 
-def save(fig, path, prov, title="", dpi=90, extra=None, **kwargs):
-    """Footer + PNG metadata (plus `extra` text chunks, e.g. MoESim-Failed-Points) + savefig."""
+def save(fig, path, prov, title="", dpi=None, extra=None, reserve_footer=True, **kwargs):
+    """Plain tick labels on every axis, room for the footer (the plot area moves up by the
+    footer's height), the footer, PNG metadata (plus `extra` text chunks, e.g.
+    MoESim-Failed-Points), then savefig."""
+    for ax in fig.axes:
+        plain_ticks(ax)
+    if reserve_footer:
+        pad = 12.0 / (fig.get_figheight() * fig.dpi)  # ~12 px for a 6 pt line
+        bottom = fig.subplotpars.bottom
+        try:
+            fig.subplots_adjust(bottom=min(bottom + pad, 0.5))
+        except ValueError:
+            pass
     add_footer(fig, prov)
     fig.savefig(path, dpi=dpi, metadata={**metadata(prov, title), **(extra or {})}, **kwargs)

@@ -184,10 +184,31 @@ scancel "$job" 2>/dev/null || true  # do not wait ~2 min for the requeued attemp
 fi
 
 if want sweep; then
+# ---- validation before submission, dry run -------------------------------------------------------
+queue_empty() { [[ -z $(squeue --noheader 2>/dev/null) ]]; }
+check "(the queue is empty before the sweep tests)" queue_empty
+rc=0
+timeout 120 "$repo/jobscripts/submit_sweep.sh" "${overcommit[@]}" "$here/tiny_sweep.spec" "$tmp/refused" \
+  > "$tmp/refused.out" 2>&1 </dev/null || rc=$?
+check "a sweep with invalid points is refused as a whole: exit 2 (got $rc)" test "$rc" -eq 2
+check "  ... naming every bad point (2 and 5) with moesim's message" bash -c \
+  "grep --quiet 'point 2 (ranks=1, routing.capacity_factor=-1)' '$tmp/refused.out' &&
+   grep --quiet 'point 5 (ranks=2, routing.capacity_factor=-1)' '$tmp/refused.out' &&
+   grep --quiet 'moesim: error: .*routing.capacity_factor' '$tmp/refused.out'"
+check "  ... nothing submitted (queue empty), nothing written" bash -c "[[ -z \$(squeue --noheader) && ! -e '$tmp/refused' ]]"
+printf '[sweep]\nname = ci-afterok\nbase = %s\nranks = 2\nrouting.capacity_factor = 1.25\n' \
+  "$here/tiny.ini" > "$tmp/ok.spec"
+rc=0
+timeout 120 "$repo/jobscripts/submit_sweep.sh" --dry-run "${overcommit[@]}" "$tmp/ok.spec" "$tmp/dry" \
+  > "$tmp/dry.out" 2>&1 </dev/null || rc=$?
+check "--dry-run: exit 0 and the plan (got $rc)" grep --quiet "would submit: array ranks=2 points=0" "$tmp/dry.out"
+check "  ... nothing submitted (queue empty), nothing written" bash -c "[[ -z \$(squeue --noheader) && ! -e '$tmp/dry' ]]"
+
 # ---- the sweep: arrays + dependent aggregation -------------------------------------------------
+# --no-validate: points that fail at run time (exit 2) are what aggregation must report.
 t0=$SECONDS
 rc=0
-timeout 150 "$repo/jobscripts/submit_sweep.sh" --wait "${overcommit[@]}" "$here/tiny_sweep.spec" \
+timeout 240 "$repo/jobscripts/submit_sweep.sh" --wait --no-validate "${overcommit[@]}" "$here/tiny_sweep.spec" \
   "$tmp/sweep" > "$tmp/submit.out" 2> "$tmp/submit.err" </dev/null || rc=$?
 echo "     sweep: submit -> aggregated $((SECONDS - t0))s (submit_sweep.sh exit $rc)"
 sed 's/^/     | /' "$tmp/submit.out"
@@ -206,7 +227,7 @@ ok = list(csv.DictReader(open(os.path.join(d, "results.csv"))))
 bad = list(csv.DictReader(open(os.path.join(d, "failed.csv"))))
 status = {}
 for r in ok:
-    with open(os.path.join(d, "logs", "point-%04d.status" % int(r["point"]))) as f:
+    with open(os.path.join(d, "logs", "attempt-1", "point-%04d.status" % int(r["point"]))) as f:
         status[r["point"]] = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
 problems = []
 def expect(cond, what):
@@ -254,30 +275,57 @@ check "aggregate.py exits 1 with failed points (got $rc)" test "$rc" -eq 1
 rc=0; /usr/bin/python3 "$repo/tools/aggregate.py" --quiet --no-plots --allow-failed "$tmp/sweep" >/dev/null 2>&1 || rc=$?
 check "aggregate.py --allow-failed exits 0 (got $rc)" test "$rc" -eq 0
 
-# ---- afterok on an all-valid sweep, then --resubmit of a lost point ------------------------------
-printf '[sweep]\nname = ci-afterok\nbase = %s\nranks = 2\nrouting.capacity_factor = 1.25\n' \
-  "$here/tiny.ini" > "$tmp/ok.spec"
+# ---- afterok; --resubmit: a new attempt, earlier logs kept, exit-2 points skipped ------------------
 t0=$SECONDS
 rc=0
-timeout 60 "$repo/jobscripts/submit_sweep.sh" --wait --dependency=afterok "${overcommit[@]}" "$tmp/ok.spec" \
-  "$tmp/ok" > "$tmp/ok.out" 2>&1 </dev/null || rc=$?
+timeout 120 "$repo/jobscripts/submit_sweep.sh" --wait --dependency=afterok --no-validate "${overcommit[@]}" \
+  "$tmp/ok.spec" "$tmp/ok" > "$tmp/ok.out" 2>&1 </dev/null || rc=$?
 echo "     afterok sweep: $((SECONDS - t0))s (exit $rc)"
 check "an all-valid sweep with --dependency=afterok aggregates and exits 0 (got $rc)" test "$rc" -eq 0
 check "  ... results.csv has its point" test "$(wc -l < "$tmp/ok/results.csv")" -eq 2
 printf '[sweep]\nname = ci-afterok-bad\nbase = %s\nranks = 1\nrouting.capacity_factor = 1.25, -1\n' \
   "$here/tiny.ini" > "$tmp/bad.spec"
 rc=0
-timeout 60 "$repo/jobscripts/submit_sweep.sh" --wait --dependency=afterok "$tmp/bad.spec" "$tmp/bad" \
+timeout 120 "$repo/jobscripts/submit_sweep.sh" --wait --dependency=afterok --no-validate "$tmp/bad.spec" "$tmp/bad" \
   > "$tmp/bad.out" 2>&1 </dev/null || rc=$?
 check "afterok + a failed point: the aggregation is cancelled, submit_sweep.sh exits 1 (got $rc)" test "$rc" -eq 1
 check "  ... and says so" grep --quiet "never ran" "$tmp/bad.out"
-rm -f "$tmp/ok/results/point-0000.h5"
-rc=0
-timeout 60 "$repo/jobscripts/submit_sweep.sh" --wait --resubmit "${overcommit[@]}" "$tmp/ok" \
-  > "$tmp/resubmit.out" 2>&1 </dev/null || rc=$?
-check "--resubmit reruns the lost point and aggregates (exit $rc)" test "$rc" -eq 0
-check "  ... the point's result is back" test -s "$tmp/ok/results/point-0000.h5"
 
+# The first sweep again: point 0's result lost, points 2 and 5 failed with exit 2.
+first_log=$(md5sum < "$tmp/sweep/logs/attempt-1/point-0000.out")
+first_status=$(md5sum < "$tmp/sweep/logs/attempt-1/point-0000.status")
+rm -f "$tmp/sweep/results/point-0000.h5"
+t0=$SECONDS
+rc=0
+timeout 120 "$repo/jobscripts/submit_sweep.sh" --wait --resubmit --no-validate "${overcommit[@]}" "$tmp/sweep" \
+  > "$tmp/resubmit.out" 2>&1 </dev/null || rc=$?
+echo "     resubmit: $((SECONDS - t0))s (exit $rc)"
+sed 's/^/     | /' "$tmp/resubmit.out"
+check "--resubmit submits only the lost point 0 as attempt 2" \
+  grep --quiet --extended-regexp '^array [0-9]+ ranks=1 points=0$' "$tmp/resubmit.out"
+check "  ... skips points 2 and 5 (exit code 2) with a note" bash -c \
+  "grep --quiet 'point 2 not resubmitted: its last attempt failed with exit code 2' '$tmp/resubmit.out' &&
+   grep --quiet 'point 5 not resubmitted' '$tmp/resubmit.out'"
+check "  ... the aggregation still reports them (exit 1, got $rc)" test "$rc" -eq 1
+check "  ... the point's result is back" test -s "$tmp/sweep/results/point-0000.h5"
+check "  ... attempt 1's log and status of point 0 are unchanged" \
+  test "$(md5sum < "$tmp/sweep/logs/attempt-1/point-0000.out")$(md5sum < "$tmp/sweep/logs/attempt-1/point-0000.status")" \
+  == "$first_log$first_status"
+check "  ... attempt 2's log and status exist" test -s "$tmp/sweep/logs/attempt-2/point-0000.out" -a \
+  -s "$tmp/sweep/logs/attempt-2/point-0000.status"
+check "  ... jobs.tsv keeps both attempts' job ids; results.csv shows 2 attempts for point 0" /usr/bin/python3 - "$tmp/sweep" <<'EOF'
+import csv, os, sys
+d = sys.argv[1]
+jobs = list(csv.DictReader(open(os.path.join(d, "jobs.tsv")), delimiter="\t"))
+ok = {r["point"]: r for r in csv.DictReader(open(os.path.join(d, "results.csv")))}
+att = sorted({j["attempt"] for j in jobs})
+ids = ok["0"]["slurm_job_ids"].split(";")
+good = att == ["1", "2"] and ok["0"]["attempts"] == "2" and len(ids) == 2 and ids[0] != ids[1]
+if not good:
+    print("     attempts in jobs.tsv:", att, "point 0:", ok.get("0", {}).get("attempts"), ids)
+sys.exit(0 if good else 1)
+EOF
 fi
+
 echo "test_slurm_sweep: $((${#failures[@]})) failure(s), $(elapsed) total"
 [[ ${#failures[@]} -eq 0 ]]
