@@ -5,12 +5,18 @@
 # (--only: one part, for development; CTest runs all of them)
 # 1. run.sbatch: fails clearly outside Slurm; a job with a missing parameter file fails (exit 2)
 #    with a message; a real 2-rank job writes a complete result with its job id.
-# 2. A sweep (tiny_sweep.spec: capacity factors 1.0, 2.0 and an invalid -1, ranks 1,2) through
-#    jobscripts/submit_sweep.sh --wait: job arrays + the dependent aggregation job. Checks
-#    results.csv (4 complete rows, job ids, plausible values), failed.csv (the 2 invalid points,
-#    with moesim's message), the aggregation job's non-zero exit, aggregate.py --allow-failed.
-# 3. --dependency=afterok (all valid: aggregates; a failed point: aggregation cancelled, reported),
-#    and --resubmit of a lost point.
+# 2. Signals: a plain scancel of a running run.sbatch job checkpoints (exit 75, complete = 0) and
+#    ends it for good (CANCELLED, no requeue); scancel --signal=USR1 --batch (what Slurm's
+#    pre-timeout --signal=B:USR1@60 does) requeues it (PENDING, 1 restart; the rerun itself is
+#    not waited for: Slurm delays it ~2 min).
+# 3. Sweeps: tiny_sweep.spec (capacity factors 1.0, 2.0 and an invalid -1, ranks 1,2) is refused
+#    as a whole before any submission (moesim validate), --dry-run submits nothing; submitted with
+#    --no-validate through jobscripts/submit_sweep.sh --wait: job arrays + the dependent
+#    aggregation job. Checks results.csv (4 complete rows, job ids, plausible values), failed.csv
+#    (the 2 invalid points, with moesim's message), the aggregation job's non-zero exit,
+#    aggregate.py --allow-failed; --dependency=afterok (all valid: aggregates; a failed point:
+#    aggregation cancelled, reported); --resubmit of a lost point: a new attempt, the first
+#    attempt's logs unchanged, exit-2 points skipped with a note, both attempts' job ids kept.
 # If Slurm cannot start, the test FAILS and prints the daemons' logs (never a silent skip).
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
