@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
     const Mode mode = inv.command == cli::Command::route   ? Mode::route
                       : inv.command == cli::Command::bench ? Mode::bench
                                                            : Mode::run;
-    const Config cfg = cli::load_config(inv, world, mode);          // 2. parameters
+    const Config cfg = cli::load_config(inv, world, mode);  // 2. parameters, paths, memory
+    if (inv.command == cli::Command::validate) return cli::print_validation(inv, cfg, world);
     cli::echo_config(cfg, world);                                   // 3. echo
     if (mode == Mode::route) return cli::replay_trace(cfg, world);  // 4a. trace replay
     if (mode == Mode::bench) return cli::run_bench(cfg, world);     // 4b. benchmark

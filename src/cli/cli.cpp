@@ -2,6 +2,7 @@
 #include "moesim/cli/cli.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -32,6 +33,10 @@ constexpr const char* kUsage =
     "...]\n"
     "                                                    replay a router-logits trace\n"
     "  moesim bench PARAMS.ini [--section.key=value ...] time one MoE layer against pure GEMMs\n"
+    "  moesim validate PARAMS.ini [--ranks=N] [--section.key=value ...]\n"
+    "                                                    check parameters, paths and memory for\n"
+    "                                                    a run on N ranks (default 1), print the\n"
+    "                                                    resolved file; no MPI peers needed\n"
     "  moesim --help | moesim run --help                 list every parameter\n"
     "  moesim --version\n"
     "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
@@ -129,9 +134,11 @@ Invocation parse_command_line(int argc, char** argv) {
     inv.command = Command::route;
   else if (cmd == "bench")
     inv.command = Command::bench;
+  else if (cmd == "validate")
+    inv.command = Command::validate;
   else
     throw UsageError("unknown command '" + cmd +
-                     "': allowed are run, route, bench, --help, --version\n" + kUsage);
+                     "': allowed are run, route, bench, validate, --help, --version\n" + kUsage);
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -141,6 +148,22 @@ Invocation parse_command_line(int argc, char** argv) {
     }
     if (a == "--resume") {  // shorthand used by job scripts and the README
       inv.overrides.push_back("--checkpoint.resume=true");
+      continue;
+    }
+    if (inv.command == Command::validate && (a == "--ranks" || a.rfind("--ranks=", 0) == 0)) {
+      std::string v;
+      if (a == "--ranks") {
+        if (i + 1 < args.size()) v = args[++i];
+      } else {
+        v = a.substr(8);
+      }
+      const char* end = v.c_str();
+      errno = 0;
+      const long n = v.empty() ? 0 : std::strtol(v.c_str(), const_cast<char**>(&end), 10);
+      if (v.empty() || *end != '\0' || errno != 0 || n < 1 || n > (1 << 24))
+        throw ConfigError("--ranks", v,
+                          "an integer in [1, 16777216]: the MPI rank count to validate for");
+      inv.ranks = static_cast<int>(n);
       continue;
     }
     if (a.rfind("--", 0) == 0) {
@@ -156,7 +179,9 @@ Invocation parse_command_line(int argc, char** argv) {
                        "': only one parameter file is allowed (got '" + inv.param_file + "')");
     inv.param_file = a;
   }
-  if ((inv.command == Command::run || inv.command == Command::bench) && inv.param_file.empty())
+  if ((inv.command == Command::run || inv.command == Command::bench ||
+       inv.command == Command::validate) &&
+      inv.param_file.empty())
     throw UsageError("moesim " + cmd + " needs a parameter file\n" + kUsage);
   return inv;
 }
@@ -171,27 +196,47 @@ int print_help(const Invocation& inv, const comm::Comm& comm) {
   return 0;
 }
 
+namespace {
+// Why the parameter file cannot be used, or "" (rank 0 only).
+std::string read_param_file(const std::string& path, std::string& text) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) return "does not exist";
+  if (fs::is_directory(st)) return "is a directory";
+  if (!fs::is_regular_file(st)) return "is not a regular file";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "cannot be opened for reading";
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  text = ss.str();
+  if (text.empty()) return "is empty";
+  return {};
+}
+}  // namespace
+
 Config load_config(const Invocation& inv, const comm::Comm& comm, Mode mode) {
   std::string text, problem;
-  if (comm.rank() == 0 && !inv.param_file.empty()) {
-    std::ifstream in(inv.param_file, std::ios::binary);
-    if (!in)
-      problem = "cannot be opened";
-    else {
-      std::ostringstream ss;
-      ss << in.rdbuf();
-      text = ss.str();
-    }
-  }
+  if (comm.rank() == 0 && !inv.param_file.empty()) problem = read_param_file(inv.param_file, text);
   comm.bcast(problem, 0);
   if (!problem.empty())
-    throw ConfigError("parameter file", inv.param_file,
-                      "an existing, readable INI file (it " + problem + ")");
+    throw ConfigError(
+        "parameter file", inv.param_file,
+        "must be an existing, readable, non-empty regular INI file (it " + problem + ")");
   comm.bcast(text, 0);
-  Config cfg =
-      parse_config(text, inv.param_file.empty() ? "<defaults>" : inv.param_file, inv.overrides);
-  validate(cfg, mode, comm.size());
-  return cfg;
+  const int ranks = inv.command == Command::validate ? inv.ranks : comm.size();
+  return parse_and_validate(text, inv.param_file.empty() ? "<defaults>" : inv.param_file,
+                            inv.overrides, mode, ranks);
+}
+
+int print_validation(const Invocation& inv, const Config& cfg, const comm::Comm& comm) {
+  if (comm.rank() != 0) return 0;
+  // Everything but the resolved file is a '#' comment, so stdout is itself a parameter file.
+  std::printf("# moesim validate: %s is valid for `moesim run` on %d MPI rank%s\n",
+              inv.param_file.c_str(), inv.ranks, inv.ranks == 1 ? "" : "s");
+  std::printf("%s", to_ini(cfg).c_str());
+  std::fflush(stdout);
+  return 0;
 }
 
 void echo_config(const Config& cfg, const comm::Comm& comm) {

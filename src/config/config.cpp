@@ -48,6 +48,9 @@ constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::dense, "dense
                                                  {RoutingRuleKind::expert_choice, "expert_choice"},
                                                  {RoutingRuleKind::hash, "hash"},
                                                  {RoutingRuleKind::base, "base"}};
+// The one place that says which rules validate() accepts (base: not implemented yet).
+constexpr bool rule_accepted(RoutingRuleKind k) { return k != RoutingRuleKind::base; }
+
 constexpr Named<DropPolicyKind> kDropPolicyNames[] = {
     {DropPolicyKind::position, "position"},
     {DropPolicyKind::choice_position, "choice_position"},
@@ -233,7 +236,7 @@ const std::vector<Field>& fields() {
     const std::string bools = "true|false (also 1|0, yes|no, on|off)";
     const std::string activation = enum_list<Activation>(" | ");
     const std::string precision = enum_list<Precision>(" | ");
-    const std::string rule = enum_list<RoutingRuleKind>(" | ");
+    const std::string rule = accepted_rules(" | ");
     const std::string policy = enum_list<DropPolicyKind>(" | ");
     const std::string optimizer = enum_list<OptimizerKind>(" | ");
     std::vector<Field> t;
@@ -430,11 +433,11 @@ std::optional<std::string> suggest_key(const std::string& unknown) {
   return std::nullopt;
 }
 
-[[noreturn]] void throw_unknown_key(const std::string& key, const std::string& value,
-                                    const std::string& where) {
+ConfigProblem unknown_key(const std::string& key, const std::string& value,
+                          const std::string& where) {
   std::string allowed = "unknown key; see `moesim --help` for the list";
   if (auto s = suggest_key(key)) allowed += "; did you mean " + *s + "?";
-  throw ConfigError(key, value, allowed + where);
+  return {key, value, allowed + where};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,7 +461,10 @@ std::string file_where(const std::string& source, int line) {
   return " [" + (source.empty() ? std::string("<ini>") : source) + ":" + std::to_string(line) + "]";
 }
 
-std::vector<IniEntry> scan_ini(const std::string& text, const std::string& source) {
+// Collects every malformed line, unknown key and duplicate into `problems`; returns the entries
+// of known keys, first occurrence only.
+std::vector<IniEntry> scan_ini(const std::string& text, const std::string& source,
+                               std::vector<ConfigProblem>& problems) {
   std::vector<IniEntry> entries;
   std::istringstream in(text);
   std::string raw, prefix;
@@ -472,42 +478,52 @@ std::vector<IniEntry> scan_ini(const std::string& text, const std::string& sourc
         (source.empty() ? std::string("<ini>") : source) + ":" + std::to_string(line);
     if (s.front() == '[' && s.back() == ']') {
       prefix = s.substr(1, s.size() - 2);
-      if (prefix.empty()) throw ConfigError(loc, s, "empty section name");
-      if (prefix.back() != '.') prefix += '.';
+      if (prefix.empty()) problems.push_back({loc, s, "empty section name"});
+      if (!prefix.empty() && prefix.back() != '.') prefix += '.';
       continue;
     }
     const auto eq = s.find('=');
     if (eq == std::string::npos) {
-      throw ConfigError(loc, s,
-                        "not an INI line: expected `key = value`, `[section]` or a `#` comment "
-                        "(`;` comments are not supported)");
+      problems.push_back({loc, s,
+                          "not an INI line: expected `key = value`, `[section]` or a `#` comment "
+                          "(`;` comments are not supported)"});
+      continue;
     }
     entries.push_back({prefix + trim_ws(s.substr(0, eq)), trim_ws(s.substr(eq + 1)), line});
   }
   std::map<std::string, const IniEntry*> seen;
+  std::vector<IniEntry> known;
   for (const auto& e : entries) {
-    if (find_field(e.key) == nullptr) throw_unknown_key(e.key, e.value, file_where(source, e.line));
+    if (find_field(e.key) == nullptr) {
+      problems.push_back(unknown_key(e.key, e.value, file_where(source, e.line)));
+      continue;
+    }
     auto [it, inserted] = seen.emplace(e.key, &e);
     if (!inserted) {
-      throw ConfigError(e.key, e.value,
-                        "given twice in " + (source.empty() ? std::string("<ini>") : source) +
-                            " (lines " + std::to_string(it->second->line) + " and " +
-                            std::to_string(e.line) + "); keep one");
+      problems.push_back({e.key, e.value,
+                          "given twice in " + (source.empty() ? std::string("<ini>") : source) +
+                              " (lines " + std::to_string(it->second->line) + " and " +
+                              std::to_string(e.line) + "); keep one"});
+      continue;
     }
+    known.push_back(e);
   }
-  return entries;
+  return known;
 }
 
 // "--k v" becomes "--k=v" here so that values starting with '-' (e.g. "-1", which validate then
 // rejects with a clear message) are not mistaken for options, and a bare boolean flag means true.
-std::vector<std::string> normalize_overrides(const std::vector<std::string>& overrides) {
+// Bad tokens go to `problems` and are left out.
+std::vector<std::string> normalize_overrides(const std::vector<std::string>& overrides,
+                                             std::vector<ConfigProblem>& problems) {
   std::vector<std::string> args;
   for (std::size_t i = 0; i < overrides.size(); ++i) {
     const std::string& tok = overrides[i];
     if (tok.size() < 3 || tok.compare(0, 2, "--") != 0 || tok[2] == '=') {
-      throw ConfigError("(command line)", tok,
-                        "unexpected argument; parameters are given as --section.key=value or "
-                        "--section.key value");
+      problems.push_back({"(command line)", tok,
+                          "unexpected argument; parameters are given as --section.key=value or "
+                          "--section.key value"});
+      continue;
     }
     const auto eq = tok.find('=');
     const std::string name = tok.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
@@ -518,16 +534,22 @@ std::vector<std::string> normalize_overrides(const std::vector<std::string>& ove
       value = overrides[++i];
     } else {
       const Field* f = find_field(name);
-      if (f == nullptr) throw_unknown_key(name, "", " [command line]");
+      if (f == nullptr) {
+        problems.push_back(unknown_key(name, "", " [command line]"));
+        continue;
+      }
       if (!f->is_bool) {
-        throw ConfigError(name, "", "missing value on the command line: use --" + name + "=VALUE");
+        problems.push_back(
+            {name, "", "missing value on the command line: use --" + name + "=VALUE"});
+        continue;
       }
       value = "true";
     }
     if (value.empty()) {
       // Boost.PO rejects "--key=" and an empty value is never valid where it matters.
-      throw ConfigError(name, "",
-                        "an empty value cannot be given on the command line [command line]");
+      problems.push_back(
+          {name, "", "an empty value cannot be given on the command line [command line]"});
+      continue;
     }
     args.push_back("--" + name + "=" + value);
   }
@@ -537,10 +559,21 @@ std::vector<std::string> normalize_overrides(const std::vector<std::string>& ove
 // ---------------------------------------------------------------------------------------------
 // Validation helpers.
 
-void require(bool ok, const std::string& key, const std::string& value,
-             const std::string& allowed) {
-  if (!ok) throw ConfigError(key, value, allowed);
-}
+// Where validate() collects its problems (require() appends); null outside validate().
+thread_local std::vector<ConfigProblem>* g_collector = nullptr;
+
+class CollectProblems {
+ public:
+  explicit CollectProblems(std::vector<ConfigProblem>& into) : saved_(g_collector) {
+    g_collector = &into;
+  }
+  ~CollectProblems() { g_collector = saved_; }
+  CollectProblems(const CollectProblems&) = delete;
+  CollectProblems& operator=(const CollectProblems&) = delete;
+
+ private:
+  std::vector<ConfigProblem>* saved_;
+};
 
 void require_int(std::int64_t v, std::int64_t lo, const std::string& key) {
   require(v >= lo, key, std::to_string(v), "must be an integer >= " + std::to_string(lo));
@@ -675,25 +708,56 @@ std::string Rational::str() const {
 // =============================================================================================
 // ConfigError
 
+std::string ConfigProblem::str() const {
+  return "bad parameter " + key + " = " + (value.empty() ? "\"\"" : value) + ": " + allowed;
+}
+
+namespace {
+std::string joined_message(const std::vector<ConfigProblem>& problems) {
+  if (problems.size() == 1) return problems.front().str();
+  std::string out = std::to_string(problems.size()) + " bad parameters:";
+  for (const auto& p : problems) out += "\n  " + p.str();
+  return out;
+}
+std::vector<ConfigProblem> non_empty(std::vector<ConfigProblem> problems) {
+  if (problems.empty()) problems.push_back({"(internal)", "", "ConfigError without a problem"});
+  return problems;
+}
+}  // namespace
+
 ConfigError::ConfigError(std::string key, std::string value, std::string allowed)
-    : std::runtime_error("bad parameter " + key + " = " + (value.empty() ? "\"\"" : value) + ": " +
-                         allowed),
-      key_(std::move(key)),
-      value_(std::move(value)),
-      allowed_(std::move(allowed)) {}
+    : ConfigError(
+          std::vector<ConfigProblem>{{std::move(key), std::move(value), std::move(allowed)}}) {}
+
+ConfigError::ConfigError(std::vector<ConfigProblem> problems)
+    : std::runtime_error(joined_message(non_empty(problems))),
+      problems_(non_empty(std::move(problems))) {}
+
+void require(bool ok, const std::string& key, const std::string& value,
+             const std::string& allowed) {
+  if (ok) return;
+  if (g_collector != nullptr) {
+    g_collector->push_back({key, value, allowed});
+    return;
+  }
+  throw ConfigError(key, value, allowed);
+}
 
 // =============================================================================================
 // parse_config
 
-Config parse_config(const std::string& ini_text, const std::string& source_name,
-                    const std::vector<std::string>& overrides) {
+namespace {
+
+// Parses into a Config, collecting every problem; `bad_keys` gets the keys whose value failed.
+Config parse_collect(const std::string& ini_text, const std::string& source_name,
+                     const std::vector<std::string>& overrides,
+                     std::vector<ConfigProblem>& problems, std::set<std::string>& bad_keys) {
   po::options_description desc("MoESim parameters");
   for (const auto& f : fields()) desc.add_options()(f.key.c_str(), po::value<std::string>());
 
-  // Command line first: Boost keeps the first stored value of a key, so the command line wins.
-  const std::vector<std::string> args = normalize_overrides(overrides);
-  std::map<std::string, std::string> origin;  // key -> " [where it was set]" for messages
-  po::variables_map vm;
+  // key -> (value text, " [where it was set]"); the command line is entered first and wins.
+  std::map<std::string, std::pair<std::string, std::string>> values;
+  const std::vector<std::string> args = normalize_overrides(overrides, problems);
   try {
     // Long options only and no prefix guessing: "--routing.capacity" must not silently mean
     // routing.capacity_factor.
@@ -704,45 +768,140 @@ Config parse_config(const std::string& ini_text, const std::string& source_name,
     for (const auto& o : cl.options) {
       const std::string value = o.value.empty() ? std::string() : o.value.front();
       if (o.unregistered || o.string_key.empty()) {
-        throw_unknown_key(o.string_key.empty() && !o.original_tokens.empty()
-                              ? o.original_tokens.front()
-                              : o.string_key,
-                          value, " [command line]");
+        problems.push_back(unknown_key(o.string_key.empty() && !o.original_tokens.empty()
+                                           ? o.original_tokens.front()
+                                           : o.string_key,
+                                       value, " [command line]"));
+        continue;
       }
-      if (origin.count(o.string_key) != 0) {
-        throw ConfigError(o.string_key, value, "given twice on the command line; keep one");
+      if (values.count(o.string_key) != 0) {
+        problems.push_back({o.string_key, value, "given twice on the command line; keep one"});
+        bad_keys.insert(o.string_key);
+        continue;
       }
-      origin[o.string_key] = " [command line]";
+      values[o.string_key] = {value, " [command line]"};
     }
-    po::store(cl, vm);
   } catch (const po::error& e) {
-    throw ConfigError("(command line)", "", e.what());
+    problems.push_back({"(command line)", "", e.what()});
   }
 
-  const std::vector<IniEntry> entries = scan_ini(ini_text, source_name);
-  try {
-    std::istringstream in(ini_text);
-    const po::parsed_options file = po::parse_config_file(in, desc, /*allow_unregistered=*/false);
-    po::store(file, vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    // The pre-scan should have caught everything; this keeps Boost's own wording as a fallback.
-    throw ConfigError(source_name.empty() ? std::string("<ini>") : source_name, "", e.what());
+  const std::size_t before_scan = problems.size();
+  const std::vector<IniEntry> entries = scan_ini(ini_text, source_name, problems);
+  if (problems.size() == before_scan) {
+    // A clean file: Boost's own parser is the reference for the INI grammar.
+    try {
+      std::istringstream in(ini_text);
+      po::variables_map vm;
+      const po::parsed_options file = po::parse_config_file(in, desc, /*allow_unregistered=*/false);
+      po::store(file, vm);
+      po::notify(vm);
+      std::map<std::string, int> line_of;
+      for (const auto& e : entries) line_of[e.key] = e.line;
+      for (const auto& [key, v] : vm)
+        values.emplace(key,
+                       std::make_pair(v.as<std::string>(), file_where(source_name, line_of[key])));
+    } catch (const po::error& e) {
+      // The pre-scan should have caught everything; this keeps Boost's own wording.
+      problems.push_back({source_name.empty() ? std::string("<ini>") : source_name, "", e.what()});
+    }
+  } else {
+    // The file has bad lines (reported): its good entries still count, so that their problems
+    // are reported in the same run.
+    for (const auto& e : entries)
+      values.emplace(e.key, std::make_pair(e.value, file_where(source_name, e.line)));
   }
-  for (const auto& e : entries) origin.emplace(e.key, file_where(source_name, e.line));
 
   Config cfg;
   for (const auto& f : fields()) {
-    if (vm.count(f.key) != 0) f.set(cfg, vm[f.key].as<std::string>(), origin[f.key]);
+    const auto it = values.find(f.key);
+    if (it == values.end()) continue;
+    cfg.given.insert(f.key);
+    try {
+      f.set(cfg, it->second.first, it->second.second);
+    } catch (const ConfigError& e) {
+      problems.insert(problems.end(), e.problems().begin(), e.problems().end());
+      bad_keys.insert(f.key);
+    }
+  }
+  // Rule-dependent defaults: a k that was not given follows the rule (routing.md); a given k
+  // is kept, and validate() refuses it if it conflicts.
+  if (cfg.given.count("routing.k") == 0) {
+    switch (cfg.routing.rule) {
+      case RoutingRuleKind::switch_top1:
+      case RoutingRuleKind::hash:
+      case RoutingRuleKind::base:
+        cfg.routing.k = 1;
+        break;
+      case RoutingRuleKind::gshard:
+        cfg.routing.k = 2;
+        break;
+      default:
+        break;
+    }
   }
   return cfg;
+}
+
+}  // namespace
+
+Config parse_config(const std::string& ini_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides) {
+  std::vector<ConfigProblem> problems;
+  std::set<std::string> bad_keys;
+  Config cfg = parse_collect(ini_text, source_name, overrides, problems, bad_keys);
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+  return cfg;
+}
+
+namespace {
+void validate_checks(const Config& cfg, Mode mode, int ranks);
+}  // namespace
+
+void validate(const Config& cfg, Mode mode, int ranks) {
+  std::vector<ConfigProblem> problems;
+  {
+    const CollectProblems collect(problems);
+    validate_checks(cfg, mode, ranks);
+  }
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+}
+
+Config parse_and_validate(const std::string& ini_text, const std::string& source_name,
+                          const std::vector<std::string>& overrides, Mode mode, int ranks) {
+  std::vector<ConfigProblem> problems;
+  std::set<std::string> bad_keys;
+  Config cfg = parse_collect(ini_text, source_name, overrides, problems, bad_keys);
+  std::vector<ConfigProblem> checks;
+  {
+    const CollectProblems collect(checks);
+    validate_checks(cfg, mode, ranks);
+  }
+  for (auto& p : checks)
+    if (bad_keys.count(p.key) == 0) problems.push_back(std::move(p));
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+  return cfg;
+}
+
+std::string accepted_rules(const char* sep) {
+  std::string out;
+  for (const auto& n : kRuleNames) {
+    if (!rule_accepted(n.value)) continue;
+    if (!out.empty()) out += sep;
+    out += n.name;
+  }
+  return out;
 }
 
 // =============================================================================================
 // validate
 
-void validate(const Config& cfg, Mode mode, int ranks) {
+namespace {
+
+void validate_checks(const Config& cfg, Mode mode, int ranks) {
+  // Every check runs (require() collects), so a check must not rely on an earlier one: guard
+  // divisions and derived sizes explicitly.
   require(ranks >= 1, "(MPI ranks)", std::to_string(ranks), "must be >= 1");
+  if (ranks < 1) return;
   const std::string nranks = std::to_string(ranks);
   const bool run = mode == Mode::run || mode == Mode::bench;
 
@@ -755,7 +914,7 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   const RoutingConfig& r = cfg.routing;
   const std::string E = std::to_string(r.num_experts);
   require_int(r.num_experts, 1, "routing.num_experts");
-  if (run) {
+  if (run && r.num_experts >= 1) {
     require(r.num_experts % ranks == 0 || ranks % r.num_experts == 0, "routing.num_experts", E,
             "must be divisible by the number of MPI ranks (" + nranks +
                 ") or divide it (fewer experts than ranks: each expert is replicated on ranks / "
@@ -763,12 +922,17 @@ void validate(const Config& cfg, Mode mode, int ranks) {
   }
   require(r.k >= 1 && r.k <= r.num_experts, "routing.k", std::to_string(r.k),
           "must be an integer in [1, routing.num_experts = " + E + "]");
+  // A k that was not given already follows the rule (parse_config); say so when it was given.
+  const std::string k_given = cfg.given.count("routing.k") != 0
+                                  ? " (routing.k is given explicitly; leave it out to take the "
+                                    "rule's default)"
+                                  : "";
   require(r.rule != RoutingRuleKind::switch_top1 || r.k == 1, "routing.k", std::to_string(r.k),
-          "must be 1 when routing.rule = switch");
+          "must be 1 when routing.rule = switch" + k_given);
   require(r.rule != RoutingRuleKind::hash || r.k == 1, "routing.k", std::to_string(r.k),
-          "must be 1 when routing.rule = hash");
+          "must be 1 when routing.rule = hash" + k_given);
   require(r.rule != RoutingRuleKind::gshard || r.k == 2, "routing.k", std::to_string(r.k),
-          "must be 2 when routing.rule = gshard (top-2 routing)");
+          "must be 2 when routing.rule = gshard (top-2 routing)" + k_given);
   require(r.rule != RoutingRuleKind::noisy_topk || r.k < 64, "routing.k", std::to_string(r.k),
           "must be below 64 when routing.rule = noisy_topk");
   require((r.rule != RoutingRuleKind::topk) || r.k <= 64, "routing.k", std::to_string(r.k),
@@ -792,9 +956,9 @@ void validate(const Config& cfg, Mode mode, int ranks) {
                "must be a number >= 0");
   // Parts of the routing toolkit that are not built yet are refused here, with the key and
   // value, rather than failing later at run time.
-  require(r.rule != RoutingRuleKind::base, "routing.rule", to_string(r.rule),
-          "is not implemented (no exact balanced assignment yet); available: "
-          "dense|topk|noisy_topk|switch|gshard|expert_choice|hash");
+  require(
+      rule_accepted(r.rule), "routing.rule", to_string(r.rule),
+      "is not implemented (no exact balanced assignment yet); available: " + accepted_rules("|"));
   require(r.dispatch != DispatchKind::alltoall_padded ||
               (!r.dropless && r.capacity_factor.num > 0 && r.eval_capacity_factor.num > 0 &&
                r.rule != RoutingRuleKind::dense),
@@ -906,6 +1070,8 @@ void validate(const Config& cfg, Mode mode, int ranks) {
             "must differ from trace.input (the input trace would be overwritten)");
   }
 }
+
+}  // namespace
 
 // =============================================================================================
 // Printers

@@ -16,7 +16,7 @@ import sys
 
 sys.dont_write_bytecode = True  # keep tests/regression free of __pycache__
 
-from regtest import Regression
+from regtest import Regression, as_text
 
 R = Regression(__doc__.splitlines()[0])
 # Open MPI waits odls_base_sigkill_timeout (1 s) after a non-zero exit before it tears the job
@@ -147,6 +147,62 @@ error_case("unwritable output path", ["run", base, "--output.file=/nonexistent_d
            ["output.file", "/nonexistent_dir/x.h5", "writable"])
 error_case("unknown subcommand", ["frobnicate"], ["frobnicate", "run", "route"])
 error_case("run without a parameter file", ["run"], ["parameter file"])
+
+# issue 7 item 11: every problem in one report; a bad parameter file; rule-dependent defaults
+R.write("three_bad.ini", base_ini(out_h5).replace("k = 2\n", "k = 9\ncapacity_factr = 1.5\n")
+        .replace("d_model = 8", "d_model = 0"))
+error_case("three problems in one report", ["run", R.path("three_bad.ini"), "--training.steps=-1"],
+           ["4 bad parameters", "routing.k = 9", "routing.capacity_factr = 1.5", "model.d_model = 0",
+            "training.steps = -1"])
+os.makedirs(R.path("params_dir.ini"))
+R.write("empty.ini", "")
+error_case("a directory as the parameter file", ["run", R.path("params_dir.ini")],
+           ["parameter file", "params_dir.ini", "is a directory"])
+error_case("an empty parameter file", ["run", R.path("empty.ini")],
+           ["parameter file", "empty.ini", "is empty"])
+error_case("a non-regular parameter file", ["run", "/dev/null"],
+           ["parameter file", "/dev/null", "not a regular file"])
+error_case("an explicit k that conflicts with the rule", ["run", base, "--routing.rule=switch"],
+           ["routing.k = 2", "must be 1", "given explicitly"])
+
+R.section("routing.rule = switch without k takes k = 1 (and the result file records it)")
+nok_ini = R.write("no_k.ini", base_ini(out_h5).replace("k = 2\n", ""))
+res = R.mpirun(RANKS, ["run", nok_ini, "--routing.rule=switch"])
+R.check(res.rc == 0, f"exit code 0 (got {res.rc})", res.describe)
+if os.path.isfile(out_h5):
+    import h5py
+    with h5py.File(out_h5, "r") as f:
+        cfg_text = as_text(f.attrs["config"])
+    R.check("\nk = 1\n" in cfg_text and "\nrule = switch\n" in cfg_text,
+            "the stored config shows the resolved k = 1", cfg_text)
+    os.remove(out_h5)
+
+# moesim validate: no MPI peers, exit 0 / 2, every problem, resolved file on stdout
+R.section("moesim validate on a valid file (a single process, no mpiexec)")
+before = listing()
+res = R.serial(["validate", base, "--ranks=2", "--routing.rule=gshard"])
+R.check(res.rc == 0 and not res.timed_out, f"exit code 0 (got {res.rc})", res.describe)
+R.check("valid" in res.out and "2 MPI ranks" in res.out, "says it is valid for 2 ranks", res.describe)
+resolved = R.write("resolved.ini", res.out)
+R.check("\nrule = gshard\n" in res.out and "\nk = 2\n" in res.out,
+        "stdout holds the resolved config (rule = gshard, k = 2)", res.describe)
+res2 = R.serial(["validate", resolved, "--ranks=2"])
+R.check(res2.rc == 0, "its stdout is itself a valid parameter file", res2.describe)
+R.check(not (listing() - before - {"resolved.ini"}), "no file created by validate")
+R.section("moesim validate on bad files: exit 2, every problem at once")
+res = R.serial(["validate", R.path("three_bad.ini"), "--training.steps=-1"])
+R.check(res.rc == 2, f"exit code 2 (got {res.rc})", res.describe)
+for n in ["4 bad parameters", "routing.k = 9", "routing.capacity_factr", "model.d_model = 0",
+          "training.steps = -1"]:
+    R.check(n in res.err, f"stderr names {n!r}", res.describe)
+res = R.serial(["validate", base, "--ranks=3"])
+R.check(res.rc == 2 and "routing.num_experts" in res.err and "3" in res.err,
+        "--ranks=3 runs the rank-dependent checks (num_experts = 4 on 3 ranks refused)", res.describe)
+res = R.serial(["validate", base, "--ranks=zero"])
+R.check(res.rc == 2 and "--ranks" in res.err and "zero" in res.err, "a bad --ranks is named", res.describe)
+error_case("validate on a directory", ["validate", R.path("params_dir.ini")], ["is a directory"])
+error_case("validate with a bad value, on 2 ranks", ["validate", base, "--routing.k=0"],
+           ["routing.k = 0"])
 
 # ---------------------------------------------------------------------------------------------
 for args in (["--help"], ["run", "--help"]):

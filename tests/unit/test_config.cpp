@@ -2,6 +2,7 @@
 // validation, exact Rationals and the to_ini round trip. No MPI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -671,6 +672,109 @@ TEST(ConfigValidate, NegativeSizeFromTheCommandLine) {
   const Config c = parse_config("", "f.ini", {"--model.d_model", "-1"});
   const std::string msg = validate_error(c, Mode::run, 1);
   EXPECT_NE(msg.find("model.d_model = -1"), std::string::npos) << msg;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every problem in one report (issue 7 item 11)
+
+bool has_problem(const ConfigError& e, const std::string& key, const std::string& value) {
+  for (const auto& p : e.problems())
+    if (p.key == key && p.value == value) return true;
+  return false;
+}
+
+TEST(ConfigReport, ValidateListsEveryProblemOnce) {
+  Config c;
+  c.model.d_model = 0;
+  c.routing.k = 9;
+  c.training.learning_rate = -1;
+  c.data.tokens_per_step = 1001;
+  try {
+    validate(c, Mode::run, 2);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.problems().size(), 4u) << e.what();
+    EXPECT_EQ(e.key(), "model.d_model");  // the first problem, in check order
+    EXPECT_EQ(e.value(), "0");
+    EXPECT_TRUE(has_problem(e, "routing.k", "9")) << e.what();
+    EXPECT_TRUE(has_problem(e, "training.learning_rate", "-1")) << e.what();
+    EXPECT_TRUE(has_problem(e, "data.tokens_per_step", "1001")) << e.what();
+    // One line per problem, each "bad parameter KEY = VALUE: ALLOWED".
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.rfind("4 bad parameters:", 0), 0u) << msg;
+    for (const auto& p : e.problems())
+      EXPECT_NE(msg.find("\n  " + p.str()), std::string::npos) << msg;
+    EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 4) << msg;
+  }
+}
+
+TEST(ConfigReport, SingleProblemKeepsTheOneLineMessage) {
+  Config c;
+  c.model.d_model = 0;
+  const std::string msg = validate_error(c, Mode::run, 1);
+  EXPECT_EQ(msg, "bad parameter model.d_model = 0: must be an integer >= 1");
+}
+
+TEST(ConfigReport, ChecksThatWouldDivideByZeroAreGuarded) {
+  Config c;
+  c.routing.num_experts = 0;  // `ranks % num_experts` must not run
+  c.routing.group_size = 0;
+  try {
+    validate(c, Mode::run, 3);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(has_problem(e, "routing.num_experts", "0")) << e.what();
+  }
+  EXPECT_EQ(config_error([] { validate(Config{}, Mode::run, 0); }),
+            "bad parameter (MPI ranks) = 0: must be >= 1");
+}
+
+TEST(ConfigReport, ParsingListsEveryBadKeyAndValue) {
+  const std::string ini =
+      "[routing]\ncapacity_factr = 1.5\nk = two\n[model]\nd_modell = 3\nd_ff = 8\nd_ff = 9\n"
+      "just words\n";
+  try {
+    parse_config(ini, "p.ini", {"--training.steps=x", "--data.bogus=1", "--model.layers=2"});
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_TRUE(has_problem(e, "routing.capacity_factr", "1.5")) << msg;
+    EXPECT_TRUE(has_problem(e, "routing.k", "two")) << msg;
+    EXPECT_TRUE(has_problem(e, "model.d_modell", "3")) << msg;
+    EXPECT_TRUE(has_problem(e, "model.d_ff", "9")) << msg;  // the duplicate
+    EXPECT_TRUE(has_problem(e, "p.ini:8", "just words")) << msg;
+    EXPECT_TRUE(has_problem(e, "training.steps", "x")) << msg;
+    EXPECT_TRUE(has_problem(e, "data.bogus", "1")) << msg;
+    EXPECT_EQ(e.problems().size(), 7u) << msg;
+  }
+}
+
+TEST(ConfigReport, ParseAndValidateReportTogether) {
+  try {
+    parse_and_validate("[model]\nd_model = abc\nd_ff = 0\n", "p.ini", {"--routing.k=7"}, Mode::run,
+                       1);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(has_problem(e, "model.d_model", "abc")) << e.what();
+    EXPECT_TRUE(has_problem(e, "model.d_ff", "0")) << e.what();
+    EXPECT_TRUE(has_problem(e, "routing.k", "7")) << e.what();
+    EXPECT_EQ(e.problems().size(), 3u) << e.what();
+  }
+  // A key whose value did not parse is not reported a second time by validation.
+  try {
+    parse_and_validate("", "p.ini", {"--routing.k=-x", "--routing.rule=switch"}, Mode::run, 1);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.problems().size(), 1u) << e.what();
+    EXPECT_EQ(e.key(), "routing.k");
+  }
+  EXPECT_NO_THROW(parse_and_validate("", "p.ini", {"--routing.rule=switch"}, Mode::run, 2));
+}
+
+TEST(ConfigReport, RequireOutsideValidateThrows) {
+  EXPECT_NO_THROW(require(true, "a.b", "1", "x"));
+  EXPECT_EQ(config_error([] { require(false, "a.b", "1", "must be 2"); }),
+            "bad parameter a.b = 1: must be 2");
 }
 
 // ---------------------------------------------------------------------------------------------

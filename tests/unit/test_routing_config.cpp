@@ -3,6 +3,7 @@
 // message naming the key, the value and what is allowed. No MPI.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -37,6 +38,9 @@ TEST(RoutingConfigValidate, EveryRuleAndPolicyIsAccepted) {
       {"--routing.rule=noisy_topk", "--routing.importance_loss_coef=0.01",
        "--routing.load_loss_coef=0.01"},
       {"--routing.rule=switch", "--routing.k=1", "--routing.jitter_eps=0.01"},
+      {"--routing.rule=switch"},  // k not given: 1 for switch (and hash), 2 for gshard
+      {"--routing.rule=gshard"},
+      {"--routing.rule=hash", "--routing.aux_loss_coef=0"},
       {"--routing.rule=switch", "--routing.k=1", "--routing.bias_update_rate=0.01"},
       {"--routing.rule=gshard", "--routing.k=2", "--routing.aux_gshard_loss_coef=0.01"},
       {"--routing.rule=gshard", "--routing.random_routing=false"},
@@ -64,7 +68,12 @@ TEST(RoutingConfigValidate, ImpossibleCombinationsNameKeyValueAndWhatIsAllowed) 
   const Case cases[] = {
       {{"--routing.rule=gshard", "--routing.k=3"}, {"routing.k = 3", "must be 2", "gshard"}},
       {{"--routing.rule=gshard", "--routing.k=1"}, {"routing.k = 1", "must be 2"}},
-      {{"--routing.rule=hash"}, {"routing.k = 2", "must be 1", "hash"}},
+      {{"--routing.rule=gshard", "--routing.num_experts=1"},
+       {"routing.k = 2", "routing.num_experts = 1"}},
+      // An explicit k that conflicts with the rule stays refused (a k not given follows it).
+      {{"--routing.rule=hash", "--routing.k=2"}, {"routing.k = 2", "must be 1", "hash"}},
+      {{"--routing.rule=switch", "--routing.k=2"}, {"routing.k = 2", "must be 1", "switch"}},
+      {{"--routing.rule=hash"}, {"routing.aux_loss_coef", "must be 0", "hash"}},
       {{"--routing.rule=hash", "--routing.k=1"}, {"routing.aux_loss_coef", "must be 0", "hash"}},
       {{"--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0",
         "--routing.z_loss_coef=0.1"},
@@ -90,6 +99,40 @@ TEST(RoutingConfigValidate, ImpossibleCombinationsNameKeyValueAndWhatIsAllowed) 
     for (const std::string& want : c.expected)
       EXPECT_NE(msg.find(want), std::string::npos) << "message: " << msg << "\nexpected: " << want;
   }
+}
+
+}  // namespace moesim
+
+namespace moesim {
+
+// Rule-dependent defaults (issue 7 item 11): only a k that was not given follows the rule, from
+// the command line and from the file alike, and the resolved value is what to_ini writes.
+TEST(RoutingConfigDefaults, KFollowsTheRuleOnlyWhenNotGiven) {
+  struct Case {
+    std::string rule;
+    std::int64_t k;
+  };
+  for (const Case& c :
+       {Case{"switch", 1}, Case{"hash", 1}, Case{"base", 1}, Case{"gshard", 2}, Case{"topk", 2},
+        Case{"noisy_topk", 2}, Case{"dense", 2}, Case{"expert_choice", 2}}) {
+    const Config cli = parse_config("", "t.ini", {"--routing.rule=" + c.rule});
+    EXPECT_EQ(cli.routing.k, c.k) << c.rule;
+    EXPECT_EQ(cli.given.count("routing.k"), 0u);
+    EXPECT_EQ(cli.given.count("routing.rule"), 1u);
+    const Config file = parse_config("[routing]\nrule = " + c.rule + "\n", "t.ini", {});
+    EXPECT_EQ(file.routing.k, c.k) << c.rule;
+    EXPECT_NE(to_ini(file).find("\nk = " + std::to_string(c.k) + "\n"), std::string::npos);
+  }
+  // Given explicitly: kept as written, whatever the rule.
+  EXPECT_EQ(parse_config("", "t.ini", {"--routing.rule=switch", "--routing.k=3"}).routing.k, 3);
+  EXPECT_EQ(parse_config("[routing]\nk = 4\n", "t.ini", {"--routing.rule=gshard"}).routing.k, 4);
+  EXPECT_EQ(parse_config("[routing]\nk = 1\nrule = gshard\n", "t.ini", {}).routing.k, 1);
+  // The resolved file reproduces itself (k is then given explicitly with the same value).
+  const Config sw = parse_config("", "t.ini", {"--routing.rule=switch"});
+  const Config back = parse_config(to_ini(sw), "resolved.ini", {});
+  EXPECT_EQ(back.routing.k, 1);
+  EXPECT_EQ(to_ini(back), to_ini(sw));
+  EXPECT_NO_THROW(validate(sw, Mode::run, 1));
 }
 
 }  // namespace moesim

@@ -19,19 +19,21 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class Command { run, route, bench, help, version };
+enum class Command { run, route, bench, validate, help, version };
 
 struct Invocation {
   Command command = Command::help;
   std::string param_file;              // empty: defaults only
   std::vector<std::string> overrides;  // "--section.key=value" tokens
   std::string help_topic;              // "run" / "route" for `moesim run --help`
+  int ranks = 1;                       // validate: the rank count the checks assume (--ranks=N)
 };
 
 inline constexpr int kExitBadInput = 2;
 inline constexpr int kExitRuntime = 1;
 
 // moesim run PARAMS.ini [--section.key=value ...] | moesim route [PARAMS.ini] --trace.* ...
+// | moesim validate PARAMS.ini [--ranks=N] [--section.key=value ...]
 // | moesim --help | moesim run --help | moesim --version.
 Invocation parse_command_line(int argc, char** argv);
 
@@ -39,8 +41,14 @@ Invocation parse_command_line(int argc, char** argv);
 int print_help(const Invocation& inv, const comm::Comm& comm);
 
 // Rank 0 reads the parameter file and broadcasts its text, so every rank parses the
-// same bytes and fails (or succeeds) identically. Throws ConfigError.
+// same bytes and fails (or succeeds) identically. The file must be a non-empty regular file.
+// Parses and validates for `mode` on comm.size() ranks (validate: inv.ranks), then checks
+// the paths and the per-rank memory estimate; every problem found in one ConfigError.
 Config load_config(const Invocation& inv, const comm::Comm& comm, Mode mode);
+
+// `moesim validate`: prints (rank 0) the checks passed, the per-rank memory estimate and
+// the resolved parameter file; load_config already refused anything bad. Returns 0.
+int print_validation(const Invocation& inv, const Config& cfg, const comm::Comm& comm);
 
 // The resolved configuration as a table on rank 0.
 void echo_config(const Config& cfg, const comm::Comm& comm);

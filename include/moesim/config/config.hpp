@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -129,18 +130,32 @@ struct Config {
   TraceConfig trace;
   CheckpointConfig checkpoint;
   BenchConfig bench;
+  // Keys given in the parameter file or on the command line ("routing.k"); parse_config fills
+  // it. Not a parameter: rule-dependent defaults and `moesim route` read it, to_ini ignores it.
+  std::set<std::string> given;
 };
 
-// A bad parameter: names the key, the offending value and what is allowed.
+// One bad parameter: the key, the offending value and what is allowed.
+struct ConfigProblem {
+  std::string key, value, allowed;
+  [[nodiscard]] std::string str() const;  // "bad parameter KEY = VALUE: ALLOWED"
+  friend bool operator==(const ConfigProblem&, const ConfigProblem&) = default;
+};
+
+// Bad parameters: one or more problems, each naming the key, the offending value and what is
+// allowed. key()/value()/allowed() are those of the first; problems() lists all of them, and
+// what() has one line per problem.
 class ConfigError : public std::runtime_error {
  public:
   ConfigError(std::string key, std::string value, std::string allowed);
-  [[nodiscard]] const std::string& key() const { return key_; }
-  [[nodiscard]] const std::string& value() const { return value_; }
-  [[nodiscard]] const std::string& allowed() const { return allowed_; }
+  explicit ConfigError(std::vector<ConfigProblem> problems);  // non-empty
+  [[nodiscard]] const std::string& key() const { return problems_.front().key; }
+  [[nodiscard]] const std::string& value() const { return problems_.front().value; }
+  [[nodiscard]] const std::string& allowed() const { return problems_.front().allowed; }
+  [[nodiscard]] const std::vector<ConfigProblem>& problems() const { return problems_; }
 
  private:
-  std::string key_, value_, allowed_;
+  std::vector<ConfigProblem> problems_;
 };
 
 // Which subcommand the parameters are for (route needs no training keys, run no trace keys).
@@ -148,13 +163,29 @@ enum class Mode { run, route, bench };  // bench validates like run
 
 // Parses INI text (may be empty) and then applies `overrides` ("--section.key=value" or
 // "--section.key value" tokens; the command line wins). `source_name` names the file in errors.
-// Unknown keys, malformed values and bad enum names throw ConfigError. Does not validate
-// cross-key constraints: call validate().
+// Unknown keys, malformed values and bad enum names throw one ConfigError listing all of them.
+// Keys not given take rule-dependent defaults: routing.k = 1 for switch/hash/base and 2 for
+// gshard (an explicit conflicting k is kept and refused by validate()). Fills Config::given.
+// Does not validate cross-key constraints: call validate().
 Config parse_config(const std::string& ini_text, const std::string& source_name,
                     const std::vector<std::string>& overrides);
 
-// Cross-key and range checks for `mode` on `ranks` MPI ranks. Throws ConfigError.
+// Cross-key and range checks for `mode` on `ranks` MPI ranks. Every check runs; one ConfigError
+// lists every problem found.
 void validate(const Config& cfg, Mode mode, int ranks);
+
+// parse_config + validate in one report: parse problems and validation problems together (a
+// validation problem of a key that already failed to parse is left out). Throws ConfigError.
+Config parse_and_validate(const std::string& ini_text, const std::string& source_name,
+                          const std::vector<std::string>& overrides, Mode mode, int ranks);
+
+// Fails the check: appends to the problems being collected by validate() (or throws a
+// ConfigError when called outside of it). Other modules' validation helpers may call it.
+void require(bool ok, const std::string& key, const std::string& value, const std::string& allowed);
+
+// The routing rules validate() accepts ("dense|topk|...", `sep` between names); --help lists
+// these, so a rule that is refused is never shown as allowed.
+std::string accepted_rules(const char* sep);
 
 // The fully resolved parameter file as INI text; parse_config(to_ini(c)) == c.
 std::string to_ini(const Config& cfg);
