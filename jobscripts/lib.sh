@@ -48,7 +48,10 @@ moesim_launcher() {
   esac
 }
 
-# moesim_launch NTASKS ARGS... : runs `moesim ARGS...` on NTASKS ranks; returns its exit code.
+# moesim_launch NTASKS ARGS... : runs `moesim ARGS...` on NTASKS ranks; returns its exit code
+# (75: stopped on request, every rank's state is in the checkpoint). With MOESIM_PREEMPTIBLE=1
+# it also sets MOESIM_STOP_SIGNAL to the first stop signal this shell received (USR1 or TERM;
+# empty: none), so that the caller can decide whether to requeue (run.sbatch: only on USR1).
 moesim_launch() {
   local ntasks=$1; shift
   local launcher; launcher=$(moesim_launcher)
@@ -57,7 +60,7 @@ moesim_launch() {
     # 320 ms -> 40 ms per step); Open MPI's degraded mode yields the CPU while waiting.
     export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
   fi
-  local cmd
+  local cmd status_file=""
   if [[ $launcher == srun ]]; then
     # --overcommit is inherited from the allocation (SLURM_OVERCOMMIT) when the job asked for it.
     cmd=(srun --mpi="${MOESIM_SRUN_MPI:-pmix}" --ntasks="$ntasks" "$MOESIM_BIN" "$@")
@@ -70,25 +73,47 @@ moesim_launch() {
     # shellcheck disable=SC2206  # MOESIM_MPIRUN_FLAGS is a word list by design
     flags+=(${MOESIM_MPIRUN_FLAGS:-})
     cmd=(mpirun --np "$ntasks" "${flags[@]}" "$MOESIM_BIN" "$@")
+    # Open MPI 4.1's mpirun cannot forward SIGTERM (ess_base_forward_signals refuses it; it
+    # forwards USR1/USR2/TSTP/CONT/ABRT/ALRM). A SIGTERM to mpirun itself (a plain scancel sends
+    # one to every process of the job) makes it send SIGCONT to the ranks, wait
+    # odls_base_sigkill_timeout seconds, send SIGTERM, wait as long again, then SIGKILL, and exit
+    # 1 whatever the ranks returned. So: a grace long enough for the ranks to reach the next step
+    # boundary and write their checkpoint, and rank 0's own exit code through
+    # MOESIM_EXIT_STATUS_FILE (written only after the collective checkpoint is complete).
+    export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-${MOESIM_STOP_GRACE:-10}}
+    status_file="$PWD/.moesim-exit-status.$$.$RANDOM"
+    rm -f "$status_file"
   fi
+  local rc=0
   if [[ ${MOESIM_PREEMPTIBLE:-0} != 1 ]]; then
-    "${cmd[@]}"
-    return
+    MOESIM_EXIT_STATUS_FILE=$status_file "${cmd[@]}" || rc=$?
+  else
+    # Preemptible: the launcher runs in the background so that this shell can catch Slurm's
+    # warning signal (#SBATCH --signal=B:USR1@60, or scancel --signal=USR1 --batch) or a
+    # SIGTERM (scancel) and pass SIGUSR1 on to srun / mpirun, which forward it to every rank;
+    # moesim then writes a checkpoint at the next step boundary and exits with 75. SIGTERM is
+    # translated to USR1 (a TERM to mpirun would start its abort sequence, see above).
+    MOESIM_STOP_SIGNAL=""
+    MOESIM_EXIT_STATUS_FILE=$status_file "${cmd[@]}" &
+    local child=$!
+    trap 'MOESIM_STOP_SIGNAL=${MOESIM_STOP_SIGNAL:-USR1}; kill -USR1 "$child" 2>/dev/null || true' USR1
+    trap 'MOESIM_STOP_SIGNAL=${MOESIM_STOP_SIGNAL:-TERM}; kill -USR1 "$child" 2>/dev/null || true' TERM
+    while true; do
+      rc=0
+      wait "$child" || rc=$?
+      kill -0 "$child" 2>/dev/null || break  # still alive: `wait` returned for a trapped signal
+    done
+    trap - USR1 TERM
   fi
-  # Preemptible: the launcher runs in the background so that this shell can catch Slurm's
-  # warning signal (#SBATCH --signal=B:USR1@60, or scancel --signal=USR1 --batch) and pass
-  # SIGUSR1 on to srun / mpirun, which forward it to every rank; moesim then writes a
-  # checkpoint at the next step boundary and exits with 75. SIGTERM is translated to USR1
-  # (a TERM to mpirun would kill the ranks before they checkpoint).
-  "${cmd[@]}" &
-  local child=$! rc=0
-  trap 'kill -USR1 "$child" 2>/dev/null || true' USR1 TERM
-  while true; do
-    rc=0
-    wait "$child" || rc=$?
-    kill -0 "$child" 2>/dev/null || break  # still alive: `wait` returned for a trapped signal
-  done
-  trap - USR1 TERM
+  if [[ -n $status_file ]]; then
+    local own=""
+    [[ -r $status_file ]] && own=$(head -c 16 "$status_file")
+    rm -f "$status_file" "$status_file.tmp"
+    if [[ $rc -ne 0 && $rc -ne 75 && $own == 75 ]]; then
+      moesim_say "mpirun exit code $rc, but the ranks stopped on request after writing their checkpoint: exit code 75"
+      rc=75
+    fi
+  fi
   return "$rc"
 }
 
@@ -101,12 +126,13 @@ moesim_manifest_field() {
     END { if (!found) exit 4 }' "$manifest"
 }
 
-# moesim_run_point SWEEP_DIR POINT : one sweep point, run from SWEEP_DIR (the parameter files name
-# their results relative to it), resuming from the point's checkpoint if it has one. Writes logs/point-NNNN.status (key=value: exit code, job ids,
-# host, ranks, oversubscription, seconds) atomically before and after the run; returns moesim's
-# exit code.
+# moesim_run_point SWEEP_DIR POINT [ATTEMPT] : one sweep point, run from SWEEP_DIR (the parameter
+# files name their results relative to it), resuming from the point's checkpoint if it has one.
+# Writes logs/attempt-ATTEMPT/point-NNNN.status (key=value: exit code, stop signal, job ids, host,
+# ranks, oversubscription, seconds) atomically before and after the run; earlier attempts' files
+# are never touched. Returns moesim's exit code.
 moesim_run_point() {
-  local dir=$1 point=$2 ranks params result status t0 rc
+  local dir=$1 point=$2 attempt=${3:-1} ranks params result status t0 rc
   cd "$dir" || moesim_die "sweep directory '$dir' not found"
   [[ -r manifest.tsv ]] || moesim_die "$dir/manifest.tsv not found (tools/sweep.py expand writes it)"
   ranks=$(moesim_manifest_field manifest.tsv "$point" ranks) \
@@ -117,12 +143,13 @@ moesim_run_point() {
   if [[ -n ${SLURM_NTASKS:-} && $SLURM_NTASKS -ne $ranks ]]; then
     moesim_die "point $point needs $ranks rank(s) but this job has $SLURM_NTASKS task(s): submit each rank count as its own array (submit_sweep.sh does)"
   fi
-  status=$(printf 'logs/point-%04d.status' "$point")
-  mkdir -p logs "$(dirname "$result")"
+  [[ $attempt =~ ^[0-9]+$ ]] || moesim_die "attempt '$attempt' is not a number"
+  status=$(printf 'logs/attempt-%d/point-%04d.status' "$attempt" "$point")
+  mkdir -p "logs/attempt-$attempt" "$(dirname "$result")"
   local launcher; launcher=$(moesim_launcher)
   local info
   info=$(printf '%s\n' "point=$point" "ranks=$ranks" "params=$params" "result=$result" \
-    "slurm_job_id=${SLURM_JOB_ID:-}" \
+    "attempt=$attempt" "slurm_job_id=${SLURM_JOB_ID:-}" \
     "slurm_array_job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}" \
     "host=$(hostname)" "nodes=${SLURM_JOB_NUM_NODES:-1}" "nproc=$(nproc)" \
     "oversubscribed=$(moesim_oversubscribed "$ranks")" "launcher=$launcher" \
@@ -133,8 +160,10 @@ moesim_run_point() {
   rc=0
   # --resume: a point stopped by a signal (preemption, time limit) left a checkpoint next to its
   # result; running it again continues from there. Without a checkpoint it starts afresh.
-  moesim_launch "$ranks" run "$params" --resume || rc=$?
-  printf '%s\nstate=finished\nexit_code=%d\nseconds=%s\n' "$info" "$rc" \
+  # Preemptible: a scancel (SIGTERM) or USR1 makes the ranks checkpoint and exit 75, and the
+  # status file records it (the point then resumes when resubmitted).
+  MOESIM_PREEMPTIBLE=1 moesim_launch "$ranks" run "$params" --resume || rc=$?
+  printf '%s\nstate=finished\nexit_code=%d\nstop_signal=%s\nseconds=%s\n' "$info" "$rc" "${MOESIM_STOP_SIGNAL:-}" \
     "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')" > "$status.tmp" \
     && mv "$status.tmp" "$status"
   moesim_say "point $point: exit code $rc"

@@ -13,7 +13,7 @@ moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 3
 moesim_add_test(NAME test_alloc SOURCES mpi/test_alloc.cpp RANKS 1 2 TIMEOUT 60)
 
 # Regression tier (tests/regression/*.py, Debian's python3 with h5py + numpy): end-to-end runs of
-# the moesim program on 1-2 ranks, checked against shared/spec/outputs.md and routing.md.
+# the moesim program on 1-2 ranks, checked against docs/outputs.md and routing.md.
 foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke signal_resume)
   add_test(NAME regression_${moesim_regression_script}
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/${moesim_regression_script}.py
@@ -31,7 +31,8 @@ moesim_add_test(NAME test_resume SOURCES unit/test_resume.cpp)
 # (scripts/slurm/local_slurm.sh; root, Debian's slurm-wlm + munge). Fails, never skips, without it.
 add_test(NAME slurm_sweep
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_sweep.sh --moesim $<TARGET_FILE:moesim>)
-set_tests_properties(slurm_sweep PROPERTIES TIMEOUT 180 LABELS slurm PROCESSORS 2 RUN_SERIAL TRUE)
+# ~2 min on an idle 2-core machine; 5.5 min measured with load average ~12 (7 engineers sharing it).
+set_tests_properties(slurm_sweep PROPERTIES TIMEOUT 600 LABELS slurm PROCESSORS 2 RUN_SERIAL TRUE)
 
 # Routing toolkit end to end: every rule and drop policy through `moesim run` (routing_rules.py).
 add_test(NAME regression_routing_rules
@@ -49,3 +50,13 @@ add_test(NAME lifecycle
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(lifecycle PROPERTIES TIMEOUT 900 PROCESSORS 2 LABELS lifecycle
                      ENVIRONMENT "${MOESIM_TEST_ENV}")
+# Lifecycle tier, job-script side (tests/lifecycle/*.py): signals through the launcher path of
+# jobscripts/lib.sh (mpirun), sweeps (validation, dry run, resubmit, seeds, figures).
+foreach(moesim_lifecycle_script IN ITEMS launcher_signals sweep_local)
+  add_test(NAME lifecycle_${moesim_lifecycle_script}
+           COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/lifecycle/${moesim_lifecycle_script}.py
+                   --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                   --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+  set_tests_properties(lifecycle_${moesim_lifecycle_script} PROPERTIES TIMEOUT 400 PROCESSORS 2
+                       LABELS lifecycle ENVIRONMENT "${MOESIM_TEST_ENV}")
+endforeach()

@@ -11,9 +11,19 @@ SWEEP_DIR is what `tools/sweep.py expand` made (manifest.tsv, sweep.json) after 
                   exited 0: the point's values, then the metrics below
     failed.csv    every other point and why (no result file, complete == 0, moesim's exit code,
                   the last error line of its log); these are never averaged into results.csv
-    results.md    the same two tables in Markdown
+    summary.csv   with seeds = ... / repeats = N in the spec: one row per point over its seeds
+                  (or repeats): n (complete runs), n_failed, failed (which seeds and why), and for
+                  every metric its mean, std (sample, n-1), min, max over the complete runs
+    results.md    the same tables in Markdown
     plots/        metric_vs_<key>.png: each metric against each swept key, one line per value of
-                  the other swept keys; hollow markers = oversubscribed points (more ranks than CPUs)
+                  the other swept keys; hollow markers = oversubscribed points (more ranks than
+                  CPUs); with seeds: mean and error bars (min..max over seeds); failed points are an
+                  x on the x axis ("failed: N" in the legend), never silently left out; provenance
+                  (commit, date, sweep, command) in the footer and in the PNG metadata
+                  (tools/plotting.py)
+
+Each point's status and log come from its latest attempt (logs/attempt-N/point-NNNN.*; earlier
+attempts are kept); `attempts` and `slurm_job_ids` (all attempts, oldest first) are in the tables.
 
 Metrics: final_loss (last training step), final_eval_loss / final_eval_accuracy (last evaluation),
 dropped_fraction_mean, tokens_per_second, step_time_median_s (from /summary), alltoall_bytes_per_step
@@ -41,6 +51,10 @@ import sys
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plotting  # noqa: E402
+from sweep import point_attempts  # noqa: E402
 
 PHASES = ["gate", "dispatch", "expert", "combine", "backward", "sync"]
 METRICS = ["final_loss", "final_eval_loss", "final_eval_accuracy", "dropped_fraction_mean",
@@ -80,17 +94,12 @@ def read_manifest(sweep):
     return rows, spec_keys, meta
 
 
-def read_status(sweep, point):
-    status = {}
-    try:
-        with open(os.path.join(sweep, "logs", f"point-{int(point):04d}.status"), encoding="utf-8") as f:
-            for line in f:
-                if "=" in line:
-                    k, v = line.rstrip("\n").split("=", 1)
-                    status[k] = v
-    except OSError:
-        pass
-    return status
+def read_history(sweep, point):
+    """(latest attempt's status dict, its log path, every attempt's job id oldest first)."""
+    history = point_attempts(sweep, point)
+    if not history:
+        return {}, None, []
+    return history[-1][1], history[-1][2], [h[1].get("slurm_job_id", "") or "-" for h in history]
 
 
 def last_error_line(sweep, log):
@@ -149,6 +158,8 @@ def read_result(path, row, spec_keys):
         except configparser.Error as e:
             return None, f"stored config unreadable ({e})"
         for key in spec_keys:
+            if "." not in key:
+                continue  # `repeat`: not a parameter
             section, name = key.split(".", 1)
             stored = cp.get(section, name, fallback=None)
             if stored is None or not same_value(stored, row[key]):
@@ -180,7 +191,7 @@ def read_result(path, row, spec_keys):
     return metrics, None
 
 
-def describe_failure(reason, status, sweep, row):
+def describe_failure(reason, status, sweep, log):
     parts = [reason]
     if not status:
         if reason == "no result file":
@@ -190,7 +201,7 @@ def describe_failure(reason, status, sweep, row):
     elif status.get("exit_code", "0") != "0":
         code = int(status["exit_code"])
         parts.append(EXIT_MEANING.get(code, f"moesim exit code {code}"))
-    message = last_error_line(sweep, row["log"]) if status else ""
+    message = last_error_line(sweep, log) if status and log else ""
     return "; ".join(parts), message
 
 
@@ -212,7 +223,39 @@ def write_csv(path, header, rows):
             w.writerow([repr(r[h]) if isinstance(r[h], float) else r[h] for h in header])
 
 
-def write_markdown(path, name, ok_header, ok_rows, failed_header, failed_rows):
+def summarize(rows, spec_keys, replicate, ok_rows, failed_rows):
+    """One row per point over its replicates (seeds or repeats): n, n_failed, which failed, and for
+    every metric mean, std (sample, n-1; nan for n < 2), min, max over the complete runs."""
+    group_keys = ["ranks", *[k for k in spec_keys if k != replicate]]
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in group_keys), {"ok": [], "failed": []})
+    for r in ok_rows:
+        groups[tuple(r[k] for k in group_keys)]["ok"].append(r)
+    for r in failed_rows:
+        groups[tuple(r[k] for k in group_keys)]["failed"].append(r)
+    header = group_keys + ["n", "n_failed", "failed", "points"]
+    for m in METRICS:
+        header += [f"{m}_mean", f"{m}_std", f"{m}_min", f"{m}_max"]
+    out = []
+    for key, g in groups.items():
+        row = dict(zip(group_keys, key))
+        row["n"], row["n_failed"] = len(g["ok"]), len(g["failed"])
+        row["failed"] = "; ".join(f"{r[replicate]} (point {r['point']}: {r['reason'].split(';')[0]})"
+                                  for r in g["failed"])
+        row["points"] = " ".join(sorted([r["point"] for r in g["ok"] + g["failed"]], key=int))
+        for m in METRICS:
+            v = np.array([r[m] for r in g["ok"]], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            row[f"{m}_mean"] = float(v.mean()) if v.size else float("nan")
+            row[f"{m}_std"] = float(v.std(ddof=1)) if v.size >= 2 else float("nan")
+            row[f"{m}_min"] = float(v.min()) if v.size else float("nan")
+            row[f"{m}_max"] = float(v.max()) if v.size else float("nan")
+        out.append(row)
+    return header, out
+
+
+def write_markdown(path, name, ok_header, ok_rows, failed_header, failed_rows, summary_rows=(), replicate=None):
     shown = [h for h in ok_header if h not in ("result", "git_commit", "host", "slurm_array_task",
                                               "final_eval_loss", "steps") and not h.startswith("time_")]
     lines = [f"# Sweep `{name}`", "",
@@ -220,6 +263,16 @@ def write_markdown(path, name, ok_header, ok_rows, failed_header, failed_rows):
     if ok_rows:
         lines += ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
         lines += ["| " + " | ".join(fmt(r[h]) for h in shown) + " |" for r in ok_rows]
+    if summary_rows:
+        keys = [k for k in summary_rows[0] if k in ok_header and k != replicate]
+        ms = ["final_eval_accuracy", "final_loss", "dropped_fraction_mean", "tokens_per_second"]
+        lines += ["", f"## Over `{replicate}`: mean ± std [min, max]", "",
+                  "| " + " | ".join(keys + ["n", "failed"] + ms) + " |", "|" + "---|" * (len(keys) + 2 + len(ms))]
+        for r in summary_rows:
+            lines.append("| " + " | ".join([str(r[k]) for k in keys] + [f"{r['n']}/{r['n'] + r['n_failed']}",
+                                            r["failed"].replace("|", "\\|") or "-"]
+                                           + [f"{fmt(r[m + '_mean'])} ± {fmt(r[m + '_std'])} "
+                                              f"[{fmt(r[m + '_min'])}, {fmt(r[m + '_max'])}]" for m in ms]) + " |")
     if failed_rows:
         lines += ["", "## Failed or incomplete points", "",
                   "| " + " | ".join(failed_header) + " |", "|" + "---|" * len(failed_header)]
@@ -241,37 +294,48 @@ def sort_key(values):
     return tuple((0, float(v), "") if numeric([v]) else (1, 0.0, v) for v in values)
 
 
-def plot_all(sweep, name, dims, ok_rows):
+def plot_all(sweep, name, dims, ok_rows, failed_rows, replicate, prov):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     os.makedirs(os.path.join(sweep, "plots"), exist_ok=True)
     written = []
     for dim in dims:
         others = [d for d in dims if d != dim]
-        xs_all = sorted({r[dim] for r in ok_rows}, key=lambda v: sort_key((v,)))
+        xs_all = sorted({r[dim] for r in ok_rows + failed_rows}, key=lambda v: sort_key((v,)))
         if len(xs_all) < 2:
             continue
         xnum = numeric(xs_all)
-        groups = {}
-        for r in ok_rows:
-            groups.setdefault(tuple(r[o] for o in others), []).append(r)
-        fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+        xpos = {v: (float(v) if xnum else i) for i, v in enumerate(xs_all)}
+        gkeys = sorted({tuple(r[o] for o in others) for r in ok_rows + failed_rows}, key=sort_key)
+        fig, axes = plt.subplots(2, 3, figsize=(12, 6.8))
         any_over = False
         for (metric, label), ax in zip(PLOTTED, axes.flat):
-            for gi, (gkey, rows) in enumerate(sorted(groups.items(), key=lambda kv: sort_key(kv[0]))):
-                rows = sorted(rows, key=lambda r: xs_all.index(r[dim]))
-                x = [float(r[dim]) if xnum else xs_all.index(r[dim]) for r in rows]
-                y = [r[metric] for r in rows]
-                over = [r.get("oversubscribed") == "1" for r in rows]
-                any_over |= any(over)
+            for gi, gkey in enumerate(gkeys):
                 color = f"C{gi % 10}"
                 glabel = ", ".join(f"{o.split('.')[-1]}={v}" for o, v in zip(others, gkey)) or None
-                ax.plot(x, y, "-", color=color, label=glabel)
+                mine = [r for r in ok_rows if tuple(r[o] for o in others) == gkey]
+                by_x = {}
+                for r in mine:
+                    by_x.setdefault(r[dim], []).append(r)
+                xs = sorted(by_x, key=lambda v: xs_all.index(v))
+                x = [xpos[v] for v in xs]
+                vals = [np.array([r[metric] for r in by_x[v]], dtype=np.float64) for v in xs]
+                y = [float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for v in vals]
+                over = [any(r.get("oversubscribed") == "1" for r in by_x[v]) for v in xs]
+                any_over |= any(over)
+                if replicate:
+                    err = [float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() >= 2 else 0.0 for v in vals]
+                    ax.errorbar(x, y, yerr=err, fmt="-", color=color, capsize=3, label=glabel)
+                else:
+                    ax.plot(x, y, "-", color=color, label=glabel)
                 ax.scatter([a for a, o in zip(x, over) if not o], [b for b, o in zip(y, over) if not o],
                            color=color, zorder=3, s=25)
                 ax.scatter([a for a, o in zip(x, over) if o], [b for b, o in zip(y, over) if o],
                            facecolors="white", edgecolors=color, zorder=3, s=30)
+                failed_x = [xpos[r[dim]] for r in failed_rows if tuple(r[o] for o in others) == gkey]
+                plotting.mark_failed(ax, failed_x, color=color)
             ax.set_title(label, fontsize=10)
             ax.set_xlabel(dim, fontsize=9)
             if xnum:
@@ -282,16 +346,30 @@ def plot_all(sweep, name, dims, ok_rows):
             else:
                 ax.set_xticks(range(len(xs_all)))
                 ax.set_xticklabels(xs_all)
+            plotting.plain_ticks(ax)
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.3)
         handles, labels = axes.flat[0].get_legend_handles_labels()
+        handles, labels = list(handles), list(labels)
+        if failed_rows:
+            handles.append(Line2D([], [], marker="x", color="0.2", linestyle="none"))
+            labels.append(f"failed: {len(failed_rows)} (x on the axis; see failed.csv)")
         if labels:
-            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
-        note = "  (hollow markers: oversubscribed, more ranks than CPUs: times not meaningful)" if any_over else ""
-        fig.suptitle(f"sweep '{name}': metrics vs {dim}{note}", fontsize=11)
-        fig.tight_layout(rect=(0, 0.06 if labels else 0, 1, 0.95))
+            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8,
+                       bbox_to_anchor=(0.5, 0.025))
+        notes = []
+        if replicate:
+            notes.append(f"mean over {replicate}, error bars ±1 std (summary.csv)")
+        if any_over:
+            notes.append("hollow markers: oversubscribed, more ranks than CPUs: times not meaningful")
+        title = f"sweep '{name}': metrics vs {dim}"
+        fig.suptitle(title + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=11)
+        fig.tight_layout(rect=(0, 0.09 if labels else 0.03, 1, 0.94 if notes else 0.96))
         out = os.path.join(sweep, "plots", f"metrics_vs_{dim.replace('.', '_')}.png")
-        fig.savefig(out, dpi=80)
+        # Machine-readable: which points are drawn as failed (x on the axis), and what is averaged.
+        extra = {"MoESim-Failed-Points": " ".join(r["point"] for r in failed_rows),
+                 "MoESim-Replicate": replicate or ""}
+        plotting.save(fig, out, prov, title=title, dpi=80, extra=extra, reserve_footer=False)
         plt.close(fig)
         written.append(out)
     return written
@@ -315,19 +393,23 @@ def main():
     dims = (["ranks"] if len({r["ranks"] for r in rows}) > 1 else []) + \
         [k for k in meta.get("swept", {}) if k in spec_keys]
 
+    replicate = (meta.get("replicate") or {}).get("key")
+    if replicate not in spec_keys:
+        replicate = None
     ok_rows, failed_rows = [], []
     for row in rows:
-        status = read_status(sweep, row["point"])
+        status, log, job_ids = read_history(sweep, row["point"])
         metrics, reason = read_result(os.path.join(sweep, row["result"]), row, spec_keys)
         if metrics is not None and status.get("exit_code", "0") != "0":
             metrics, reason = None, "result file complete but the run did not exit cleanly"
-        base = {"point": row["point"], "ranks": row["ranks"], **{k: row[k] for k in spec_keys}}
+        base = {"point": row["point"], "ranks": row["ranks"], **{k: row[k] for k in spec_keys},
+                "attempts": len(job_ids), "slurm_job_ids": ";".join(job_ids)}
         if metrics is None:
-            why, message = describe_failure(reason, status, sweep, row)
+            why, message = describe_failure(reason, status, sweep, log)
             failed_rows.append({**base, "reason": why, "message": message,
                                 "slurm_job_id": status.get("slurm_job_id", ""),
                                 "slurm_array_task": status.get("slurm_array_job", ""),
-                                "log": row["log"], "params": row["params"]})
+                                "log": log or "", "params": row["params"]})
             continue
         ok_rows.append({**base, "oversubscribed": status.get("oversubscribed", ""),
                         "cpus": status.get("nproc", ""), **metrics,
@@ -335,13 +417,23 @@ def main():
                         "host": status.get("host", ""), "result": row["result"]})
 
     ok_header = (["point", "ranks", *spec_keys, "oversubscribed", "cpus", "steps", *METRICS,
-                  "slurm_job_id", "slurm_array_task", "host", "git_commit", "result"])
+                  "slurm_job_id", "slurm_array_task", "host", "git_commit", "attempts", "slurm_job_ids", "result"])
     failed_header = ["point", "ranks", *spec_keys, "reason", "message", "slurm_job_id",
-                     "slurm_array_task", "log", "params"]
+                     "slurm_array_task", "attempts", "slurm_job_ids", "log", "params"]
     write_csv(os.path.join(sweep, "results.csv"), ok_header, ok_rows)
     write_csv(os.path.join(sweep, "failed.csv"), failed_header, failed_rows)
-    write_markdown(os.path.join(sweep, "results.md"), name, ok_header, ok_rows, failed_header, failed_rows)
-    plots = [] if args.no_plots or not ok_rows else plot_all(sweep, name, dims, ok_rows)
+    summary_header, summary_rows = [], []
+    if replicate:
+        summary_header, summary_rows = summarize(rows, spec_keys, replicate, ok_rows, failed_rows)
+        write_csv(os.path.join(sweep, "summary.csv"), summary_header, summary_rows)
+    write_markdown(os.path.join(sweep, "results.md"), name, ok_header, ok_rows, failed_header, failed_rows,
+                   summary_rows, replicate)
+    if args.no_plots or not rows:
+        plots = []
+    else:
+        prov = plotting.provenance(sweep=name, command=f"tools/aggregate.py {sweep}",
+                                   data_commits=[r["git_commit"] for r in ok_rows])
+        plots = plot_all(sweep, name, dims, ok_rows, failed_rows, replicate, prov)
 
     print(f"aggregate: sweep '{name}' in {sweep}: {len(rows)} point(s), {len(ok_rows)} complete, "
           f"{len(failed_rows)} failed or incomplete")
@@ -355,11 +447,23 @@ def main():
         for r in ok_rows:
             flag = "  (oversubscribed)" if r["oversubscribed"] == "1" else ""
             print("  " + "  ".join(fmt(r[c]).rjust(widths[c]) for c in cols) + flag)
+    if summary_rows and not args.quiet:
+        print(f"over {replicate} (mean ± std [min, max], n complete of all):")
+        keys = [k for k in ["ranks", *spec_keys] if k != replicate and (k in dims or k == "ranks")]
+        for r in summary_rows:
+            cells = []
+            for m in ["final_eval_accuracy", "final_loss", "tokens_per_second"]:
+                cells.append(f"{m.replace('final_', '')} {fmt(r[m + '_mean'])} ± {fmt(r[m + '_std'])} "
+                             f"[{fmt(r[m + '_min'])}, {fmt(r[m + '_max'])}]")
+            print("  " + ", ".join(f"{k.split('.')[-1]}={r[k]}" for k in keys)
+                  + f": n={r['n']}/{r['n'] + r['n_failed']}  " + "; ".join(cells)
+                  + (f"  FAILED {replicate}: {r['failed']}" if r["failed"] else ""))
     for r in failed_rows:
         values = ", ".join(f"{k}={r[k]}" for k in ["ranks", *spec_keys])
         print(f"FAILED point {r['point']} ({values}): {r['reason']}"
               + (f"\n    log {r['log']}: {r['message']}" if r["message"] else f"\n    log {r['log']}"))
     print(f"tables: {os.path.join(sweep, 'results.csv')}, {os.path.join(sweep, 'failed.csv')}"
+          + (f", {os.path.join(sweep, 'summary.csv')}" if summary_rows else "")
           + (f"; plots: {', '.join(os.path.relpath(p, sweep) for p in plots)}" if plots else ""))
     if failed_rows and not args.allow_failed:
         print(f"aggregate: {len(failed_rows)} point(s) failed or incomplete (see failed.csv); "

@@ -1,8 +1,15 @@
 #!/usr/bin/python3
 """Expands a MoESim sweep spec into one parameter file per point plus a manifest.
 
-    sweep.py expand SPEC --out DIR [--moesim BUILD/moesim] [--force]
-    sweep.py pending DIR          point ids whose result file is missing or not complete (one a line)
+    sweep.py expand SPEC --out DIR [--moesim BUILD/moesim] [--no-validate] [--dry-run] [--force]
+    sweep.py validate DIR --moesim BUILD/moesim [--points 0,3,5]
+    sweep.py pending DIR [--retry-invalid]
+                                  point ids whose result file is missing or not complete (one a
+                                  line); points whose last attempt failed with exit code 2 (bad
+                                  parameters or input) are left out with a note on stderr unless
+                                  --retry-invalid
+    sweep.py plan DIR [--points 0,3,5]   one line per rank count: "<ranks> <array index list>"
+    sweep.py next-attempt DIR     the number of the next attempt (1 + the highest logs/attempt-N)
 
 A sweep spec is an INI file with one [sweep] section:
 
@@ -13,23 +20,32 @@ A sweep spec is an INI file with one [sweep] section:
     routing.capacity_factor = 0.5, 1.0, 1.25, 2.0   # a list: swept (cartesian product)
     training.steps = 20                  # one value: a fixed override of every point
     routing.num_experts = 4*P            # an expression in P (= ranks): derived per point
+    seeds = 1,2,3                        # optional: every point once per training.seed
+    repeats = 3                          # optional (instead of seeds): every point 3 times, same
+                                         # seed (timing spread); aggregate.py reports mean and
+                                         # spread over the seeds / repeats of each point
 
-Every `section.key` is a MoESim parameter name (shared/spec/outputs.md); with --moesim, names are
-checked against `moesim run --help` before anything is written. Values are not checked here:
-`moesim run` rejects a bad value with exit code 2 before any work, and aggregation reports that
-point as failed.
+Every `section.key` is a MoESim parameter name (docs/outputs.md); with --moesim, names are
+checked against `moesim run --help` before anything is written. With --moesim, expand also
+validates EVERY point (`moesim validate point-NNNN.ini --ranks=R`, docs/outputs.md) before it
+writes anything into DIR: one bad point refuses the whole sweep (exit 2, every bad point listed
+with moesim's messages). --no-validate skips that (a moesim without `validate`); --dry-run
+expands and validates in a temporary directory, prints the plan and writes nothing.
 
 DIR receives:
     point-NNNN.ini        the base file with the point's keys replaced or added in their sections,
                           and output.file = results/point-NNNN.h5 (relative: runs start in DIR)
     manifest.tsv          point, ranks, params, result, log, then one column per spec key
-    sweep.json            name, spec, base, swept / derived / fixed keys (used by aggregate.py)
-    results/ logs/        empty, for the runs
+                          (and `repeat` with repeats = N)
+    sweep.json            name, spec, base, swept / derived / fixed keys, replicate (the seed or
+                          repeat key aggregate.py averages over) (used by aggregate.py)
+    results/ logs/        empty, for the runs; logs/attempt-N/ per submission (never overwritten)
 Paths in the manifest are relative to DIR, so a sweep directory can be moved or copied to a cluster.
 Uses only the Python standard library (pending needs h5py).
 """
 import argparse
 import ast
+import concurrent.futures
 import configparser
 import glob
 import itertools
@@ -39,6 +55,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 MANIFEST_FIXED = ["point", "ranks", "params", "result", "log"]
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
@@ -108,11 +125,26 @@ def read_spec(path):
         if not r.isdigit() or int(r) < 1:
             raise SpecError(f"{path}: ranks = {','.join(ranks)}: each value must be an integer >= 1")
     ranks = [int(r) for r in ranks]
+    replicate = None
+    if "seeds" in sec and "repeats" in sec:
+        raise SpecError(f"{path}: give either seeds = ... or repeats = N, not both")
+    if "seeds" in sec:
+        seeds = split_list(sec.pop("seeds"))
+        if any(not v.isdigit() for v in seeds) or len(set(seeds)) != len(seeds):
+            raise SpecError(f"{path}: seeds = {','.join(seeds)}: distinct integers >= 0 expected")
+        if "training.seed" in sec:
+            raise SpecError(f"{path}: seeds = ... sets training.seed per point; remove training.seed")
+        replicate = {"key": "training.seed", "values": seeds}
+    if "repeats" in sec:
+        n = sec.pop("repeats").strip()
+        if not n.isdigit() or int(n) < 1:
+            raise SpecError(f"{path}: repeats = {n}: an integer >= 1 expected")
+        replicate = {"key": "repeat", "values": [str(i) for i in range(int(n))]}
     swept, derived, fixed = {}, {}, {}
     for key, text in sec.items():
         if not KEY_RE.match(key):
             raise SpecError(f"{path}: '{key}' is not a 'section.key' parameter name "
-                            "(allowed in [sweep]: name, base, ranks, section.key)")
+                            "(allowed in [sweep]: name, base, ranks, seeds, repeats, section.key)")
         if key == "output.file":
             raise SpecError(f"{path}: output.file is set per point by the sweep; remove it from the spec")
         values = split_list(text)
@@ -126,7 +158,7 @@ def read_spec(path):
         else:
             fixed[key] = values[0]
     return {"name": name, "spec": os.path.abspath(path), "base": base, "ranks": ranks,
-            "swept": swept, "derived": derived, "fixed": fixed}
+            "swept": swept, "derived": derived, "fixed": fixed, "replicate": replicate}
 
 
 def known_keys(moesim):
@@ -174,6 +206,14 @@ def apply_overrides(base_text, overrides, header):
     return "\n".join(header + lines) + "\n"
 
 
+def manifest_keys(spec):
+    """Spec keys that get a manifest column (the replicate key last)."""
+    keys = [*spec["swept"], *spec["derived"], *spec["fixed"]]
+    if spec.get("replicate"):
+        keys.append(spec["replicate"]["key"])
+    return keys
+
+
 def expand(args):
     spec = read_spec(args.spec)
     if args.moesim:
@@ -183,29 +223,74 @@ def expand(args):
             raise SpecError(f"{args.spec}: unknown parameter(s) {', '.join(unknown)}; "
                             f"`{args.moesim} run --help` lists every key")
     out = os.path.abspath(args.out)
-    if os.path.exists(os.path.join(out, "manifest.tsv")):
-        if not args.force:
-            raise SpecError(f"{out} already holds a sweep (manifest.tsv); use another --out, or --force "
-                            "to delete its parameter files, results (and checkpoints), logs and tables first")
-        for pattern in ["point-*.ini", "results/point-*", "logs/*", "manifest.tsv", "sweep.json",
-                        "results.csv", "failed.csv", "results.md", "jobs.tsv"]:
-            for f in glob.glob(os.path.join(out, pattern)):
-                os.remove(f)
-        shutil.rmtree(os.path.join(out, "plots"), ignore_errors=True)
-    os.makedirs(os.path.join(out, "results"), exist_ok=True)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    if not args.dry_run and os.path.exists(os.path.join(out, "manifest.tsv")) and not args.force:
+        raise SpecError(f"{out} already holds a sweep (manifest.tsv); use another --out, or --force "
+                        "to delete its parameter files, results (and checkpoints), logs and tables first")
     with open(spec["base"], encoding="utf-8") as f:
         base_text = f.read()
 
-    spec_keys = [*spec["swept"], *spec["derived"], *spec["fixed"]]
+    # Everything is written into a staging directory next to DIR (same depth: relative paths in the
+    # base file resolve alike), validated there, and moved into DIR only when every point is valid.
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.staging-", dir=parent)
+    try:
+        rows, spec_keys = write_points(spec, base_text, stage)
+        if args.moesim and not args.no_validate:
+            bad = validate_points(stage, rows, spec_keys, args.moesim)
+            if bad:
+                raise SpecError(f"{len(bad)} of {len(rows)} point(s) of sweep '{spec['name']}' are invalid; "
+                                "nothing was written or submitted:\n" + "\n".join(bad))
+            print(f"sweep '{spec['name']}': all {len(rows)} point(s) valid (moesim validate)", file=sys.stderr)
+        elif not args.no_validate:
+            print("sweep.py: note: no --moesim: point values were not validated", file=sys.stderr)
+        dims = (["ranks"] if len(spec["ranks"]) > 1 else []) + list(spec["swept"])
+        if args.dry_run:
+            print(f"dry run: sweep '{spec['name']}': {len(rows)} point(s)"
+                  + (f" (swept: {', '.join(dims)})" if dims else "")
+                  + (f", {len(spec['replicate']['values'])} x {spec['replicate']['key']}" if spec["replicate"] else ""))
+            print_plan(rows, None, prefix="would submit: ")
+            for row in rows:
+                print(f"  point {row[0]}: ranks={row[1]} " + " ".join(f"{k}={v}" for k, v in zip(spec_keys, row[5:])))
+            print(f"dry run: nothing written to {out}, nothing submitted")
+            return 0
+        if os.path.exists(os.path.join(out, "manifest.tsv")):  # --force
+            for pattern in ["point-*.ini", "results/point-*", "logs/*.out", "logs/*.status", "manifest.tsv",
+                            "sweep.json", "results.csv", "failed.csv", "summary.csv", "results.md", "jobs.tsv"]:
+                for f in glob.glob(os.path.join(out, pattern)):
+                    os.remove(f)
+            for d in ["plots", "logs"]:
+                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+        for d in ["", "results", "logs"]:
+            os.makedirs(os.path.join(out, d), exist_ok=True)
+        for name in os.listdir(stage):
+            if os.path.isfile(os.path.join(stage, name)):
+                os.replace(os.path.join(stage, name), os.path.join(out, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"sweep '{spec['name']}': {len(rows)} point(s) in {out}"
+          + (f" (swept: {', '.join(dims)})" if dims else "")
+          + (f", each {len(spec['replicate']['values'])} x {spec['replicate']['key']}" if spec["replicate"] else ""))
+    return 0
+
+
+def write_points(spec, base_text, out):
+    """Writes point-NNNN.ini, manifest.tsv, sweep.json (and empty results/ logs/) into out."""
+    for d in ["results", "logs"]:
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    spec_keys = manifest_keys(spec)
+    rep = spec.get("replicate")
     rows = []
-    grid = list(itertools.product(spec["ranks"], *spec["swept"].values()))
+    grid = list(itertools.product(spec["ranks"], *spec["swept"].values(), *([rep["values"]] if rep else [])))
     for point, combo in enumerate(grid):
-        ranks, values = combo[0], dict(zip(spec["swept"], combo[1:]))
+        ranks = combo[0]
+        values = dict(zip(spec["swept"], combo[1:1 + len(spec["swept"])]))
+        if rep:
+            values[rep["key"]] = combo[-1]
         values.update({k: eval_expression(e, ranks) for k, e in spec["derived"].items()})
         values.update(spec["fixed"])
-        params, result, log = f"point-{point:04d}.ini", f"results/point-{point:04d}.h5", f"logs/point-{point:04d}.out"
-        overrides = {k: values[k] for k in spec_keys}
+        params, result, log = f"point-{point:04d}.ini", f"results/point-{point:04d}.h5", f"logs/attempt-*/point-{point:04d}.out"
+        overrides = {k: values[k] for k in spec_keys if "." in k}  # `repeat` is not a parameter
         overrides["output.file"] = result
         header = [f"# Generated by tools/sweep.py: sweep '{spec['name']}' point {point} of {len(grid)}, "
                   f"{ranks} rank(s)",
@@ -220,15 +305,67 @@ def expand(args):
         f.write("\t".join(MANIFEST_FIXED + spec_keys) + "\n")
         for row in rows:
             f.write("\t".join(row) + "\n")
-    meta = {k: spec[k] for k in ["name", "spec", "base", "ranks", "swept", "derived", "fixed"]}
+    meta = {k: spec[k] for k in ["name", "spec", "base", "ranks", "swept", "derived", "fixed", "replicate"]}
     meta["points"] = len(rows)
     with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
-    dims = (["ranks"] if len(spec["ranks"]) > 1 else []) + list(spec["swept"])
-    print(f"sweep '{spec['name']}': {len(rows)} point(s) in {out}"
-          + (f" (swept: {', '.join(dims)})" if dims else ""))
-    return 0
+    return rows, spec_keys
+
+
+def validate_one(sweep_dir, params, ranks, moesim):
+    try:
+        r = subprocess.run([moesim, "validate", params, f"--ranks={ranks}"], cwd=sweep_dir,
+                           capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return -1, f"could not run `{moesim} validate`: {e}"
+    return r.returncode, (r.stderr + r.stdout)
+
+
+def validate_points(sweep_dir, rows, spec_keys, moesim, points=None):
+    """`moesim validate` for every point (in parallel); a list of problem descriptions (empty: all valid).
+    rows: manifest rows as lists (point, ranks, params, result, log, values...)."""
+    todo = [r for r in rows if points is None or r[0] in points]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda r: validate_one(sweep_dir, r[2], r[1], moesim), todo))
+    bad = []
+    for row, (rc, text) in zip(todo, results):
+        if rc == 0:
+            continue
+        if "unknown command 'validate'" in text:
+            raise SpecError(f"{moesim} has no `validate` command (built before it existed?): rebuild it, or "
+                            "pass --no-validate to submit without validating the points")
+        values = ", ".join(f"{k}={v}" for k, v in zip(["ranks", *spec_keys], row[1:2] + row[5:]))
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        shown = [ln for ln in lines if "error" in ln.lower()] or lines[-5:]
+        what = "bad parameters (exit code 2)" if rc == 2 else f"moesim validate exit code {rc}"
+        bad.append(f"  point {row[0]} ({values}), {row[2]}: {what}\n"
+                   + "\n".join(f"      {ln}" for ln in shown))
+    return bad
+
+
+def print_plan(rows, points, prefix=""):
+    """One job array per rank count: '<prefix>array ranks=R points=<ids, ranges>'."""
+    for ranks, ids in plan_groups(rows, points):
+        print(f"{prefix}array ranks={ranks} points={ids}")
+    print(f"{prefix}aggregate (after the arrays)")
+
+
+def plan_groups(rows, points=None):
+    by = {}
+    for r in rows:
+        if points is None or r[0] in points:
+            by.setdefault(int(r[1]), []).append(int(r[0]))
+    out = []
+    for ranks in sorted(by):
+        ids, parts, start = sorted(by[ranks]), [], None
+        for i, p in enumerate(ids):
+            start = p if start is None else start
+            if i == len(ids) - 1 or ids[i + 1] != p + 1:
+                parts.append(str(start) if start == p else f"{start}-{p}")
+                start = None
+        out.append((ranks, ",".join(parts)))
+    return out
 
 
 def read_manifest(sweep_dir):
@@ -244,9 +381,44 @@ def read_manifest(sweep_dir):
     return header, [dict(zip(header, ln.split("\t"))) for ln in lines[1:]]
 
 
+def attempts(sweep_dir):
+    """Attempt numbers that have a logs/attempt-N directory, ascending."""
+    found = []
+    for d in glob.glob(os.path.join(sweep_dir, "logs", "attempt-*")):
+        tail = os.path.basename(d)[len("attempt-"):]
+        if tail.isdigit() and os.path.isdir(d):
+            found.append(int(tail))
+    return sorted(found)
+
+
+def point_attempts(sweep_dir, point):
+    """[(attempt, status dict, log path relative to sweep_dir)] of one point, oldest first. A sweep
+    from before attempt directories has its single attempt in logs/point-NNNN.{status,out} (attempt 0)."""
+    out = []
+    name = f"point-{int(point):04d}"
+    legacy = os.path.join(sweep_dir, "logs", name + ".status")
+    candidates = [(0, legacy, f"logs/{name}.out")] if os.path.exists(legacy) else []
+    candidates += [(a, os.path.join(sweep_dir, "logs", f"attempt-{a}", name + ".status"),
+                    f"logs/attempt-{a}/{name}.out") for a in attempts(sweep_dir)]
+    for a, status_path, log in candidates:
+        status = {}
+        try:
+            with open(status_path, encoding="utf-8") as f:
+                for line in f:
+                    if "=" in line:
+                        k, v = line.rstrip("\n").split("=", 1)
+                        status[k] = v
+        except OSError:
+            if not os.path.exists(os.path.join(sweep_dir, log)):
+                continue  # not part of this attempt
+        out.append((a, status, log))
+    return out
+
+
 def pending(args):
     import h5py  # only this subcommand needs it
     _, rows = read_manifest(args.dir)
+    skipped = []
     for row in rows:
         path = os.path.join(args.dir, row["result"])
         try:
@@ -254,8 +426,45 @@ def pending(args):
                 done = int(f.attrs.get("complete", 0)) == 1
         except OSError:
             done = False
-        if not done:
-            print(row["point"])
+        if done:
+            continue
+        history = point_attempts(args.dir, row["point"])
+        last = history[-1][1] if history else {}
+        if last.get("exit_code") == "2" and not args.retry_invalid:
+            skipped.append((row["point"], history[-1][2]))
+            continue
+        print(row["point"])
+    for point, log in skipped:
+        print(f"sweep.py: note: point {point} not resubmitted: its last attempt failed with exit code 2 "
+              f"(bad parameters or input; see {log}). Fix point-{int(point):04d}.ini, then resubmit with "
+              "--retry-invalid", file=sys.stderr)
+    return 0
+
+
+def validate_cmd(args):
+    header, rows = read_manifest(args.dir)
+    spec_keys = header[len(MANIFEST_FIXED):]
+    as_lists = [[r[h] for h in header] for r in rows]
+    points = set(args.points.split(",")) if args.points else None
+    bad = validate_points(os.path.abspath(args.dir), as_lists, spec_keys, args.moesim, points)
+    n = len(points) if points is not None else len(rows)
+    if bad:
+        raise SpecError(f"{len(bad)} of {n} point(s) are invalid; nothing was submitted:\n" + "\n".join(bad))
+    print(f"all {n} point(s) valid (moesim validate)", file=sys.stderr)
+    return 0
+
+
+def plan_cmd(args):
+    header, rows = read_manifest(args.dir)
+    points = set(args.points.split(",")) if args.points else None
+    for ranks, ids in plan_groups([[r[h] for h in header] for r in rows], points):
+        print(ranks, ids)
+    return 0
+
+
+def next_attempt(args):
+    done = attempts(args.dir)
+    print((done[-1] if done else 0) + 1)  # a sweep from before attempt directories: its run was attempt 0
     return 0
 
 
@@ -266,13 +475,31 @@ def main():
     e = sub.add_parser("expand", help="write the parameter files and the manifest")
     e.add_argument("spec", help="sweep spec (INI with a [sweep] section)")
     e.add_argument("--out", required=True, help="sweep directory to create")
-    e.add_argument("--moesim", help="moesim executable: check parameter names against `moesim run --help`")
+    e.add_argument("--moesim", help="moesim executable: check parameter names against `moesim run --help` "
+                   "and validate every point (`moesim validate`)")
+    e.add_argument("--no-validate", action="store_true", help="do not run `moesim validate` on the points")
+    e.add_argument("--dry-run", action="store_true", help="expand and validate, print the plan, write nothing")
     e.add_argument("--force", action="store_true", help="replace an existing sweep in --out")
+    v = sub.add_parser("validate", help="`moesim validate` every point (or --points) of a sweep directory")
+    v.add_argument("dir")
+    v.add_argument("--moesim", required=True)
+    v.add_argument("--points", help="comma-separated point ids (default: all)")
     p = sub.add_parser("pending", help="list points without a complete result file")
     p.add_argument("dir", help="sweep directory (holds manifest.tsv)")
+    p.add_argument("--retry-invalid", action="store_true",
+                   help="also list points whose last attempt failed with exit code 2")
+    q = sub.add_parser("plan", help="'<ranks> <array index list>' per rank count")
+    q.add_argument("dir")
+    q.add_argument("--points", help="comma-separated point ids (default: all)")
+    n = sub.add_parser("next-attempt", help="number of the next submission attempt")
+    n.add_argument("dir")
     args = ap.parse_args()
+    if getattr(args, "moesim", None):
+        args.moesim = os.path.abspath(args.moesim)
+    handlers = {"expand": expand, "validate": validate_cmd, "pending": pending, "plan": plan_cmd,
+                "next-attempt": next_attempt}
     try:
-        return expand(args) if args.cmd == "expand" else pending(args)
+        return handlers[args.cmd](args)
     except SpecError as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return 2

@@ -25,6 +25,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import plotting  # noqa: E402  (provenance footer + PNG metadata, plain tick labels)
+
+_PROV = {}
+
+
+def prov():
+    """Provenance of this script's figures (commit, date, study, command), computed once."""
+    if not _PROV:
+        _PROV.update(plotting.provenance(sweep="experiments/capacity_sweep"))
+    return _PROV
+
 PHASES = ("gate", "dispatch", "expert", "combine", "backward", "sync")
 DROPLESS_X = 2.5  # where the dropless reference sits on the cf axis of the figures
 RULE_LABEL = {"switch": "top-1 (switch)", "topk": "top-2 (topk)"}
@@ -221,7 +233,7 @@ def main():
     axs[0].legend(title=note, fontsize=8, title_fontsize=7)
     axs[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "drop_rate.png"), dpi=90)
+    plotting.save(fig, os.path.join(results, "drop_rate.png"), prov(), title="drop_rate.png", dpi=90)
     plt.close(fig)
 
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -243,7 +255,7 @@ def main():
     axs[0].legend(fontsize=7, title=note, title_fontsize=7, loc="upper center", ncol=2)
     axs[1].legend(fontsize=7, title=note, title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "accuracy.png"), dpi=90)
+    plotting.save(fig, os.path.join(results, "accuracy.png"), prov(), title="accuracy.png", dpi=90)
     plt.close(fig)
 
     fig, axs = plt.subplots(1, 3, figsize=(13, 3.7))
@@ -273,7 +285,7 @@ def main():
         ax.legend(fontsize=7)
     axs[1].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "step_time.png"), dpi=90)
+    plotting.save(fig, os.path.join(results, "step_time.png"), prov(), title="step_time.png", dpi=90)
     plt.close(fig)
     print(f"wrote {results}/runs.csv, summary.csv, summary.md, drop_rate.png, accuracy.png, step_time.png")
 

@@ -34,6 +34,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import plotting  # noqa: E402  (provenance footer + PNG metadata, plain tick labels)
+
+_PROV = {}
+
+
+def prov():
+    """Provenance of this script's figures (commit, date, study, command), computed once."""
+    if not _PROV:
+        _PROV.update(plotting.provenance(sweep="experiments/moe_vs_dense"))
+    return _PROV
+
 MAIN_F, MAIN_G, MAIN_B = 8, 1.0, 1.0
 NULL_SAMPLES = 200
 
@@ -267,7 +279,7 @@ def main():
     axs[1].grid(alpha=0.3)
     axs[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "accuracy.png"), dpi=90)
+    plotting.save(fig, os.path.join(results, "accuracy.png"), prov(), title="accuracy.png", dpi=90)
     plt.close(fig)
 
     # ---- specialisation and mutual information over training ----
@@ -302,7 +314,7 @@ def main():
     axs[0].set_title(f"Router specialisation (held-out, gamma = {MAIN_G:g}, beta = 1 unless noted)", fontsize=9)
     axs[1].set_title("Cluster-expert mutual information", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "specialization.png"), dpi=90)
+    plotting.save(fig, os.path.join(results, "specialization.png"), prov(), title="specialization.png", dpi=90)
     plt.close(fig)
 
     # ---- cluster x expert heat maps at the end (top-1 MoE, F = 8, gamma = 1, first seed; beta = 1 and 2) ----
@@ -330,7 +342,7 @@ def main():
                          f"% of each cluster's held-out tokens per expert\n(spec. {r['spec_final']:.2f}, "
                          f"MI {r['mi_final']:.2f} nats, held-out acc {100 * r['eval_acc']:.1f}%)", fontsize=8)
         fig.colorbar(im, ax=list(axs[0]), fraction=0.025, pad=0.03)
-        fig.savefig(os.path.join(results, "cluster_expert.png"), dpi=90, bbox_inches="tight")
+        plotting.save(fig, os.path.join(results, "cluster_expert.png"), prov(), title="cluster_expert.png", dpi=90, bbox_inches="tight")
         plt.close(fig)
     print(f"wrote {results}/runs.csv, summary.csv, summary.md, accuracy.png, specialization.png, cluster_expert.png")
 

@@ -28,6 +28,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import plotting  # noqa: E402  (provenance footer + PNG metadata, plain tick labels)
+
+_PROV = {}
+
+
+def prov():
+    """Provenance of this script's figures (commit, date, study, command), computed once."""
+    if not _PROV:
+        _PROV.update(plotting.provenance(sweep="experiments/routing_rules"))
+    return _PROV
+
 # Display order and labels (run.sh's VARIANTS).
 ORDER = ["dense", "topk", "topk_renorm", "topk_noaux", "topk_bias", "noisy_topk", "switch", "gshard",
          "expert_choice", "expert_choice_ev125", "expert_choice_cf2", "hash"]
@@ -258,7 +270,7 @@ def bar(results, fname, order, groups, summary, metric, xlabel, scale=1.0, title
     ax.set_title(title or xlabel, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, fname))
+    plotting.save(fig, os.path.join(results, fname), prov(), title=fname)
     plt.close(fig)
 
 
@@ -301,7 +313,7 @@ def plots(results, order, groups, summary):
     fig.suptitle("router vs cluster at the end (held-out first choices); | = step 0; dotted: 1/8 and ln 8",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "specialization.png"))
+    plotting.save(fig, os.path.join(results, "specialization.png"), prov(), title="specialization.png")
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), dpi=85)
@@ -327,7 +339,7 @@ def plots(results, order, groups, summary):
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(f"learning curves, mean over {n} seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "learning_curves.png"))
+    plotting.save(fig, os.path.join(results, "learning_curves.png"), prov(), title="learning_curves.png")
     plt.close(fig)
 
     # Cluster x expert tables of the first seed (held-out first choices, last evaluation).
@@ -347,7 +359,7 @@ def plots(results, order, groups, summary):
     fig.suptitle(f"share of each cluster (rows) per first-choice expert (columns), seed {groups[order[0]][0]['seed']}",
                  fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(results, "cluster_expert.png"))
+    plotting.save(fig, os.path.join(results, "cluster_expert.png"), prov(), title="cluster_expert.png")
     plt.close(fig)
 
 

@@ -20,6 +20,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import plotting  # noqa: E402  (provenance footer + PNG metadata, plain tick labels)
+
+_PROV = {}
+
+
+def prov():
+    """Provenance of this script's figures (commit, date, study, command), computed once."""
+    if not _PROV:
+        commits = []  # the commits that produced the data: git_commit of the aggregated result files
+        for name in ["weak.csv", "strong.csv", "experts.csv", "capacity.csv"]:
+            path = os.path.join(sys.argv[1], name) if len(sys.argv) > 1 else ""
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    commits += [r.get("git_commit", "") for r in csv.DictReader(f)]
+        _PROV.update(plotting.provenance(sweep="experiments/scaling", data_commits=commits))
+    return _PROV
+
 PHASES = ["gate", "dispatch", "expert", "combine", "backward", "sync"]
 
 
@@ -76,7 +94,7 @@ def figure(rows, study, out):
     fig.suptitle(f"{study} scaling ({'; '.join(hosts)}; hatched / hollow: more ranks than CPUs, "
                  "oversubscribed)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(out, dpi=80)
+    plotting.save(fig, out, prov(), title=os.path.basename(out), dpi=80)
     plt.close(fig)
     return out
 

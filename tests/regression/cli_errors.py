@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Regression: bad input exits with code 2 on every rank, names key/value/allowed, creates no file.
 
-Contract (shared/spec/outputs.md, "Command line"): exit 0 on success, 2 on bad parameters or input
+Contract (docs/outputs.md, "Command line"): exit 0 on success, 2 on bad parameters or input
 files with a message naming the key, the value and what is allowed; every rank exits, none hangs.
 Each error case runs twice on 2 ranks:
   1. plainly: mpiexec's exit code must be 2, stderr must hold the message, nothing may hang

@@ -1,7 +1,7 @@
 // Routing: from router logits of one routing group to the kept (token, expert, slot,
 // weight) assignments, the dropped ones, and the router losses — and back (gradients of
 // the loss with respect to the logits and, for noisy_topk, the noise scale). Definitions:
-// shared/spec/routing.md; the choices this code makes where the papers leave room are in
+// docs/routing.md; the choices this code makes where the papers leave room are in
 // the comments of rules.cpp / policies.cpp / losses.hpp and in README "What is computed".
 //
 // Words: a *candidate* is a (token, expert) pair a rule selected; a candidate is *kept*
