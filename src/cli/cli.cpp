@@ -268,6 +268,7 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
     s.wall_seconds = reporter->wall_seconds();
     s.ranks = comm.size();
     s.traffic_tokens = res.traffic_tokens;
+    s.base_epsilon = res.base_epsilon;
     writer->finish(s);
     const io::EvalRecord last = res.evals.empty() ? io::EvalRecord{} : res.evals.back();
     std::printf(
@@ -310,6 +311,13 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
       if (T % S != 0)
         throw ConfigError("routing.group_size", std::to_string(cfg.routing.group_size),
                           "a divisor of the trace's token count (" + std::to_string(T) + ")");
+      if (cfg.routing.rule == RoutingRuleKind::base && S % E != 0)
+        throw ConfigError(cfg.routing.group_size > 0 ? "routing.group_size" : "trace.input",
+                          cfg.routing.group_size > 0 ? std::to_string(cfg.routing.group_size)
+                                                     : cfg_in.trace.input,
+                          "routing groups of a multiple of the trace's " + std::to_string(E) +
+                              " experts when routing.rule = base (group of " + std::to_string(S) +
+                              " tokens; exactly S / E tokens per expert)");
       const routing::Router router(cfg.routing, S);
       io::RouteOutput out;
       out.load_routed.assign(static_cast<std::size_t>(E), 0);
@@ -336,6 +344,8 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
             probs, ctx, r);
         aux += r.aux;
         z += r.z;
+        if (cfg.routing.rule == RoutingRuleKind::base)
+          out.base_epsilon = std::max(out.base_epsilon, r.base_epsilon);
         dropped += r.dropped;
         total += static_cast<std::int64_t>(r.cands.size());
         std::vector<routing::Candidate> sorted = r.cands;

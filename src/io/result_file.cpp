@@ -615,6 +615,12 @@ void ResultWriter::append_step(const StepRecord& rec) {
                 "tokens dispatched from rank r (row) to rank s (column) in the step, all layers "
                 "[step, r, s]");
   }
+  if (!rec.base_epsilon.empty())
+    write_extra(m.extra, m.steps.get(), f, "steps", "base_epsilon", {m.load_tail[0]}, row,
+                rec.base_epsilon,
+                "routing.rule = base: final auction epsilon, largest over the layer's groups "
+                "(the assignment total is within group_size * epsilon of the optimum) "
+                "[step, layer]");
   m.step_rows = row + 1;
   m.last_step = rec.step;
 }
@@ -685,6 +691,12 @@ void ResultWriter::finish(const Summary& summary) {
     const std::array<hsize_t, 2> dims{P, P};
     write_array(g, f, "/summary", "traffic_tokens", dims, summary.traffic_tokens,
                 "tokens sent from rank r (row) to rank s (column), summed over the run");
+  }
+  if (summary.base_epsilon >= 0) {  // routing.rule = base (a resumed run rewrites it)
+    if (H5Aexists(m.file.get(), "base_epsilon") > 0)
+      overwrite_scalar_attr<double>(m.file.get(), f, "/", "base_epsilon", summary.base_epsilon);
+    else
+      write_scalar_attr<double>(m.file.get(), f, "/", "base_epsilon", summary.base_epsilon);
   }
   // Everything else reaches the disk before `complete` says so: a crash between the two
   // flushes leaves a full file that still reads as incomplete, never the reverse.
@@ -899,6 +911,8 @@ void write_route_file(const std::string& file_path, const RouteOutput& out) {
   write_scalar_attr<double>(root, f, "/", "aux_loss", out.aux_loss);
   write_scalar_attr<double>(root, f, "/", "z_loss", out.z_loss);
   write_scalar_attr<double>(root, f, "/", "dropped_fraction", out.dropped_fraction);
+  if (out.base_epsilon >= 0)
+    write_scalar_attr<double>(root, f, "/", "base_epsilon", out.base_epsilon);
   write_string_attr(root, f, "/", "config", out.config_ini);
   {
     h5::Group g = create_group(root, f, "/routing", "routing");

@@ -73,6 +73,7 @@ class Trainer {
       res.aux_loss.push_back(rec.aux_loss);
       res.z_loss.push_back(rec.z_loss);
       res.dropped_fraction.push_back(rec.dropped_fraction);
+      for (double eps : rec.base_epsilon) res.base_epsilon = std::max(res.base_epsilon, eps);
       step_times.push_back(rec.time_step);
       if (observer_) observer_->on_step(rec);
       const std::int64_t done = step + 1;
@@ -161,6 +162,9 @@ class Trainer {
           5 + static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_)));
     std::vector<double>& mx = max_;
     mx.assign(times.seconds.begin(), times.seconds.end());
+    const bool base = cfg_.routing.rule == RoutingRuleKind::base;
+    if (base)  // the final auction epsilon per layer, largest over the ranks
+      for (int l = 0; l < L_; ++l) mx.push_back(model_.layer(l).stats().base_epsilon);
     mx.push_back(stop_requested() ? 1.0 : 0.0);  // a signal on any rank stops every rank
     mx.push_back(local_step);
     comm_.allreduce(std::span<double>(mx), comm::ReduceOp::max);
@@ -195,6 +199,9 @@ class Trainer {
     rec.time_backward = mx[static_cast<std::size_t>(Phase::backward)];
     rec.time_sync = mx[static_cast<std::size_t>(Phase::sync)];
     rec.time_step = mx.back();
+    if (base)
+      rec.base_epsilon.assign(mx.begin() + static_cast<std::ptrdiff_t>(Phase::count),
+                              mx.begin() + static_cast<std::ptrdiff_t>(Phase::count) + L_);
     // Research metrics: per-layer load imbalance, and this step's rank x rank traffic.
     for (int l = 0; l < L_; ++l)
       rec.load_imbalance.push_back(metrics::load_imbalance(

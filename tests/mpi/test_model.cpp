@@ -5,7 +5,7 @@
 //    (double precision), at 1, 2 and 4 ranks,
 //  - the same run on P ranks gives the same loss curve as on 1 rank (tolerance below),
 //  - all of the above for every routing rule (dense, topk, noisy_topk, switch with jitter,
-//    gshard with random routing, expert_choice, hash, topk with the expert bias), drop
+//    gshard with random routing, expert_choice, hash, topk with the expert bias, base), drop
 //    policy and router loss.
 #include <gtest/gtest.h>
 
@@ -236,6 +236,16 @@ void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_
                            ps.value(ps.find(p + ".w2")), ps.value(ps.find(p + ".b2")), d, f, o,
                            cfg.model.activation);
     }
+  // Shared experts: every token, weight 1.
+  for (std::int64_t j = 0; j < cfg.routing.shared_experts; ++j) {
+    const std::string p = "layer0.shared.expert" + std::to_string(j);
+    for (std::int64_t t = 0; t < B; ++t)
+      for (int o = 0; o < d; ++o)
+        y[static_cast<std::size_t>(t * d + o)] +=
+            ffn(x + t * d, ps.value(ps.find(p + ".w1")), ps.value(ps.find(p + ".b1")),
+                ps.value(ps.find(p + ".w2")), ps.value(ps.find(p + ".b2")), d, f, o,
+                cfg.model.activation);
+  }
   for (std::int64_t i = 0; i < B * d; ++i)
     EXPECT_NEAR(ref.activation(1)[i], y[static_cast<std::size_t>(i)], 1e-12);
   // The distributed rank's rows equal the reference rows.
@@ -311,6 +321,34 @@ std::vector<RuleCase> rule_cases() {
         c.routing.drop_policy = DropPolicyKind::priority;
       },
       set_bias, true);
+  add("base", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::base;
+    c.routing.k = 1;
+  });
+  add(
+      "topk-sigmoid-bias",  // DeepSeek-V3: sigmoid scores, expert bias, renormalised top-2
+      [](Config& c) {
+        c.routing.score = ScoreKind::sigmoid;
+        c.routing.bias_update_rate = 0.01;
+        c.routing.importance_loss_coef = 0.1;
+      },
+      set_bias);
+  add("switch-sigmoid", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::switch_top1;
+    c.routing.k = 1;
+    c.routing.score = ScoreKind::sigmoid;
+  });
+  add("topk-shared2", [](Config& c) { c.routing.shared_experts = 2; });
+  add("topk-aux-batch", [](Config& c) {
+    c.routing.aux_scope = AuxScope::batch;
+    c.routing.aux_loss_coef = 0.5;
+  });
+  add("sigmoid-aux-batch-shared", [](Config& c) {
+    c.routing.score = ScoreKind::sigmoid;
+    c.routing.aux_scope = AuxScope::batch;
+    c.routing.aux_loss_coef = 0.5;
+    c.routing.shared_experts = 1;
+  });
   return cases;
 }
 

@@ -142,7 +142,8 @@ for extra, key in [(["--routing.rule=gshard", "--routing.k=3"], "routing.k"),
                    (["--routing.rule=hash", "--routing.k=1"], "routing.aux_loss_coef"),
                    (["--routing.rule=topk", "--routing.jitter_eps=0.1"], "routing.jitter_eps"),
                    (["--routing.rule=expert_choice", "--routing.dropless=true"], "routing.dropless"),
-                   (["--routing.rule=base"], "routing.rule")]:
+                   (["--routing.rule=base", "--routing.k=1", "--routing.group_size=6"],
+                    "routing.group_size")]:
     out = R.path("bad.h5")
     res = R.mpirun(1, ["run", base, f"--output.file={out}"] + extra, timeout=60)
     R.check(res.rc == 2 and key in res.err, f"{' '.join(extra)}: exit 2 naming {key}", res.describe)

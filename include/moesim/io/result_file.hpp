@@ -37,6 +37,8 @@ struct StepRecord {
   // Research metrics, written as /steps/<name> when non-empty:
   std::vector<double> load_imbalance;        // [L] max/mean of expert_load per layer
   std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
+  std::vector<double> base_epsilon;          // [L] routing.rule = base: final auction epsilon
+                                             //     (largest over the layer's groups and ranks)
 };
 
 // One row of /eval/*.
@@ -56,6 +58,8 @@ struct Summary {
   double wall_seconds = 0;
   std::int64_t ranks = 1;
   std::vector<std::int64_t> traffic_tokens;  // [P*P] row-major: tokens sent from rank r to s
+  double base_epsilon = -1;  // routing.rule = base: largest final epsilon of the run, written as
+                             // the root attribute base_epsilon (< 0: not written)
 };
 
 class ResultWriter {
@@ -103,6 +107,7 @@ struct RouteOutput {
   std::vector<std::int64_t> load_kept;    // [E]
   std::int64_t capacity = -1;             // per (group, expert); -1 when dropless
   double aux_loss = 0, z_loss = 0, dropped_fraction = 0;
+  double base_epsilon = -1;  // routing.rule = base: largest final epsilon (< 0: not written)
   std::string config_ini;
 };
 void write_route_output(const std::string& path, const RouteOutput& out);

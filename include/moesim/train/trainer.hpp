@@ -32,6 +32,7 @@ struct RunResult {
   std::vector<std::int64_t> traffic_tokens;  // [P x P] on rank 0 (empty elsewhere)
   std::int64_t start_step = 0;               // > 0 when resumed from a checkpoint
   bool preempted = false;                    // stopped early on a signal (checkpoint written)
+  double base_epsilon = -1;  // routing.rule = base: largest final auction epsilon (else -1)
 };
 
 // Runs cfg.training.steps steps at the precision cfg.model.precision selects.
