@@ -528,6 +528,46 @@ TEST(Model, SameLossCurveForAnyRankCountEveryRule) {
   }
 }
 
+// routing.aux_scope = batch: aux = (E/k) sum_e f_e P_e with f_e and P_e over the whole global
+// batch (all groups of all ranks), against the closed form from a single-rank layer's
+// routing; and it differs from the per-group mean (so the two scopes are really different).
+TEST(Model, AuxScopeBatchIsTheGlobalBatchProduct) {
+  const comm::Comm comm = comm::Comm::world();
+  Config cfg = small_config();
+  cfg.model.layers = 1;
+  cfg.routing.aux_scope = AuxScope::batch;
+  fit_to_ranks(cfg, comm.size());
+  const std::int64_t B = cfg.data.tokens_per_step, N = B / comm.size(), E = cfg.routing.num_experts;
+  const Batch mine = make_batch(cfg, comm.rank() * N, N);
+  model::Model<double> dist(cfg, comm, N, N);
+  dist.forward(mine.x.data(), mine.y.data(), N, true, nullptr, model::PassInfo{0, comm.rank() * N});
+  const double groups = static_cast<double>(B / cfg.routing.group_size);
+  const double got =
+      comm.allreduce<double>(dist.layer(0).stats().aux_sum, comm::ReduceOp::sum) / groups;
+
+  Config gcfg = cfg;
+  gcfg.routing.aux_scope = AuxScope::group;
+  const comm::Comm self = comm::Comm::self();
+  const Batch full = make_batch(cfg, 0, B);
+  model::Model<double> ref(gcfg, self, B, B);
+  ref.forward(full.x.data(), full.y.data(), B, true, nullptr, model::PassInfo{0, 0});
+  std::vector<double> R(static_cast<std::size_t>(E), 0.0), Psum(static_cast<std::size_t>(E), 0.0);
+  for (const auto& g : ref.layer(0).groups())
+    for (const auto& c : g.cands) R[static_cast<std::size_t>(c.expert)] += 1;
+  const std::vector<double>& p = ref.layer(0).probs();
+  for (std::int64_t t = 0; t < B; ++t)
+    for (std::int64_t e = 0; e < E; ++e)
+      Psum[static_cast<std::size_t>(e)] += p[static_cast<std::size_t>(t * E + e)];
+  double want = 0;
+  for (std::int64_t e = 0; e < E; ++e)
+    want += (R[static_cast<std::size_t>(e)] / static_cast<double>(B)) *
+            (Psum[static_cast<std::size_t>(e)] / static_cast<double>(B));
+  want *= static_cast<double>(E) / static_cast<double>(cfg.routing.k);
+  EXPECT_NEAR(got, want, 1e-13);
+  const double per_group = ref.layer(0).stats().aux_sum / groups;
+  EXPECT_GT(std::abs(per_group - want), 1e-6) << "the scopes should differ on this batch";
+}
+
 // The expert bias is live state: with a rate it changes the run (identically on all ranks,
 // SameLossCurveForAnyRankCountEveryRule), and starts at zero so the first step is unchanged.
 TEST(Model, ExpertBiasUpdateChangesTheRun) {
