@@ -935,6 +935,18 @@ void write_route_file(const std::string& file_path, const RouteOutput& out) {
     write_vector(g.get(), f, "/load", "kept", out.load_kept,
                  "assignments per expert after capacity");
   }
+  if (!out.trace_step.empty()) {
+    h5::Group g = create_group(root, f, "/trace", "trace");
+    const auto R = static_cast<hsize_t>(out.trace_step.size());
+    const auto E = static_cast<hsize_t>(out.load_routed.size());
+    write_vector(g.get(), f, "/trace", "step", out.trace_step, "step of each (step, layer) row");
+    write_vector(g.get(), f, "/trace", "layer", out.trace_layer, "layer of each (step, layer) row");
+    const std::array<hsize_t, 2> dims{R, E};
+    write_array(g.get(), f, "/trace", "load_routed", dims, out.trace_load_routed,
+                "assignments per expert before capacity, all ranks [row, expert]");
+    write_array(g.get(), f, "/trace", "load_kept", dims, out.trace_load_kept,
+                "assignments per expert after capacity, all ranks [row, expert]");
+  }
   check(file.close(), f, "/", "closing the route output file");
 }
 
