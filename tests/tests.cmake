@@ -7,6 +7,8 @@ target_link_libraries(test_io PRIVATE ${HDF5_C_LIBRARIES})
 moesim_add_test(NAME test_routing SOURCES unit/test_routing.cpp)
 moesim_add_test(NAME test_routing_rules SOURCES unit/test_routing_rules.cpp)
 moesim_add_test(NAME test_routing_config SOURCES unit/test_routing_config.cpp)
+moesim_add_test(NAME test_routing_base SOURCES unit/test_routing_base.cpp)
+moesim_add_test(NAME test_routing_trace SOURCES unit/test_routing_trace.cpp)
 
 moesim_add_test(NAME test_dispatch SOURCES mpi/test_dispatch.cpp RANKS 1 2 4 TIMEOUT 60)
 moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 300)
@@ -60,3 +62,14 @@ foreach(moesim_lifecycle_script IN ITEMS launcher_signals sweep_local)
   set_tests_properties(lifecycle_${moesim_lifecycle_script} PROPERTIES TIMEOUT 400 PROCESSORS 2
                        LABELS lifecycle ENVIRONMENT "${MOESIM_TEST_ENV}")
 endforeach()
+# BASE auction cost per group size (a benchmark that prints figures; not a test).
+add_executable(base_auction_bench bench/base_auction_bench.cpp)
+target_link_libraries(base_auction_bench PRIVATE moesim_core moesim_warnings)
+
+# Router-choice traces (Megatron-Core JSONL) through `moesim route` (route_trace_jsonl.py).
+add_test(NAME regression_route_trace_jsonl
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/route_trace_jsonl.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_route_trace_jsonl PROPERTIES TIMEOUT 180 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")

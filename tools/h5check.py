@@ -155,6 +155,7 @@ def check_run(c, allow_incomplete):
     if cols["bytes_alltoall"] is not None and (cols["bytes_alltoall"] < 0).any():
         c.problem("/steps/bytes_alltoall: negative values")
     check_loss_sum(c, cols)
+    check_base_epsilon(c, steps, complete)
 
     # /eval
     ev = {"step": c.dataset("/eval/step", "i", 8, 1),
@@ -213,6 +214,35 @@ def check_run(c, allow_incomplete):
             if abs(vals["dropped_fraction_mean"] - float(np.mean(df))) > 1e-12:
                 c.problem("/summary dropped_fraction_mean is not the mean of /steps/dropped_fraction")
     return f"{steps if steps is not None else '?'} steps, {experts if experts is not None else '?'} experts"
+
+
+def check_base_epsilon(c, steps, complete):
+    """routing.rule = base: /steps/base_epsilon [S, L] (final auction epsilon, >= 0) and, once
+    complete, the root attribute base_epsilon = its largest value."""
+    text = c.attr_str("/", "config") or ""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
+    try:
+        parser.read_string(text)
+        is_base = parser.get("routing", "rule", fallback="") == "base"
+    except configparser.Error:
+        is_base = False
+    has = "/steps/base_epsilon" in c.f
+    if not has:
+        if is_base:
+            c.problem("/steps/base_epsilon: missing (routing.rule = base)")
+        return
+    eps = c.dataset("/steps/base_epsilon", "f", 8, 2)
+    if eps is None:
+        return
+    if steps is not None and len(eps) != steps:
+        c.problem(f"/steps/base_epsilon: {len(eps)} rows, expected {steps}")
+    if (~np.isfinite(eps) | (eps < 0)).any():
+        c.problem("/steps/base_epsilon: negative or non-finite values")
+    if complete == 1:
+        root = c.attr_num("/", "base_epsilon", "f")
+        # The largest epsilon of the steps this process ran (after a resume: of the resumed part).
+        if root is not None and eps.size and not (eps.min() <= root <= eps.max()):
+            c.problem(f"/ attribute base_epsilon: {root}, outside the range of /steps/base_epsilon")
 
 
 def check_loss_sum(c, cols):

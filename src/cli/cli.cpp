@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -20,6 +21,7 @@
 #include "moesim/build_info.hpp"  // generated: MOESIM_VERSION, MOESIM_GIT_COMMIT
 #include "moesim/io/checkpoint_file.hpp"
 #include "moesim/io/result_file.hpp"
+#include "moesim/io/routing_trace.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/train/checkpoint.hpp"
 #include "moesim/train/resume.hpp"
@@ -445,95 +447,231 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   return 0;
 }
 
+bool is_choice_trace(const std::string& path) {
+  return path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
+}
+
+// moesim route on a router-choice trace (Megatron-Core JSONL, docs/routing_traces.md): the
+// trace's top-k choices are the selection (no logits: no rule is applied, weights and the
+// aux/z losses are unknown and written as NaN); capacity and the drop policy are replayed per
+// group. A group never spans two records (one rank's tokens at one step and layer):
+// routing.group_size = 0 makes each record one group (as Megatron applies capacity per rank).
+void replay_choice_trace(const Config& cfg_in) {
+  io::RoutingTrace trace;
+  try {
+    trace = io::read_routing_trace_jsonl(cfg_in.trace.input);
+  } catch (const io::TraceFormatError& e) {
+    throw ConfigError("trace.input", cfg_in.trace.input,
+                      std::string("a Megatron-Core router trace (JSONL): ") + e.what());
+  }
+  Config cfg = cfg_in;
+  const RoutingConfig& rc = cfg.routing;
+  validate(cfg, Mode::route, 1);
+  const std::int64_t E = rc.num_experts;
+  if (trace.max_expert >= E) {
+    std::int64_t line = 0;
+    for (const auto& r : trace.records)
+      if (line == 0 &&
+          std::find(r.experts.begin(), r.experts.end(), trace.max_expert) != r.experts.end())
+        line = r.line;
+    throw ConfigError("routing.num_experts", std::to_string(E),
+                      "an integer above the largest expert index in the trace (" +
+                          std::to_string(trace.max_expert) + " at " + cfg.trace.input + ":" +
+                          std::to_string(line) + ")");
+  }
+  if (rc.rule != RoutingRuleKind::topk && rc.rule != RoutingRuleKind::switch_top1)
+    throw ConfigError("routing.rule", to_string(rc.rule),
+                      "topk or switch for a router-choice trace (the trace's top-k choices are "
+                      "the selection; rules that need logits cannot be replayed)");
+  if (rc.drop_policy != DropPolicyKind::position &&
+      rc.drop_policy != DropPolicyKind::choice_position)
+    throw ConfigError("routing.drop_policy", to_string(rc.drop_policy),
+                      "position or choice_position for a router-choice trace (probs and "
+                      "priority need router probabilities, which the trace does not have)");
+  const auto policy = routing::make_drop_policy(rc);
+  io::RouteOutput out;
+  out.load_routed.assign(static_cast<std::size_t>(E), 0);
+  out.load_kept.assign(static_cast<std::size_t>(E), 0);
+  out.aux_loss = out.z_loss = std::nan("");
+  std::map<std::pair<std::int64_t, std::int64_t>, std::size_t> row_of;  // (step, layer) -> row
+  std::vector<routing::Candidate> cands;
+  std::int64_t first_token = 0, dropped = 0, total = 0, capacity_seen = -2;
+  for (const io::RoutingTraceRecord& rec : trace.records) {
+    const std::int64_t S = rc.group_size > 0 ? rc.group_size : rec.tokens;
+    if (rec.tokens % S != 0)
+      throw ConfigError("routing.group_size", std::to_string(rc.group_size),
+                        "a divisor of every record's token count (" + cfg.trace.input + ":" +
+                            std::to_string(rec.line) + " has " + std::to_string(rec.tokens) +
+                            " tokens), or 0 (each record one group)");
+    if (rc.rule == RoutingRuleKind::switch_top1 && rec.topk != 1)
+      throw ConfigError("routing.rule", "switch",
+                        "topk for a trace with topk = " + std::to_string(rec.topk) + " (" +
+                            cfg.trace.input + ":" + std::to_string(rec.line) + ")");
+    const std::int64_t C =
+        rc.dropless ? -1 : routing::capacity(rec.topk, S, E, rc.capacity_factor, rc.min_capacity);
+    // One capacity for the output attribute; -1 when records of different sizes disagree.
+    capacity_seen = capacity_seen == -2 || capacity_seen == C ? C : -1;
+    auto [it, added] = row_of.try_emplace({rec.step, rec.layer}, out.trace_step.size());
+    if (added) {
+      out.trace_step.push_back(rec.step);
+      out.trace_layer.push_back(rec.layer);
+      out.trace_load_routed.resize(out.trace_load_routed.size() + static_cast<std::size_t>(E), 0);
+      out.trace_load_kept.resize(out.trace_load_kept.size() + static_cast<std::size_t>(E), 0);
+    }
+    const std::size_t row = it->second * static_cast<std::size_t>(E);
+    for (std::int64_t g0 = 0; g0 < rec.tokens; g0 += S) {
+      cands.clear();
+      for (std::int64_t t = 0; t < S; ++t)
+        for (std::int64_t c = 0; c < rec.topk; ++c)
+          cands.push_back(
+              routing::Candidate{static_cast<std::int32_t>(t),
+                                 rec.experts[static_cast<std::size_t>((g0 + t) * rec.topk + c)],
+                                 static_cast<std::int32_t>(c), std::nan(""), false, -1});
+      policy->apply(cands, {}, S, E, C);
+      // The output contract lists rows sorted by (token, expert).
+      std::sort(cands.begin(), cands.end(), [](const auto& a, const auto& b) {
+        return a.token != b.token ? a.token < b.token : a.expert < b.expert;
+      });
+      for (const routing::Candidate& c : cands) {
+        const auto e = static_cast<std::size_t>(c.expert);
+        ++out.load_routed[e];
+        ++out.trace_load_routed[row + e];
+        ++total;
+        const std::int64_t tok = first_token + g0 + c.token;
+        if (c.kept) {
+          ++out.load_kept[e];
+          ++out.trace_load_kept[row + e];
+          out.token.push_back(tok);
+          out.expert.push_back(c.expert);
+          out.slot.push_back(c.slot);
+          out.weight.push_back(c.weight);
+        } else {
+          ++dropped;
+          out.dropped_token.push_back(tok);
+          out.dropped_expert.push_back(c.expert);
+        }
+      }
+    }
+    first_token += rec.tokens;
+  }
+  out.capacity = capacity_seen;
+  out.dropped_fraction = total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0;
+  out.config_ini = to_ini(cfg);
+  io::write_route_output(cfg.trace.output, out);
+  std::printf(
+      "route: router-choice trace %s: %zu records (%lld tokens, %zu (step, layer) pairs%s), "
+      "%lld experts, capacity %lld, kept %zu, dropped %zu (%.2f%%) -> %s\n",
+      cfg.trace.input.c_str(), trace.records.size(), static_cast<long long>(first_token),
+      out.trace_step.size(),
+      trace.skipped_mtp > 0
+          ? (", " + std::to_string(trace.skipped_mtp) + " mtp records skipped").c_str()
+          : "",
+      static_cast<long long>(E), static_cast<long long>(out.capacity), out.token.size(),
+      out.dropped_token.size(), 100.0 * out.dropped_fraction, cfg.trace.output.c_str());
+}
+
 int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
   // Rank 0 does the work; the outcome is broadcast so every rank exits alike.
   std::string problem;
   std::int64_t code = 0;
   if (comm.rank() == 0) {
     try {
-      io::Trace trace;
-      try {
-        trace = io::read_trace(cfg_in.trace.input);
-      } catch (const std::exception& e) {
-        throw ConfigError("trace.input", cfg_in.trace.input,
-                          std::string("a readable trace file: ") + e.what());
-      }
-      Config cfg = cfg_in;
-      // The trace defines E; routing.num_experts is taken from it (and recorded).
-      if (cfg.routing.num_experts != trace.experts) {
-        std::fprintf(
-            stderr,
-            "moesim route: routing.num_experts set to %lld from the trace's /logits width\n",
-            static_cast<long long>(trace.experts));
-        cfg.routing.num_experts = trace.experts;
-      }
-      validate(cfg, Mode::route, 1);
-      const std::int64_t T = trace.tokens, E = trace.experts;
-      const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : T;
-      if (T % S != 0)
-        throw ConfigError("routing.group_size", std::to_string(cfg.routing.group_size),
-                          "a divisor of the trace's token count (" + std::to_string(T) + ")");
-      const routing::Router router(cfg.routing, S);
-      io::RouteOutput out;
-      out.load_routed.assign(static_cast<std::size_t>(E), 0);
-      out.load_kept.assign(static_cast<std::size_t>(E), 0);
-      out.capacity = router.capacity(true);
-      std::vector<double> probs(static_cast<std::size_t>(S * E));
-      routing::GroupRouting r;
-      double aux = 0, z = 0;
-      std::int64_t dropped = 0, total = 0;
-      for (std::int64_t g = 0; g < T / S; ++g) {
-        const auto off = static_cast<std::size_t>(g * S * E);
-        // Keys of the random rules and hash routing: the trace's token ids (or positions),
-        // training.seed, step 0, layer 0.
-        routing::RouteContext ctx;
-        ctx.training = true;
-        ctx.seed = cfg.training.seed;
-        ctx.first_token = g * S;
-        if (!trace.token_id.empty())
-          ctx.token_ids =
-              std::span<const std::int64_t>(trace.token_id)
-                  .subspan(static_cast<std::size_t>(g * S), static_cast<std::size_t>(S));
-        router.route(
-            std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)),
-            probs, ctx, r);
-        aux += r.aux;
-        z += r.z;
-        dropped += r.dropped;
-        total += static_cast<std::int64_t>(r.cands.size());
-        std::vector<routing::Candidate> sorted = r.cands;
-        std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
-          return a.token != b.token ? a.token < b.token : a.expert < b.expert;
-        });
-        for (const routing::Candidate& c : sorted) {
-          const std::int64_t tok = g * S + c.token;
-          ++out.load_routed[static_cast<std::size_t>(c.expert)];
-          if (c.kept) {
-            ++out.load_kept[static_cast<std::size_t>(c.expert)];
-            out.token.push_back(tok);
-            out.expert.push_back(c.expert);
-            out.slot.push_back(c.slot);
-            out.weight.push_back(c.weight);
-          } else {
-            out.dropped_token.push_back(tok);
-            out.dropped_expert.push_back(c.expert);
+      if (is_choice_trace(cfg_in.trace.input)) {
+        replay_choice_trace(cfg_in);
+      } else {
+        io::Trace trace;
+        try {
+          trace = io::read_trace(cfg_in.trace.input);
+        } catch (const std::exception& e) {
+          throw ConfigError("trace.input", cfg_in.trace.input,
+                            std::string("a readable trace file: ") + e.what());
+        }
+        Config cfg = cfg_in;
+        // The trace defines E; routing.num_experts is taken from it (and recorded).
+        if (cfg.routing.num_experts != trace.experts) {
+          std::fprintf(
+              stderr,
+              "moesim route: routing.num_experts set to %lld from the trace's /logits width\n",
+              static_cast<long long>(trace.experts));
+          cfg.routing.num_experts = trace.experts;
+        }
+        validate(cfg, Mode::route, 1);
+        const std::int64_t T = trace.tokens, E = trace.experts;
+        const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : T;
+        if (T % S != 0)
+          throw ConfigError("routing.group_size", std::to_string(cfg.routing.group_size),
+                            "a divisor of the trace's token count (" + std::to_string(T) + ")");
+        if (cfg.routing.rule == RoutingRuleKind::base && S % E != 0)
+          throw ConfigError(cfg.routing.group_size > 0 ? "routing.group_size" : "trace.input",
+                            cfg.routing.group_size > 0 ? std::to_string(cfg.routing.group_size)
+                                                       : cfg_in.trace.input,
+                            "routing groups of a multiple of the trace's " + std::to_string(E) +
+                                " experts when routing.rule = base (group of " + std::to_string(S) +
+                                " tokens; exactly S / E tokens per expert)");
+        const routing::Router router(cfg.routing, S);
+        io::RouteOutput out;
+        out.load_routed.assign(static_cast<std::size_t>(E), 0);
+        out.load_kept.assign(static_cast<std::size_t>(E), 0);
+        out.capacity = router.capacity(true);
+        std::vector<double> probs(static_cast<std::size_t>(S * E));
+        routing::GroupRouting r;
+        double aux = 0, z = 0;
+        std::int64_t dropped = 0, total = 0;
+        for (std::int64_t g = 0; g < T / S; ++g) {
+          const auto off = static_cast<std::size_t>(g * S * E);
+          // Keys of the random rules and hash routing: the trace's token ids (or positions),
+          // training.seed, step 0, layer 0.
+          routing::RouteContext ctx;
+          ctx.training = true;
+          ctx.seed = cfg.training.seed;
+          ctx.first_token = g * S;
+          if (!trace.token_id.empty())
+            ctx.token_ids =
+                std::span<const std::int64_t>(trace.token_id)
+                    .subspan(static_cast<std::size_t>(g * S), static_cast<std::size_t>(S));
+          router.route(
+              std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)),
+              probs, ctx, r);
+          aux += r.aux;
+          z += r.z;
+          if (cfg.routing.rule == RoutingRuleKind::base)
+            out.base_epsilon = std::max(out.base_epsilon, r.base_epsilon);
+          dropped += r.dropped;
+          total += static_cast<std::int64_t>(r.cands.size());
+          std::vector<routing::Candidate> sorted = r.cands;
+          std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+            return a.token != b.token ? a.token < b.token : a.expert < b.expert;
+          });
+          for (const routing::Candidate& c : sorted) {
+            const std::int64_t tok = g * S + c.token;
+            ++out.load_routed[static_cast<std::size_t>(c.expert)];
+            if (c.kept) {
+              ++out.load_kept[static_cast<std::size_t>(c.expert)];
+              out.token.push_back(tok);
+              out.expert.push_back(c.expert);
+              out.slot.push_back(c.slot);
+              out.weight.push_back(c.weight);
+            } else {
+              out.dropped_token.push_back(tok);
+              out.dropped_expert.push_back(c.expert);
+            }
           }
         }
+        const double groups = static_cast<double>(T / S);
+        out.aux_loss = aux / groups;
+        out.z_loss = z / groups;
+        out.dropped_fraction =
+            total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0.0;
+        out.config_ini = to_ini(cfg);
+        io::write_route_output(cfg.trace.output, out);
+        std::printf(
+            "route: %lld tokens, %lld experts, %lld group%s of %lld, capacity %lld, kept %zu, "
+            "dropped %zu (%.2f%%), aux %.6f, z %.6f -> %s\n",
+            static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(T / S),
+            T / S == 1 ? "" : "s", static_cast<long long>(S), static_cast<long long>(out.capacity),
+            out.token.size(), out.dropped_token.size(), 100.0 * out.dropped_fraction, out.aux_loss,
+            out.z_loss, cfg.trace.output.c_str());
       }
-      const double groups = static_cast<double>(T / S);
-      out.aux_loss = aux / groups;
-      out.z_loss = z / groups;
-      out.dropped_fraction =
-          total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0.0;
-      out.config_ini = to_ini(cfg);
-      io::write_route_output(cfg.trace.output, out);
-      std::printf(
-          "route: %lld tokens, %lld experts, %lld group%s of %lld, capacity %lld, kept %zu, "
-          "dropped %zu (%.2f%%), aux %.6f, z %.6f -> %s\n",
-          static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(T / S),
-          T / S == 1 ? "" : "s", static_cast<long long>(S), static_cast<long long>(out.capacity),
-          out.token.size(), out.dropped_token.size(), 100.0 * out.dropped_fraction, out.aux_loss,
-          out.z_loss, cfg.trace.output.c_str());
     } catch (const ConfigError& e) {
       problem = e.what();
       code = kExitBadInput;

@@ -51,6 +51,10 @@ constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::dense, "dense
 // The one place that says which rules validate() accepts (base: not implemented yet).
 constexpr bool rule_accepted(RoutingRuleKind k) { return k != RoutingRuleKind::base; }
 
+constexpr Named<ScoreKind> kScoreNames[] = {{ScoreKind::softmax, "softmax"},
+                                            {ScoreKind::sigmoid, "sigmoid"}};
+constexpr Named<AuxScope> kAuxScopeNames[] = {{AuxScope::group, "group"},
+                                              {AuxScope::batch, "batch"}};
 constexpr Named<DropPolicyKind> kDropPolicyNames[] = {
     {DropPolicyKind::position, "position"},
     {DropPolicyKind::choice_position, "choice_position"},
@@ -64,6 +68,8 @@ constexpr Named<OptimizerKind> kOptimizerNames[] = {{OptimizerKind::sgd, "sgd"},
 constexpr std::span<const Named<Activation>> names_of(Activation) { return kActivationNames; }
 constexpr std::span<const Named<Precision>> names_of(Precision) { return kPrecisionNames; }
 constexpr std::span<const Named<RoutingRuleKind>> names_of(RoutingRuleKind) { return kRuleNames; }
+constexpr std::span<const Named<ScoreKind>> names_of(ScoreKind) { return kScoreNames; }
+constexpr std::span<const Named<AuxScope>> names_of(AuxScope) { return kAuxScopeNames; }
 constexpr std::span<const Named<DropPolicyKind>> names_of(DropPolicyKind) {
   return kDropPolicyNames;
 }
@@ -260,6 +266,10 @@ const std::vector<Field>& fields() {
         "E, experts per MoE layer over all ranks"));
     t.push_back(make_field<&C::routing, &RoutingConfig::rule>("routing.rule", rule.c_str(),
                                                               "routing rule (routing.md)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::score>(
+        "routing.score", enum_list<ScoreKind>(" | ").c_str(),
+        "router score: softmax, or sigmoid s = 1/(1+e^-h) (topk/switch; weights = selected s, "
+        "renormalised when k > 1; losses use p = s / sum s)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::k>(
         "routing.k",
         "integer in [1, min(routing.num_experts, 64)]; 1 for switch and hash, 2 for gshard; "
@@ -306,6 +316,18 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::routing, &RoutingConfig::bias_update_rate>(
         "routing.bias_update_rate", "number >= 0",
         "aux-loss-free balancing (DeepSeek-V3): expert-bias update rate u (0 = off)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::aux_scope>(
+        "routing.aux_scope", enum_list<AuxScope>(" | ").c_str(),
+        "load-balance loss: f_e and P_e per routing group (averaged), or over the global batch "
+        "of all groups and ranks (Qwen's global-batch balance)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::shared_experts>(
+        "routing.shared_experts", "integer >= 0",
+        "always-on experts per layer added to every token with weight 1, replicated on every "
+        "rank (data parallel), never dropped (DeepSeek-MoE)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::base_tolerance>(
+        "routing.base_tolerance", "number in (0, 1]",
+        "base: final auction epsilon as a fraction of the group's logit range (the total is "
+        "within group_size * epsilon of the optimum)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::dispatch>(
         "routing.dispatch", enum_list<DispatchKind>("|").c_str(),
         "token exchange: variable-size alltoallv or capacity-padded alltoall"));
@@ -959,6 +981,18 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
   require(
       rule_accepted(r.rule), "routing.rule", to_string(r.rule),
       "is not implemented (no exact balanced assignment yet); available: " + accepted_rules("|"));
+  require(r.score == ScoreKind::softmax || r.rule == RoutingRuleKind::topk ||
+              r.rule == RoutingRuleKind::switch_top1,
+          "routing.score", to_string(r.score),
+          "must be softmax unless routing.rule = topk or switch (sigmoid scores select the top k)");
+  require_int(r.shared_experts, 0, "routing.shared_experts");
+  require_real(r.base_tolerance, r.base_tolerance > 0 && r.base_tolerance <= 1,
+               "routing.base_tolerance", "must be a number in (0, 1]");
+  require(r.rule != RoutingRuleKind::base || r.k == 1, "routing.k", std::to_string(r.k),
+          "must be 1 when routing.rule = base (one expert per token)");
+  require(r.rule != RoutingRuleKind::base || r.dispatch == DispatchKind::alltoallv,
+          "routing.dispatch", to_string(r.dispatch),
+          "must be alltoallv when routing.rule = base (no capacity to pad to)");
   require(r.dispatch != DispatchKind::alltoall_padded ||
               (!r.dropless && r.capacity_factor.num > 0 && r.eval_capacity_factor.num > 0 &&
                r.rule != RoutingRuleKind::dense),
@@ -1044,6 +1078,17 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
                   std::to_string(d.eval_tokens) + " / " + nranks +
                   " ranks = " + std::to_string(eval_share) + " tokens), or be 0");
     }
+    if (r.rule == RoutingRuleKind::base) {
+      // BASE balances exactly S / E tokens per expert: the group size must be a multiple of E.
+      const std::int64_t share = d.tokens_per_step / ranks;
+      const std::int64_t S = r.group_size > 0 ? r.group_size : share;
+      require(S % r.num_experts == 0,
+              r.group_size > 0 ? "routing.group_size" : "data.tokens_per_step",
+              std::to_string(r.group_size > 0 ? r.group_size : d.tokens_per_step),
+              "must give routing groups of a multiple of routing.num_experts = " + E +
+                  " tokens when routing.rule = base (group of " + std::to_string(S) +
+                  " tokens; exactly S / E tokens per expert)");
+    }
     require_int(d.num_clusters, 1, "data.num_clusters");
     // Written as a division so that a huge num_clusters cannot overflow 2 * num_clusters.
     require(d.input_dim >= 0 && d.num_clusters <= d.input_dim / 2, "data.input_dim",
@@ -1127,5 +1172,7 @@ const char* to_string(RoutingRuleKind v) { return enum_name(v); }
 const char* to_string(DropPolicyKind v) { return enum_name(v); }
 const char* to_string(OptimizerKind v) { return enum_name(v); }
 const char* to_string(DispatchKind v) { return enum_name(v); }
+const char* to_string(ScoreKind v) { return enum_name(v); }
+const char* to_string(AuxScope v) { return enum_name(v); }
 
 }  // namespace moesim

@@ -34,17 +34,17 @@ inline T gelu_grad(T x) {
 template <typename T>
 ExpertBank<T>::ExpertBank(ParamStore<T>& store, const std::string& prefix, std::int64_t first,
                           std::int64_t count, std::int64_t d_model, std::int64_t d_ff,
-                          Activation act, double init_scale)
+                          Activation act, double init_scale, ParamKind kind)
     : first_(first), count_(count), d_(d_model), f_(d_ff), act_(act) {
   // He init for the ReLU/GELU input layer; 1/sqrt(fan_in) for the output layer.
   const double std1 = init_scale * std::sqrt(2.0 / static_cast<double>(d_model));
   const double std2 = init_scale * std::sqrt(1.0 / static_cast<double>(d_ff));
   for (std::int64_t j = 0; j < count; ++j) {
     const std::string p = prefix + ".expert" + std::to_string(first + j);
-    ids_.push_back(Ids{store.add(p + ".w1", ParamKind::expert, d_model * d_ff, std1),
-                       store.add(p + ".b1", ParamKind::expert, d_ff, 0.0),
-                       store.add(p + ".w2", ParamKind::expert, d_ff * d_model, std2),
-                       store.add(p + ".b2", ParamKind::expert, d_model, 0.0)});
+    ids_.push_back(Ids{store.add(p + ".w1", kind, d_model * d_ff, std1),
+                       store.add(p + ".b1", kind, d_ff, 0.0),
+                       store.add(p + ".w2", kind, d_ff * d_model, std2),
+                       store.add(p + ".b2", kind, d_model, 0.0)});
   }
 }
 

@@ -604,6 +604,7 @@ void ResultWriter::append_step(const StepRecord& rec) {
   };
   require_size("load_imbalance", rec.load_imbalance.size(), L);
   require_size("traffic_tokens", rec.traffic_tokens.size(), P * P);
+  require_size("base_epsilon", rec.base_epsilon.size(), L);
   const hsize_t row = m.step_rows;
   auto one_i64 = [](const std::int64_t& v) { return std::span<const std::int64_t>(&v, 1); };
   m.add<std::int64_t>("steps/step", row, one_i64(rec.step), {}, "step index");
@@ -630,6 +631,12 @@ void ResultWriter::append_step(const StepRecord& rec) {
                         "layers [step, r, s]; -1: a rank the step did not have",
                         nullptr, true, true);
   }
+  if (!rec.base_epsilon.empty())
+    m.add<double>("steps/base_epsilon", row, std::span<const double>(rec.base_epsilon), {L},
+                  "routing.rule = base: final auction epsilon, largest over the layer's groups "
+                  "(the assignment total is within group_size * epsilon of the optimum) "
+                  "[step, layer]",
+                  nullptr, false, true);
   m.step_rows = row + 1;
   m.last_step = rec.step;
   m.attempt_last_step = rec.step + 1;
@@ -754,6 +761,18 @@ ResultWriter::Summary ResultWriter::finish() {
     const std::array<hsize_t, 2> dims{P, P};
     write_array(g, f, "/summary", "traffic_tokens", dims, total,
                 "tokens sent from rank r (row) to rank s (column), summed over the run");
+  }
+  {  // routing.rule = base: the largest final auction epsilon of the whole run
+    const std::vector<double> eps = read_all<double>(root, f, "/steps/base_epsilon");
+    double largest = -1;
+    for (double e : eps)
+      if (std::isfinite(e)) largest = std::max(largest, e);
+    if (largest >= 0) {
+      if (H5Aexists(root, "base_epsilon") > 0)
+        overwrite_scalar_attr<double>(root, f, "/", "base_epsilon", largest);
+      else
+        write_scalar_attr<double>(root, f, "/", "base_epsilon", largest);
+    }
   }
   // Everything else reaches the disk before `complete` says so: a crash between the two
   // flushes leaves a full file that still reads as incomplete, never the reverse.

@@ -69,6 +69,8 @@ void write_route_file(const std::string& file_path, const RouteOutput& out) {
   write_scalar_attr<double>(root, f, "/", "aux_loss", out.aux_loss);
   write_scalar_attr<double>(root, f, "/", "z_loss", out.z_loss);
   write_scalar_attr<double>(root, f, "/", "dropped_fraction", out.dropped_fraction);
+  if (out.base_epsilon >= 0)
+    write_scalar_attr<double>(root, f, "/", "base_epsilon", out.base_epsilon);
   write_string_attr(root, f, "/", "config", out.config_ini);
   {
     h5::Group g = create_group(root, f, "/routing", "routing");
@@ -90,6 +92,18 @@ void write_route_file(const std::string& file_path, const RouteOutput& out) {
                  "assignments per expert before capacity");
     write_vector(g.get(), f, "/load", "kept", out.load_kept,
                  "assignments per expert after capacity");
+  }
+  if (!out.trace_step.empty()) {
+    h5::Group g = create_group(root, f, "/trace", "trace");
+    const auto R = static_cast<hsize_t>(out.trace_step.size());
+    const auto E = static_cast<hsize_t>(out.load_routed.size());
+    write_vector(g.get(), f, "/trace", "step", out.trace_step, "step of each (step, layer) row");
+    write_vector(g.get(), f, "/trace", "layer", out.trace_layer, "layer of each (step, layer) row");
+    const std::array<hsize_t, 2> dims{R, E};
+    write_array(g.get(), f, "/trace", "load_routed", dims, out.trace_load_routed,
+                "assignments per expert before capacity, all ranks [row, expert]");
+    write_array(g.get(), f, "/trace", "load_kept", dims, out.trace_load_kept,
+                "assignments per expert after capacity, all ranks [row, expert]");
   }
   check(file.close(), f, "/", "closing the route output file");
 }

@@ -53,12 +53,19 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       experts_(store, "layer" + std::to_string(index), placement_.first_local(),
                placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
                cfg.model.init_scale),
+      shared_(cfg.routing.shared_experts),
+      shared_bank_(store, "layer" + std::to_string(index) + ".shared", 0,
+                   cfg.routing.shared_experts, cfg.model.d_model, cfg.model.d_ff,
+                   cfg.model.activation, cfg.model.init_scale, ParamKind::replicated),
       seed_(cfg.training.seed),
       has_gate_(router_train_->rule().learned()),
       noisy_(cfg.routing.rule == RoutingRuleKind::noisy_topk),
       jitter_eps_(cfg.routing.rule == RoutingRuleKind::switch_top1 ? cfg.routing.jitter_eps : 0.0),
       bias_rate_(cfg.routing.bias_update_rate),
-      bias_(static_cast<std::size_t>(E_), 0.0) {
+      bias_(static_cast<std::size_t>(E_), 0.0),
+      aux_batch_(cfg.routing.aux_scope == AuxScope::batch && router_train_->rule().learned()) {
+  batch_sums_.resize(static_cast<std::size_t>(2 * E_ + 2));
+  batch_dp_.resize(static_cast<std::size_t>(E_));
   if (has_gate_)
     gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
                          cfg.model.init_scale / std::sqrt(static_cast<double>(d_)));
@@ -67,6 +74,13 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
     noise_id_ =
         store.add("layer" + std::to_string(index) + ".noise", ParamKind::replicated, d_ * E_, 0.0);
   const std::int64_t n = std::max(train_tokens, eval_tokens);
+  if (shared_ > 0) {
+    ensure(sh_in_, shared_ * n * d_);
+    ensure(sh_out_, shared_ * n * d_);
+    ensure(sh_h_, shared_ * n * f_);
+    ensure(sh_a_, shared_ * n * f_);
+    shared_off_.resize(static_cast<std::size_t>(shared_) + 1);
+  }
   logits_t_.reserve(static_cast<std::size_t>(n * E_));
   logits_.reserve(static_cast<std::size_t>(n * E_));
   probs_.reserve(static_cast<std::size_t>(n * E_));
@@ -100,6 +114,7 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
 template <typename T>
 void MoELayer<T>::bind(ParamStore<T>& store) {
   experts_.bind(store);
+  shared_bank_.bind(store);
   if (gate_id_ >= 0) {
     wg_ = store.value(gate_id_);
     gwg_ = store.grad(gate_id_);
@@ -170,6 +185,7 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
     stats_.aux_sum = stats_.z_sum = 0;
     stats_.aux_gshard_sum = stats_.importance_sum = stats_.load_sum = 0;
     stats_.assignments = stats_.dropped = 0;
+    stats_.base_epsilon = 0;
     stats_.routed.assign(E, 0);  // assign() keeps capacity: no allocation after step 1
     stats_.kept.assign(E, 0);
     stats_.groups = G;
@@ -201,6 +217,7 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
       stats_.importance_sum += r.importance;
       stats_.load_sum += r.load;
       stats_.dropped += r.dropped;
+      stats_.base_epsilon = std::max(stats_.base_epsilon, r.base_epsilon);
       stats_.assignments += static_cast<std::int64_t>(r.cands.size());
       for (std::size_t e = 0; e < E; ++e) {
         stats_.routed[e] += r.routed[e];
@@ -216,6 +233,29 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
                              static_cast<std::int64_t>(i));
       }
     }
+  }
+  if (aux_batch_) {
+    // Global-batch balance (routing.aux_scope = batch): f_e and P_e over every token of the
+    // layer on all ranks, aux = (E/k) sum_e f_e P_e. One allreduce of [routed_e, sum p_e,
+    // groups, tokens]. stats_.aux_sum = local groups * aux, so the trainer's mean over all
+    // groups is aux itself; batch_dp_ keeps (E/k) R_e / N^2 * G for the backward.
+    std::fill(batch_sums_.begin(), batch_sums_.end(), 0.0);
+    for (std::size_t e = 0; e < E; ++e) batch_sums_[e] = static_cast<double>(stats_.routed[e]);
+    for (std::int64_t t = 0; t < n; ++t)
+      for (std::size_t e = 0; e < E; ++e)
+        batch_sums_[E + e] += probs_[static_cast<std::size_t>(t) * E + e];
+    batch_sums_[2 * E] = static_cast<double>(G);
+    batch_sums_[2 * E + 1] = static_cast<double>(n);
+    comm_.allreduce(std::span<double>(batch_sums_), comm::ReduceOp::sum);
+    const double groups = batch_sums_[2 * E], N = batch_sums_[2 * E + 1];
+    const double ek =
+        static_cast<double>(E_) / router.rule().choices_per_token(S, E_, router.capacity(training));
+    double aux = 0;
+    for (std::size_t e = 0; e < E; ++e) {
+      aux += batch_sums_[e] * batch_sums_[E + e];
+      batch_dp_[e] = groups * ek * batch_sums_[e] / (N * N);
+    }
+    stats_.aux_sum = static_cast<double>(G) * ek * aux / (N * N);
   }
   {  // dispatch: pack -> counts -> alltoallv -> unpack
     perf::ScopedTimer timer(times, Phase::dispatch);
@@ -253,6 +293,19 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
     }
     stats_.sent_to.assign(plan_.send_rows.begin(), plan_.send_rows.end());
   }
+  if (shared_ > 0) {  // shared experts: every token, weight 1, local (replicated parameters)
+    perf::ScopedTimer timer(times, Phase::expert);
+    for (std::int64_t j = 0; j < shared_; ++j) {
+      std::copy_n(x, n * d_, sh_in_.data() + j * n * d_);
+      shared_off_[static_cast<std::size_t>(j) + 1] = (j + 1) * n;
+    }
+    shared_off_[0] = 0;
+    shared_bank_.forward(sh_in_.data(), shared_off_, sh_h_.data(), sh_a_.data(), sh_out_.data());
+    for (std::int64_t j = 0; j < shared_; ++j) {
+      const T* o = sh_out_.data() + j * n * d_;
+      for (std::int64_t i = 0; i < n * d_; ++i) y[i] += o[i];
+    }
+  }
 }
 
 template <typename T>
@@ -289,6 +342,15 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
     for (std::int64_t j = 0; j < d_; ++j) dxt[j] += s[j];
   }
 
+  if (shared_ > 0) {  // shared experts: dL/dout_j = dy for each j; dx += sum_j dL/dx_j
+    for (std::int64_t j = 0; j < shared_; ++j) std::copy_n(dy, n * d_, sh_out_.data() + j * n * d_);
+    shared_bank_.backward(sh_in_.data(), sh_h_.data(), sh_a_.data(), sh_out_.data(), shared_off_);
+    for (std::int64_t j = 0; j < shared_; ++j) {
+      const T* g = sh_in_.data() + j * n * d_;
+      for (std::int64_t i = 0; i < n * d_; ++i) dx[i] += g[i];
+    }
+  }
+
   if (!has_gate_) return;  // hash: no router, nothing more flows back
   // Router backward per group, then through the gate GEMM (and W_noise's).
   const bool noise = training_ && noisy_;
@@ -296,6 +358,12 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
   dlogits_.resize(static_cast<std::size_t>(n * E_));
   dnoise_.resize(noise ? static_cast<std::size_t>(n * E_) : 0);
   ensure(dprobs_, S * E_);
+  routing::LossScales sc = scales;
+  if (aux_batch_) {  // d(coef/L * aux_batch)/dp_t,e = scales.aux * G_global * (E/k) R_e / N^2
+    for (double& v : batch_dp_) v *= scales.aux;
+    sc.aux_batch_dp = batch_dp_;
+    sc.aux = 0;
+  }
   for (std::int64_t g = 0; g < G; ++g) {
     const auto off = static_cast<std::size_t>(g * S * E_);
     const auto len = static_cast<std::size_t>(S * E_);
@@ -305,8 +373,7 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
         std::span<const double>(probs_).subspan(off, len), r,
         std::span<const double>(dweight_).subspan(
             static_cast<std::size_t>(cand_offset_[static_cast<std::size_t>(g)]), r.cands.size()),
-        scales, std::span<double>(dprobs_).first(len),
-        std::span<double>(dlogits_).subspan(off, len),
+        sc, std::span<double>(dprobs_).first(len), std::span<double>(dlogits_).subspan(off, len),
         noise ? std::span<double>(dnoise_).subspan(off, len) : std::span<double>{});
   }
   std::copy_n(dlogits_.begin(), n * E_, logits_t_.begin());

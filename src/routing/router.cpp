@@ -58,6 +58,7 @@ void softmax_rows(std::span<const double> logits, std::int64_t rows, std::int64_
 Router::Router(const RoutingConfig& cfg, std::int64_t group_tokens)
     : E_(cfg.num_experts),
       S_(group_tokens),
+      sigmoid_(cfg.score == ScoreKind::sigmoid),
       rule_(make_rule(cfg)),
       policy_(make_drop_policy(cfg)),
       keep_all_(make_drop_policy(DropPolicyKind::position)) {
@@ -84,7 +85,23 @@ void Router::route(std::span<const double> logits, std::span<double> probs, cons
   const bool learned = rule_->learned();
   out.lse.resize(S);
   if (learned) {
-    softmax_rows(logits, S_, E_, probs, out.lse);
+    softmax_rows(logits, S_, E_, probs, out.lse);  // lse: the z-loss uses the logits as they are
+    if (sigmoid_) {  // s = sigmoid(h); the losses' distribution is p = s / sum_e s
+      out.sig.resize(S * E);
+      for (std::size_t t = 0; t < S; ++t) {
+        double sum = 0;
+        for (std::size_t e = 0; e < E; ++e) {
+          const double h = logits[t * E + e];
+          const double x = std::exp(-std::abs(h));
+          const double s = h >= 0 ? 1.0 / (1.0 + x) : x / (1.0 + x);
+          out.sig[t * E + e] = s;
+          sum += s;
+        }
+        for (std::size_t e = 0; e < E; ++e) probs[t * E + e] = out.sig[t * E + e] / sum;
+      }
+    } else {
+      out.sig.clear();
+    }
   } else {
     std::fill_n(probs.begin(), S * E, 0.0);
     std::fill(out.lse.begin(), out.lse.end(), 0.0);
@@ -93,7 +110,8 @@ void Router::route(std::span<const double> logits, std::span<double> probs, cons
   out.cands.reserve(static_cast<std::size_t>(S_ * max_choices()));
   out.capacity = capacity(ctx.training);
   const RuleInput in{
-      learned ? logits : std::span<const double>{}, probs, S_, E_, out.capacity, &ctx};
+      learned ? logits : std::span<const double>{}, probs, out.sig, S_, E_, out.capacity, &ctx};
+  out.base_epsilon = 0;
   rule_->select(in, out);
   if (rule_->uses_drop_policy())
     policy_->apply(out.cands, probs, S_, E_, out.capacity);
@@ -155,7 +173,7 @@ void Router::backward(const RouteContext& ctx, std::span<const double> logits,
   std::fill_n(dlogits.begin(), S * E, 0.0);
   if (!dnoise_std.empty()) std::fill_n(dnoise_std.begin(), S * E, 0.0);
   if (!rule_->learned()) return;  // hash: nothing depends on a router
-  const RuleInput in{logits, probs, S_, E_, r.capacity, &ctx};
+  const RuleInput in{logits, probs, r.sig, S_, E_, r.capacity, &ctx};
   const RuleGrads g{dprobs, dlogits, dnoise_std};
 
   // Importance CV^2 is a function of the candidates' weights: its gradient joins dweight.
@@ -185,6 +203,31 @@ void Router::backward(const RouteContext& ctx, std::span<const double> logits,
     }
     for (std::size_t t = 0; t < S; ++t)
       for (std::size_t e = 0; e < E; ++e) dprobs[t * E + e] += dsum_[e];
+  }
+  if (!scales.aux_batch_dp.empty())
+    for (std::size_t t = 0; t < S; ++t)
+      for (std::size_t e = 0; e < E; ++e) dprobs[t * E + e] += scales.aux_batch_dp[e];
+  if (sigmoid_) {
+    // p = s / sum s with s = sigmoid(h): ds_e = (dp_e - sum_j dp_j p_j) / sum s,
+    // dh_e = ds_e s_e (1 - s_e); z = mean_t lse_t^2 still: d/dh = 2 lse_t softmax(h)_t,e / S.
+    for (std::size_t t = 0; t < S; ++t) {
+      const double* p = probs.data() + t * E;
+      const double* s = r.sig.data() + t * E;
+      const double* dp = dprobs.data() + t * E;
+      const double* h = logits.data() + t * E;
+      double* dh = dlogits.data() + t * E;
+      double dot = 0, sum = 0;
+      for (std::size_t e = 0; e < E; ++e) {
+        dot += dp[e] * p[e];
+        sum += s[e];
+      }
+      const double zc = scales.z * 2.0 * r.lse[t] / Sd;
+      for (std::size_t e = 0; e < E; ++e) {
+        dh[e] += (dp[e] - dot) / sum * s[e] * (1.0 - s[e]);
+        if (zc != 0) dh[e] += zc * std::exp(h[e] - r.lse[t]);
+      }
+    }
+    return;
   }
   // Softmax backward, plus z = mean_t lse_t^2: d/dh_t,e = 2 lse_t p_t,e / S.
   for (std::size_t t = 0; t < S; ++t) {

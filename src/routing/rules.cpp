@@ -89,10 +89,13 @@ class TopKRule final : public RoutingRule {
   void select(const RuleInput& in, GroupRouting& out) const override {
     const std::int64_t S = in.S, E = in.E;
     const std::span<const double> bias = in.ctx->bias;
+    const bool sig = !in.sig.empty();
     std::int32_t idx[kMaxK];
     score_.resize(static_cast<std::size_t>(E));
     for (std::int64_t t = 0; t < S; ++t) {
-      const double* p = in.probs.data() + t * E;
+      // routing.score = sigmoid: select by s (+ b), weights = the selected s renormalised
+      // when k > 1 (DeepSeek-V3; Megatron-Core leaves k = 1 unnormalised, as here).
+      const double* p = (sig ? in.sig : in.probs).data() + t * E;
       const double* score = p;
       if (!bias.empty()) {  // aux-loss-free balancing: select with p + b, weight with p
         for (std::int64_t e = 0; e < E; ++e)
@@ -101,7 +104,7 @@ class TopKRule final : public RoutingRule {
       }
       top_k_indices(score, E, k_, idx);
       double norm = 1.0;
-      if (renormalize_) {
+      if (renormalize_ || (sig && k_ > 1)) {
         double s = 0;
         for (std::int64_t c = 0; c < k_; ++c) s += p[idx[c]];
         norm = 1.0 / s;
@@ -115,6 +118,25 @@ class TopKRule final : public RoutingRule {
                 const RuleGrads& g) const override {
     const std::int64_t E = in.E;
     const std::span<const Candidate> cands = r.cands;
+    if (!in.sig.empty()) {  // w = s_j (/ sum of the selected s), s = sigmoid(h)
+      for (std::size_t i = 0; i < cands.size(); i += static_cast<std::size_t>(k_)) {
+        const std::int64_t t = cands[i].token;
+        const double* s = in.sig.data() + t * E;
+        double* dh = g.dlogits.data() + t * E;
+        double sum = 0, dot = 0;
+        for (std::int64_t c = 0; c < k_; ++c) {
+          sum += s[cands[i + c].expert];
+          dot += dweight[i + c] * s[cands[i + c].expert];
+        }
+        const bool norm = renormalize_ || k_ > 1;
+        for (std::int64_t c = 0; c < k_; ++c) {
+          const std::int32_t e = cands[i + c].expert;
+          const double ds = norm ? dweight[i + c] / sum - dot / (sum * sum) : dweight[i + c];
+          dh[e] += ds * s[e] * (1.0 - s[e]);
+        }
+      }
+      return;
+    }
     for (std::size_t i = 0; i < cands.size(); i += static_cast<std::size_t>(k_)) {
       const std::int64_t t = cands[i].token;
       const double* p = in.probs.data() + t * E;
@@ -464,7 +486,7 @@ std::unique_ptr<RoutingRule> make_rule(const RoutingConfig& cfg) {
     case RoutingRuleKind::hash:
       return std::make_unique<HashRule>();
     case RoutingRuleKind::base:
-      break;
+      return make_base_rule(cfg);
   }
   throw std::invalid_argument(std::string("routing.rule = ") + to_string(cfg.rule) +
                               " is not implemented");

@@ -91,6 +91,7 @@ class Trainer {
     slot_.stop = maxes_.add(1);
     slot_.local_step = maxes_.add(1);
     slot_.nonfinite = maxes_.add(1);
+    slot_.base_epsilon = maxes_.add(static_cast<std::size_t>(L_));
     sums_.reset();
     maxes_.reset();
   }
@@ -191,6 +192,11 @@ class Trainer {
     maxes_[slot_.stop] = stop_requested() ? 1.0 : 0.0;  // a signal on any rank stops every rank
     maxes_[slot_.local_step] = local_step;
     maxes_[slot_.nonfinite] = gradients_finite() ? 0.0 : 1.0;
+    const bool base = cfg_.routing.rule == RoutingRuleKind::base;
+    if (base)  // the final auction epsilon per layer, largest over the ranks
+      for (int l = 0; l < L_; ++l)
+        maxes_[slot_.base_epsilon + static_cast<std::size_t>(l)] =
+            model_.layer(l).stats().base_epsilon;
     comm_.allreduce(maxes_.values(), comm::ReduceOp::max);
     stop_all_ = maxes_[slot_.stop] > 0;
 
@@ -226,6 +232,10 @@ class Trainer {
     rec.time_backward = phase(Phase::backward);
     rec.time_sync = phase(Phase::sync);
     rec.time_step = maxes_[slot_.local_step];
+    if (base) {
+      const auto eps = maxes_.slice(slot_.base_epsilon, static_cast<std::size_t>(L_));
+      rec.base_epsilon.assign(eps.begin(), eps.end());
+    }
     diverged_ = maxes_[slot_.nonfinite] > 0 || !std::isfinite(rec.loss);
     // Research metrics: per-layer load imbalance, and this step's rank x rank traffic.
     for (int l = 0; l < L_; ++l)
@@ -339,6 +349,7 @@ class Trainer {
     std::size_t ce, aux, z, aux_gshard, importance, load, dropped, assignments, bytes;
     std::size_t routed, kept;                           // [L*E] each
     std::size_t phase, stop, local_step, nonfinite;     // MAX reduction
+    std::size_t base_epsilon;                           // [L] MAX: routing.rule = base
   } slot_{};
   ReductionSlots sums_, maxes_;
   bool stop_all_ = false;  // some rank was asked to stop (signal)

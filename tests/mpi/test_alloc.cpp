@@ -102,7 +102,7 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
       store.zero_grads();
       const std::int64_t first = (step * comm.size() + comm.rank()) * N;
       layer.forward(x.data(), y.data(), N, true, nullptr, model::PassInfo{step, first});
-      layer.backward(y.data(), dx.data(), routing::LossScales{0.01, 0.02, 0.03, 0.04, 0.001});
+      layer.backward(y.data(), dx.data(), routing::LossScales{0.01, 0.02, 0.03, 0.04, 0.001, {}});
       std::fill(load.begin(), load.end(), static_cast<double>(step));
       load[0] += 1.0;  // unbalanced: the bias moves
       layer.update_bias(load);

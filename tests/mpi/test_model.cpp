@@ -5,7 +5,7 @@
 //    (double precision), at 1, 2 and 4 ranks,
 //  - the same run on P ranks gives the same loss curve as on 1 rank (tolerance below),
 //  - all of the above for every routing rule (dense, topk, noisy_topk, switch with jitter,
-//    gshard with random routing, expert_choice, hash, topk with the expert bias), drop
+//    gshard with random routing, expert_choice, hash, topk with the expert bias, base), drop
 //    policy and router loss.
 #include <gtest/gtest.h>
 
@@ -242,6 +242,16 @@ void layer_matches_plain_loop(Config cfg, const std::string& label, bool expect_
                            ps.value(ps.find(p + ".w2")), ps.value(ps.find(p + ".b2")), d, f, o,
                            cfg.model.activation);
     }
+  // Shared experts: every token, weight 1.
+  for (std::int64_t j = 0; j < cfg.routing.shared_experts; ++j) {
+    const std::string p = "layer0.shared.expert" + std::to_string(j);
+    for (std::int64_t t = 0; t < B; ++t)
+      for (int o = 0; o < d; ++o)
+        y[static_cast<std::size_t>(t * d + o)] +=
+            ffn(x + t * d, ps.value(ps.find(p + ".w1")), ps.value(ps.find(p + ".b1")),
+                ps.value(ps.find(p + ".w2")), ps.value(ps.find(p + ".b2")), d, f, o,
+                cfg.model.activation);
+  }
   for (std::int64_t i = 0; i < B * d; ++i)
     EXPECT_NEAR(ref.activation(1)[i], y[static_cast<std::size_t>(i)], 1e-12);
   // The distributed rank's rows equal the reference rows.
@@ -317,6 +327,34 @@ std::vector<RuleCase> rule_cases() {
         c.routing.drop_policy = DropPolicyKind::priority;
       },
       set_bias, true);
+  add("base", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::base;
+    c.routing.k = 1;
+  });
+  add(
+      "topk-sigmoid-bias",  // DeepSeek-V3: sigmoid scores, expert bias, renormalised top-2
+      [](Config& c) {
+        c.routing.score = ScoreKind::sigmoid;
+        c.routing.bias_update_rate = 0.01;
+        c.routing.importance_loss_coef = 0.1;
+      },
+      set_bias);
+  add("switch-sigmoid", [](Config& c) {
+    c.routing.rule = RoutingRuleKind::switch_top1;
+    c.routing.k = 1;
+    c.routing.score = ScoreKind::sigmoid;
+  });
+  add("topk-shared2", [](Config& c) { c.routing.shared_experts = 2; });
+  add("topk-aux-batch", [](Config& c) {
+    c.routing.aux_scope = AuxScope::batch;
+    c.routing.aux_loss_coef = 0.5;
+  });
+  add("sigmoid-aux-batch-shared", [](Config& c) {
+    c.routing.score = ScoreKind::sigmoid;
+    c.routing.aux_scope = AuxScope::batch;
+    c.routing.aux_loss_coef = 0.5;
+    c.routing.shared_experts = 1;
+  });
   return cases;
 }
 
@@ -494,6 +532,46 @@ TEST(Model, SameLossCurveForAnyRankCountEveryRule) {
     cfg.routing.drop_policy = policy;
     same_loss_curve(curve_config(cfg), std::string("topk-") + to_string(policy));
   }
+}
+
+// routing.aux_scope = batch: aux = (E/k) sum_e f_e P_e with f_e and P_e over the whole global
+// batch (all groups of all ranks), against the closed form from a single-rank layer's
+// routing; and it differs from the per-group mean (so the two scopes are really different).
+TEST(Model, AuxScopeBatchIsTheGlobalBatchProduct) {
+  const comm::Comm comm = comm::Comm::world();
+  Config cfg = small_config();
+  cfg.model.layers = 1;
+  cfg.routing.aux_scope = AuxScope::batch;
+  fit_to_ranks(cfg, comm.size());
+  const std::int64_t B = cfg.data.tokens_per_step, N = B / comm.size(), E = cfg.routing.num_experts;
+  const Batch mine = make_batch(cfg, comm.rank() * N, N);
+  model::Model<double> dist(cfg, comm, N, N);
+  dist.forward(mine.x.data(), mine.y.data(), N, true, nullptr, model::PassInfo{0, comm.rank() * N});
+  const double groups = static_cast<double>(B / cfg.routing.group_size);
+  const double got =
+      comm.allreduce<double>(dist.layer(0).stats().aux_sum, comm::ReduceOp::sum) / groups;
+
+  Config gcfg = cfg;
+  gcfg.routing.aux_scope = AuxScope::group;
+  const comm::Comm self = comm::Comm::self();
+  const Batch full = make_batch(cfg, 0, B);
+  model::Model<double> ref(gcfg, self, B, B);
+  ref.forward(full.x.data(), full.y.data(), B, true, nullptr, model::PassInfo{0, 0});
+  std::vector<double> R(static_cast<std::size_t>(E), 0.0), Psum(static_cast<std::size_t>(E), 0.0);
+  for (const auto& g : ref.layer(0).groups())
+    for (const auto& c : g.cands) R[static_cast<std::size_t>(c.expert)] += 1;
+  const std::vector<double>& p = ref.layer(0).probs();
+  for (std::int64_t t = 0; t < B; ++t)
+    for (std::int64_t e = 0; e < E; ++e)
+      Psum[static_cast<std::size_t>(e)] += p[static_cast<std::size_t>(t * E + e)];
+  double want = 0;
+  for (std::int64_t e = 0; e < E; ++e)
+    want += (R[static_cast<std::size_t>(e)] / static_cast<double>(B)) *
+            (Psum[static_cast<std::size_t>(e)] / static_cast<double>(B));
+  want *= static_cast<double>(E) / static_cast<double>(cfg.routing.k);
+  EXPECT_NEAR(got, want, 1e-13);
+  const double per_group = ref.layer(0).stats().aux_sum / groups;
+  EXPECT_GT(std::abs(per_group - want), 1e-6) << "the scopes should differ on this batch";
 }
 
 // The expert bias is live state: with a rate it changes the run (identically on all ranks,

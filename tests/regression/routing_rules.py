@@ -2,12 +2,14 @@
 """Regression: every routing rule and drop policy runs end to end through `moesim run`.
 
 For each rule (dense, topk with the expert bias, noisy_topk, switch with jitter, gshard with random
-routing, expert_choice, hash) and each drop policy: a short float64 run on 2 ranks exits 0, its
+routing, expert_choice, hash, base, topk with sigmoid scores and the bias, shared experts, the
+global-batch aux loss) and each drop policy: a short float64 run on 2 ranks exits 0, its
 result file passes tools/h5check.py (which checks loss == task_loss + sum coef * router loss over all
 five losses), the new /steps datasets aux_gshard_loss, importance_loss, load_loss are there, and the
 per-expert loads obey the rule (dense: every expert gets every token; expert_choice: exactly C
-tokens per expert and group; hash and switch: one per token; gshard: 1..2 per token). noisy_topk
-and gshard (the random rules) give the same loss curve on 1 and 2 ranks. Impossible combinations
+tokens per expert and group; base: exactly S/E; hash and switch: one per token; gshard: 1..2 per
+token). noisy_topk, gshard, switch with jitter, base and aux_scope = batch give the same loss curve
+on 1 and 2 ranks. Impossible combinations
 exit 2 naming the key.
 """
 import math
@@ -62,6 +64,12 @@ RULES = {
                "--routing.drop_policy=choice_position"],
     "expert_choice": ["--routing.rule=expert_choice", "--routing.capacity_factor=1.5"],
     "hash": ["--routing.rule=hash", "--routing.k=1", "--routing.aux_loss_coef=0", "--routing.z_loss_coef=0"],
+    "base": ["--routing.rule=base", "--routing.k=1", "--routing.z_loss_coef=0.001"],
+    "sigmoid_bias": ["--routing.rule=topk", "--routing.k=2", "--routing.score=sigmoid",
+                     "--routing.bias_update_rate=0.01"],
+    "shared": ["--routing.rule=topk", "--routing.k=2", "--routing.shared_experts=2"],
+    "aux_batch": ["--routing.rule=topk", "--routing.k=2", "--routing.aux_scope=batch",
+                  "--routing.aux_loss_coef=0.1"],
 }
 
 
@@ -106,18 +114,28 @@ for name, extra in RULES.items():
         R.check((d["expert_load"] == (TOKENS // S) * C).all() and (d["dropped_fraction"] == 0).all(),
                 f"expert_choice: every expert takes C = ceil(S * cf / E) = {C} tokens per group, no drops",
                 f"{d['expert_load'].tolist()}")
-    elif name in ("hash", "switch_jitter"):
+    elif name in ("hash", "switch_jitter", "base"):
         R.check((load_sum == TOKENS).all(), f"{name}: one assignment per token", f"{load_sum.tolist()}")
     elif name == "gshard":
         R.check(((load_sum >= TOKENS) & (load_sum <= 2 * TOKENS)).all() and (load_sum < 2 * TOKENS).any(),
                 "gshard: 1..2 assignments per token, random routing skips some 2nd experts", f"{load_sum.tolist()}")
     else:
         R.check((load_sum == 2 * TOKENS).all(), f"{name}: k = 2 assignments per token", f"{load_sum.tolist()}")
+    if name == "base":
+        R.check((d["expert_load"] == TOKENS // E).all() and (d["dropped_fraction"] == 0).all(),
+                f"base: exactly S/E tokens per expert and group ({TOKENS // E} per layer), no drops",
+                f"{d['expert_load'].tolist()}")
+        R.check(np.allclose(d["aux_loss"], 1.0, atol=1e-12), "base: aux loss is exactly 1 (f_e = 1/E)")
+        with h5py.File(out, "r") as f:
+            eps = f["steps/base_epsilon"][()]
+            R.check(eps.shape == (STEPS, 2) and (eps > 0).all() and f.attrs["base_epsilon"] == eps.max(),
+                    f"base: /steps/base_epsilon [steps, layers] > 0 and root attribute base_epsilon = its max "
+                    f"({f.attrs['base_epsilon']:.3e})")
     if name == "hash":
         R.check((d["aux_loss"] == 0).all() and (d["z_loss"] == 0).all(), "hash: no router, aux and z are 0")
 
-R.section("random rules on 1 vs 2 ranks")
-for name in ["noisy_topk", "gshard", "switch_jitter"]:
+R.section("random rules, base and the global-batch loss on 1 vs 2 ranks")
+for name in ["noisy_topk", "gshard", "switch_jitter", "base", "aux_batch"]:
     if name not in results:
         continue
     out, res = run(name, 1, RULES[name])
@@ -142,7 +160,8 @@ for extra, key in [(["--routing.rule=gshard", "--routing.k=3"], "routing.k"),
                    (["--routing.rule=hash", "--routing.k=1"], "routing.aux_loss_coef"),
                    (["--routing.rule=topk", "--routing.jitter_eps=0.1"], "routing.jitter_eps"),
                    (["--routing.rule=expert_choice", "--routing.dropless=true"], "routing.dropless"),
-                   (["--routing.rule=base"], "routing.rule")]:
+                   (["--routing.rule=base", "--routing.k=1", "--routing.group_size=6"],
+                    "routing.group_size")]:
     out = R.path("bad.h5")
     res = R.mpirun(1, ["run", base, f"--output.file={out}"] + extra, timeout=60)
     R.check(res.rc == 2 and key in res.err, f"{' '.join(extra)}: exit 2 naming {key}", res.describe)

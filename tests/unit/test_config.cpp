@@ -88,6 +88,10 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.routing.random_routing, b.routing.random_routing);
   EXPECT_EQ(a.routing.bias_update_rate, b.routing.bias_update_rate);
   EXPECT_EQ(a.routing.dispatch, b.routing.dispatch);
+  EXPECT_EQ(a.routing.score, b.routing.score);
+  EXPECT_EQ(a.routing.aux_scope, b.routing.aux_scope);
+  EXPECT_EQ(a.routing.shared_experts, b.routing.shared_experts);
+  EXPECT_EQ(a.routing.base_tolerance, b.routing.base_tolerance);
   EXPECT_EQ(a.checkpoint.every, b.checkpoint.every);
   EXPECT_EQ(a.checkpoint.file, b.checkpoint.file);
   EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
@@ -114,6 +118,10 @@ Config all_non_default() {
   c.routing.group_size = 16;
   c.routing.aux_loss_coef = 1.0 / 3.0;
   c.routing.z_loss_coef = 1e-3;
+  c.routing.score = ScoreKind::sigmoid;
+  c.routing.aux_scope = AuxScope::batch;
+  c.routing.shared_experts = 2;
+  c.routing.base_tolerance = 1e-3;
   c.training.steps = 7;
   c.training.seed = std::numeric_limits<std::uint64_t>::max();
   c.training.optimizer = OptimizerKind::sgd;
@@ -812,7 +820,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 54u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 58u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -830,7 +838,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 54u);
+  EXPECT_EQ(rows, 58u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }

@@ -90,7 +90,12 @@ TEST(RoutingConfigValidate, ImpossibleCombinationsNameKeyValueAndWhatIsAllowed) 
        {"routing.capacity_factor = 0", "must be > 0"}},
       {{"--routing.rule=expert_choice", "--routing.eval_capacity_factor=0"},
        {"routing.eval_capacity_factor = 0", "must be > 0"}},
-      {{"--routing.rule=base"}, {"routing.rule = base", "not implemented"}},
+      {{"--routing.rule=base"}, {"routing.k = 2", "must be 1 when routing.rule = base"}},
+      {{"--routing.rule=base", "--routing.k=1", "--routing.group_size=6",
+        "--data.tokens_per_step=12", "--data.eval_tokens=12"},
+       {"routing.group_size = 6", "multiple of routing.num_experts = 4"}},
+      {{"--routing.rule=base", "--routing.k=1", "--routing.base_tolerance=0"},
+       {"routing.base_tolerance = 0", "(0, 1]"}},
       {{"--routing.rule=topk", "--routing.num_experts=80", "--routing.k=65"},
        {"routing.k = 65", "at most 64"}},
   };

@@ -461,7 +461,7 @@ TEST(RuleHash, ExpertIsMix64OfTheGlobalTokenIdModE) {
   GroupRouting rr;
   router.route({}, probs, keyed(0, 0, 0), rr);
   for (double p : probs) EXPECT_EQ(p, 0.0);
-  LossScales scales{1, 1, 1, 1, 1};
+  LossScales scales{1, 1, 1, 1, 1, {}};
   router.backward(keyed(0, 0, 0), {}, probs, rr, std::vector<double>(8, 1.0), scales, dprobs, dl);
   for (double d : dl) EXPECT_EQ(d, 0.0);
 }
@@ -684,7 +684,7 @@ void fd_check(const FdCase& fc) {
   const moesim::CounterRng crng(29, moesim::Stream::routing);
   std::vector<double> coef(r.cands.size());
   for (std::size_t i = 0; i < coef.size(); ++i) coef[i] = r.cands[i].kept ? crng.normal(i) : 0.0;
-  const LossScales scales{0.7, 0.4, 0.5, 0.6, 0.3};
+  const LossScales scales{0.7, 0.4, 0.5, 0.6, 0.3, {}};
   router.backward(ctx, h, p, r, coef, scales, dprobs, dl,
                   fc.noise ? std::span<double>(dsig) : std::span<double>{});
   const auto J = [&](const std::vector<double>& hh, const std::vector<double>& sg) {
@@ -748,7 +748,52 @@ TEST(RouterBackward, EveryRuleAndLossMatchesFiniteDifferences) {
       true);
   add("noisy_topk-clean", RoutingRuleKind::noisy_topk, 2, DropPolicyKind::probs);
   add("expert_choice", RoutingRuleKind::expert_choice, 1, DropPolicyKind::position);
+  const auto add_sigmoid = [&](std::string label, RoutingRuleKind rule, std::int64_t k,
+                               DropPolicyKind policy, bool bias) {
+    add(std::move(label), rule, k, policy, false, false, bias);
+    cases.back().cfg.score = moesim::ScoreKind::sigmoid;
+  };
+  add_sigmoid("topk-sigmoid-position", RoutingRuleKind::topk, 2, DropPolicyKind::position, false);
+  add_sigmoid("topk-sigmoid-bias-probs", RoutingRuleKind::topk, 3, DropPolicyKind::probs, true);
+  add_sigmoid("switch-sigmoid-priority", RoutingRuleKind::switch_top1, 1, DropPolicyKind::priority,
+              true);
   for (const FdCase& fc : cases) fd_check(fc);
+}
+
+// routing.score = sigmoid (DeepSeek-V3): select by s = sigmoid(h) (+ b), weights = the
+// selected s renormalised (k > 1), the losses' distribution p = s / sum_e s.
+TEST(RuleSigmoid, SelectsBySigmoidPlusBiasWeightsRenormalisedLossesUseNormalisedS) {
+  // One token, 4 experts. s = (0.5, 0.8, 0.2, 0.6) via h = logit(s).
+  const std::vector<double> s = {0.5, 0.8, 0.2, 0.6};
+  std::vector<double> h(4);
+  for (std::size_t e = 0; e < 4; ++e) h[e] = std::log(s[e] / (1 - s[e]));
+  RoutingConfig cfg = config(RoutingRuleKind::topk, 4, 2);
+  cfg.score = moesim::ScoreKind::sigmoid;
+  cfg.dropless = true;
+  GroupRouting r = route(cfg, h, 1);
+  ASSERT_EQ(r.cands.size(), 2U);
+  EXPECT_EQ(r.cands[0].expert, 1);
+  EXPECT_EQ(r.cands[1].expert, 3);
+  EXPECT_NEAR(r.cands[0].weight, 0.8 / 1.4, 1e-14);
+  EXPECT_NEAR(r.cands[1].weight, 0.6 / 1.4, 1e-14);
+  // aux = (E/k) sum_e f_e P_e with P = s / sum s = s / 2.1 and f = (0, 1, 0, 1).
+  EXPECT_NEAR(r.aux, 2.0 * (0.8 + 0.6) / 2.1, 1e-14);
+  // With the bias b = (0.35, 0, 0, 0): s + b = (0.85, 0.8, 0.2, 0.6) selects experts 0 and 1,
+  // weighted by s alone.
+  const std::vector<double> bias = {0.35, 0, 0, 0};
+  RouteContext ctx;
+  ctx.bias = bias;
+  r = route(cfg, h, 1, ctx);
+  EXPECT_EQ(r.cands[0].expert, 0);
+  EXPECT_EQ(r.cands[1].expert, 1);
+  EXPECT_NEAR(r.cands[0].weight, 0.5 / 1.3, 1e-14);
+  // k = 1 (switch): weight s itself (renormalising one score would make it constant 1).
+  RoutingConfig sw = config(RoutingRuleKind::switch_top1, 4, 1);
+  sw.score = moesim::ScoreKind::sigmoid;
+  sw.dropless = true;
+  r = route(sw, h, 1);
+  EXPECT_EQ(r.cands[0].expert, 1);
+  EXPECT_NEAR(r.cands[0].weight, 0.8, 1e-14);
 }
 
 TEST(RouterBackward, GShardSecondNotKeptStillShapesTheFirstWeight) {

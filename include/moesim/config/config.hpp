@@ -36,6 +36,10 @@ enum class RoutingRuleKind {
   hash,
   base
 };
+// Router score function (routing.md "Additions"): p = softmax(h) or s = sigmoid(h).
+enum class ScoreKind { softmax, sigmoid };
+// Scope of the load-balance loss's f_e and P_e: each routing group, or the global batch.
+enum class AuxScope { group, batch };
 enum class DropPolicyKind { position, choice_position, probs, priority };
 enum class DispatchKind {
   alltoallv,
@@ -55,6 +59,7 @@ struct ModelConfig {
 struct RoutingConfig {
   std::int64_t num_experts = 4;                  // E, experts per MoE layer over all ranks
   RoutingRuleKind rule = RoutingRuleKind::topk;  // routing rule (routing.md)
+  ScoreKind score = ScoreKind::softmax;          // router score: softmax, or sigmoid (topk/switch)
   std::int64_t k = 2;                            // choices per token (switch: must be 1)
   bool renormalize = false;                      // topk: renormalise kept weights to sum 1
   Rational capacity_factor{125, 100};            // training capacity factor; 0 = dropless
@@ -71,6 +76,9 @@ struct RoutingConfig {
   double jitter_eps = 0.0;            // switch: multiplicative router-input jitter U[1-eps,1+eps]
   bool random_routing = true;         // gshard: keep the 2nd expert only if 2*g2 > U(0,1)
   double bias_update_rate = 0.0;      // aux-loss-free balancing (DeepSeek-V3) rate u; 0 = off
+  AuxScope aux_scope = AuxScope::group;  // aux loss f_e, P_e per group or over the global batch
+  std::int64_t shared_experts = 0;       // always-on experts per layer (weight 1, replicated)
+  double base_tolerance = 1e-6;          // base: final auction epsilon / the group's logit range
   DispatchKind dispatch = DispatchKind::alltoallv;  // token exchange implementation
 };
 
@@ -201,6 +209,8 @@ const char* to_string(Activation v);
 const char* to_string(Precision v);
 const char* to_string(RoutingRuleKind v);
 const char* to_string(DropPolicyKind v);
+const char* to_string(ScoreKind v);
+const char* to_string(AuxScope v);
 const char* to_string(DispatchKind v);
 const char* to_string(OptimizerKind v);
 

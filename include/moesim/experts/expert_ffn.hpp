@@ -17,10 +17,11 @@ namespace moesim::experts {
 template <typename T>
 class ExpertBank {
  public:
-  // Registers W1, b1, W2, b2 of experts [first, first + count) under "<prefix>.expert<e>.*".
+  // Registers W1, b1, W2, b2 of experts [first, first + count) under "<prefix>.expert<e>.*"
+  // as `kind` parameters (routed experts: ParamKind::expert; shared experts: replicated).
   ExpertBank(ParamStore<T>& store, const std::string& prefix, std::int64_t first,
              std::int64_t count, std::int64_t d_model, std::int64_t d_ff, Activation act,
-             double init_scale);
+             double init_scale, ParamKind kind = ParamKind::expert);
   // Fetches parameter pointers (after the store allocated).
   void bind(ParamStore<T>& store);
 

@@ -29,6 +29,10 @@ struct RouteOutput {
   std::vector<std::int64_t> load_kept;    // [E]
   std::int64_t capacity = -1;             // per (group, expert); -1 when dropless
   double aux_loss = 0, z_loss = 0, dropped_fraction = 0;
+  double base_epsilon = -1;  // routing.rule = base: largest final epsilon (< 0: not written)
+  // Replay of a router-choice trace (routing_trace.hpp), written as /trace/* when non-empty:
+  std::vector<std::int64_t> trace_step, trace_layer;             // [R] each (step, layer)
+  std::vector<std::int64_t> trace_load_routed, trace_load_kept;  // [R*E]
   std::string config_ini;
 };
 void write_route_output(const std::string& path, const RouteOutput& out);

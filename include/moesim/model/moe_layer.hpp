@@ -40,6 +40,7 @@ struct LayerStats {
   std::vector<std::int64_t> routed;   // [E] before capacity
   std::vector<std::int64_t> kept;     // [E] after capacity
   std::vector<std::int64_t> sent_to;  // [P] rows this rank dispatched to each rank
+  double base_epsilon = 0;            // base rule: largest final auction epsilon of the groups
 };
 
 // Which tokens a pass holds: keys the routing randomness and hash experts (random.hpp).
@@ -94,6 +95,10 @@ class MoELayer {
   std::unique_ptr<routing::Router> router_train_, router_eval_;
   std::unique_ptr<dispatch::Dispatcher<T>> dispatcher_;
   experts::ExpertBank<T> experts_;
+  std::int64_t shared_;                            // routing.shared_experts
+  experts::ExpertBank<T> shared_bank_;             // the always-on experts (replicated parameters)
+  std::vector<std::int64_t> shared_off_;           // [shared+1] row offsets j * n of the last pass
+  AlignedVector<T> sh_in_, sh_h_, sh_a_, sh_out_;  // [shared * n x d|f], expert-major
   std::uint64_t seed_;
   bool has_gate_;      // false for hash routing (no router)
   bool noisy_;         // noisy_topk: W_noise
@@ -125,6 +130,9 @@ class MoELayer {
   AlignedVector<T> send_, back_;                   // [send x d] packed rows; expert outputs back
   AlignedVector<T> ex_in_, ex_h_, ex_a_, ex_out_;  // expert-major [recv x d|f]
   std::vector<double> dweight_, dprobs_, dlogits_;
+  bool aux_batch_;                  // routing.aux_scope = batch
+  std::vector<double> batch_sums_;  // [2E+2] routed_e, sum_t p_t,e, groups, tokens (global)
+  std::vector<double> batch_dp_;    // [E] d(global-batch aux)/dp_t,e per unit of scales.aux
   LayerStats stats_;
 };
 

@@ -65,6 +65,7 @@ struct GroupRouting {
   std::vector<std::int64_t> routed;  // [E] candidates per expert before capacity
   std::vector<std::int64_t> kept;    // [E] after capacity
   std::vector<double> lse;           // [S] logsumexp of each token's logits (z-loss)
+  std::vector<double> sig;           // [S*E] routing.score = sigmoid: s = sigmoid(h); else empty
   std::vector<double> scores;        // [S*E] selection scores where a rule keeps them
                                      // (noisy_topk: noisy logits; bias: p + b)
   std::vector<double> noise;         // [S*E] noisy_topk: the N(0,1) draws
@@ -79,17 +80,23 @@ struct GroupRouting {
   double load = 0;                   // CV^2(load_e)
   double z = 0;                      // mean_t lse_t^2, before its coefficient
   std::int64_t dropped = 0;          // dropped candidates
+  double base_epsilon = 0;           // base (training): final epsilon of the auction, else 0
 };
 
 // dL/d(each router loss of one group): the coefficient over (layers * groups).
 struct LossScales {
   double aux = 0, aux_gshard = 0, importance = 0, load = 0, z = 0;
+  // routing.aux_scope = batch: dL/dp_t,e of the global-batch aux loss, the same for every
+  // token of the layer ([E]; empty = none). The layer computes it; `aux` is then 0.
+  std::span<const double> aux_batch_dp;
 };
 
 // One group's inputs as the rules see them.
 struct RuleInput {
   std::span<const double> logits;  // [S*E] (empty for rules without a learned router)
-  std::span<const double> probs;   // [S*E] softmax of logits (zeros without a router)
+  std::span<const double> probs;   // [S*E] softmax of logits (zeros without a router);
+                                   // routing.score = sigmoid: s / sum_e s (what losses use)
+  std::span<const double> sig;     // [S*E] sigmoid scores s (routing.score = sigmoid), else empty
   std::int64_t S = 0, E = 0;
   std::int64_t capacity = -1;  // this group's capacity (expert_choice selects with it)
   const RouteContext* ctx = nullptr;
@@ -147,6 +154,8 @@ class DropPolicy {
 };
 
 std::unique_ptr<RoutingRule> make_rule(const RoutingConfig& cfg);
+// base (base_assignment.cpp): balanced assignment by auction.
+std::unique_ptr<RoutingRule> make_base_rule(const RoutingConfig& cfg);
 std::unique_ptr<DropPolicy> make_drop_policy(const RoutingConfig& cfg);
 std::unique_ptr<DropPolicy> make_drop_policy(DropPolicyKind kind);
 
@@ -165,7 +174,8 @@ class Router {
   }
 
   // Routes one group. logits [S*E] in (ignored by rules without a router); probs [S*E]
-  // (softmax) out; result out.
+  // out: softmax(h), or with routing.score = sigmoid p = s / sum_e s (s = sigmoid(h), kept in
+  // out.sig); result out.
   void route(std::span<const double> logits, std::span<double> probs, const RouteContext& ctx,
              GroupRouting& out) const;
   // Shorthand without keys: group token ids 0..S-1, step 0, layer 0, seed 0.
@@ -183,6 +193,7 @@ class Router {
 
  private:
   std::int64_t E_, S_;
+  bool sigmoid_;  // routing.score = sigmoid
   std::int64_t train_capacity_, eval_capacity_;
   std::unique_ptr<RoutingRule> rule_;
   std::unique_ptr<DropPolicy> policy_;
