@@ -416,6 +416,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   write_string_attr(root, f, "/", "created_utc", meta.created_utc);
   write_string_attr(root, f, "/", "slurm_job_id", meta.slurm_job_id);
   write_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
+  write_scalar_attr<std::int64_t>(root, f, "/", "nodes", meta.nodes);
   write_scalar_attr<std::uint64_t>(root, f, "/", "seed", meta.seed);
   write_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
 
@@ -559,6 +560,10 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
   impl->last_step = resume_step - 1;
   overwrite_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
   overwrite_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
+  if (H5Aexists(root, "nodes") > 0)
+    overwrite_scalar_attr<std::int64_t>(root, f, "/", "nodes", meta.nodes);
+  else
+    write_scalar_attr<std::int64_t>(root, f, "/", "nodes", meta.nodes);
   if (H5Lexists(root, "summary", H5P_DEFAULT) > 0)  // written again by finish()
     check(H5Ldelete(root, "summary", H5P_DEFAULT), f, "/summary", "removing the old summary");
   check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
@@ -602,6 +607,12 @@ void ResultWriter::append_step(const StepRecord& rec) {
     append_row(m.step_f64[i], f, row, scalar_row, H5T_NATIVE_DOUBLE, &value);
   }
   append_row(m.step_bytes, f, row, scalar_row, H5T_NATIVE_INT64, &rec.bytes_alltoall);
+  write_extra(m.extra, m.steps.get(), f, "steps", "bytes_inter_node", {}, row,
+              std::vector<std::int64_t>{rec.bytes_inter_node},
+              "bytes of bytes_alltoall that crossed a node boundary, all ranks");
+  write_extra(m.extra, m.steps.get(), f, "steps", "bytes_intra_node", {}, row,
+              std::vector<std::int64_t>{rec.bytes_intra_node},
+              "bytes of bytes_alltoall that stayed on a node (incl. a rank to itself), all ranks");
   append_row(m.expert_load, f, row, m.load_tail, H5T_NATIVE_INT64, rec.expert_load.data());
   append_row(m.expert_kept, f, row, m.load_tail, H5T_NATIVE_INT64, rec.expert_kept.data());
   if (!rec.load_imbalance.empty())

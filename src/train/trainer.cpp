@@ -131,7 +131,7 @@ class Trainer {
     const auto LE = static_cast<std::size_t>(L_ * E_);
     std::vector<double>& sum = sum_;       // member: no per-step allocation
     const std::size_t extra = 5 + 2 * LE;  // aux_gshard, importance, load sums
-    sum.assign(extra + 3 + 1, 0.0);
+    sum.assign(extra + 3 + 3, 0.0);        // ..., bytes inter-node, intra-node, all
     sum[0] = sums.ce_sum;
     for (int l = 0; l < L_; ++l) {
       const model::LayerStats& st = model_.layer(l).stats();
@@ -152,7 +152,11 @@ class Trainer {
         traffic_[static_cast<std::size_t>(p)] += st.sent_to[static_cast<std::size_t>(p)];
     }
     double bytes = 0;
-    for (int l = 0; l < L_; ++l) bytes += static_cast<double>(model_.layer(l).bytes_sent());
+    for (int l = 0; l < L_; ++l) {
+      bytes += static_cast<double>(model_.layer(l).bytes_sent());
+      sum[extra + 3] += static_cast<double>(model_.layer(l).bytes_inter_node());
+      sum[extra + 4] += static_cast<double>(model_.layer(l).bytes_intra_node());
+    }
     sum.back() = bytes;
     comm_.allreduce(std::span<double>(sum), comm::ReduceOp::sum);
     // Aux-loss-free balancing: every rank updates b from the same global loads.
@@ -188,6 +192,8 @@ class Trainer {
       rec.expert_kept[i] = static_cast<std::int64_t>(sum[5 + LE + i]);
     }
     rec.bytes_alltoall = static_cast<std::int64_t>(sum.back());
+    rec.bytes_inter_node = static_cast<std::int64_t>(sum[extra + 3]);
+    rec.bytes_intra_node = static_cast<std::int64_t>(sum[extra + 4]);
     rec.time_gate = mx[static_cast<std::size_t>(Phase::gate)];
     rec.time_dispatch = mx[static_cast<std::size_t>(Phase::dispatch)];
     rec.time_expert = mx[static_cast<std::size_t>(Phase::expert)];

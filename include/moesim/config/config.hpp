@@ -38,8 +38,9 @@ enum class RoutingRuleKind {
 enum class DropPolicyKind { position, choice_position, probs, priority };
 enum class DispatchKind {
   alltoallv,
-  alltoall_padded
-};  // variable-size or capacity-padded exchange
+  alltoall_padded,
+  hierarchical
+};  // variable-size, capacity-padded or two-level (node-aware) exchange
 enum class OptimizerKind { sgd, adam };
 
 struct ModelConfig {
@@ -71,6 +72,8 @@ struct RoutingConfig {
   bool random_routing = true;         // gshard: keep the 2nd expert only if 2*g2 > U(0,1)
   double bias_update_rate = 0.0;      // aux-loss-free balancing (DeepSeek-V3) rate u; 0 = off
   DispatchKind dispatch = DispatchKind::alltoallv;  // token exchange implementation
+  std::int64_t expert_groups = 1;  // G groups of E/G consecutive experts (node-limited routing)
+  std::int64_t group_limit = 0;    // topk: experts only from the M best groups; 0 = all groups
 };
 
 struct TrainingConfig {
