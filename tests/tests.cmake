@@ -73,3 +73,7 @@ add_test(NAME regression_route_trace_jsonl
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_route_trace_jsonl PROPERTIES TIMEOUT 180 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+# Multi-node: the hierarchical exchange vs alltoallv (bitwise) on every cut of the ranks into
+# nodes, the node map, the byte split by level (docs/multinode_cluster.md).
+moesim_add_test(NAME test_hierarchical SOURCES mpi/test_hierarchical.cpp RANKS 1 2 4 TIMEOUT 120)
+moesim_add_test(NAME test_group_limit SOURCES unit/test_group_limit.cpp)

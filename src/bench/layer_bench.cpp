@@ -130,6 +130,18 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
   res.fwdbwd_ms *= 1e3;
   res.fwdbwd_gemm_ms *= 1e3;
   res.deterministic = comm.allreduce<std::int64_t>(same ? 0 : 1, comm::ReduceOp::sum) == 0;
+  {  // exchange bytes of one more fwd+bwd iteration, split by level
+    layer.reset_bytes();
+    store.zero_grads();
+    layer.forward(x.data(), y.data(), N, true, nullptr);
+    layer.backward(dy.data(), dx.data(), 1e-2, 0.0);
+    std::vector<double> b{static_cast<double>(layer.bytes_inter_node()),
+                          static_cast<double>(layer.bytes_intra_node())};
+    comm.allreduce(std::span<double>(b), comm::ReduceOp::sum);
+    res.bytes_inter_node = b[0];
+    res.bytes_intra_node = b[1];
+    res.nodes = layer.nodes();
+  }
   std::vector<double> ph(times.seconds.begin(), times.seconds.end());
   comm.allreduce(std::span<double>(ph), comm::ReduceOp::max);
   for (std::size_t p = 0; p < 6; ++p) res.phase_ms[p] = 1e3 * ph[p] / static_cast<double>(I);

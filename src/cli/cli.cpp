@@ -322,6 +322,7 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   // Every refusal is a ConfigError on every rank (exit 2) before any work.
   std::optional<FileLock> lock;
   std::unique_ptr<io::ResultWriter> writer;
+  const int nodes = comm.node_map().nodes;  // collective (MPI_Comm_split_type)
   train::StartDecision start;
   std::optional<ConfigError> refused;
   const std::string ckpt = train::checkpoint_path(cfg);
@@ -357,6 +358,7 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
 
   if (comm.rank() == 0) {
     io::RunMetadata meta;
+    meta.nodes = nodes;
     meta.config_ini = to_ini(cfg);
     meta.moesim_version = MOESIM_VERSION;
     meta.git_commit = MOESIM_GIT_COMMIT;
@@ -705,6 +707,10 @@ int run_bench(const Config& cfg, const comm::Comm& comm) {
         "%.2f "
         "combine %.2f backward %.2f\n",
         r.phase_ms[0], r.phase_ms[1], r.phase_ms[2], r.phase_ms[3], r.phase_ms[4]);
+    std::printf(
+        "bench exchange (bytes per fwd+bwd iteration, all ranks): dispatch %s nodes %d "
+        "inter-node %.0f intra-node %.0f\n",
+        to_string(cfg.routing.dispatch), r.nodes, r.bytes_inter_node, r.bytes_intra_node);
     std::fflush(stdout);
   }
   return r.deterministic ? 0 : kExitRuntime;

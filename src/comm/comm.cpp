@@ -8,7 +8,9 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <utility>
@@ -179,6 +181,78 @@ std::vector<char> Comm::gatherv_bytes(std::span<const char> send, int root) cons
                     root, impl_->comm),
         "MPI_Gatherv");
   return out;
+}
+
+void Comm::allgather_raw(const void* send, void* recv, std::size_t n, DType t) const {
+  const int count = to_int_count(n, "MPI_Allgather");
+  check(MPI_Allgather(send, count, to_mpi(t), recv, count, to_mpi(t), impl_->comm),
+        "MPI_Allgather");
+}
+
+// ---------------------------------------------------------------------------------------
+bool NodeMap::uniform() const {
+  return std::all_of(node_size.begin(), node_size.end(),
+                     [&](int s) { return s == node_size.front(); });
+}
+
+int NodeMap::rank_at(int n, int local) const {
+  for (std::size_t p = 0; p < node_of.size(); ++p)
+    if (node_of[p] == n && local_of[p] == local) return static_cast<int>(p);
+  return -1;
+}
+
+NodeMap NodeMap::from_keys(const std::vector<int>& key, int rank) {
+  NodeMap m;
+  const std::size_t P = key.size();
+  m.node_of.assign(P, -1);
+  m.local_of.assign(P, 0);
+  m.node_size.clear();
+  std::map<int, int> id;  // key -> node id, in order of the key's lowest rank
+  for (std::size_t p = 0; p < P; ++p) {
+    auto it = id.find(key[p]);
+    if (it == id.end()) {
+      it = id.emplace(key[p], static_cast<int>(m.node_size.size())).first;
+      m.node_size.push_back(0);
+    }
+    const int n = it->second;
+    m.node_of[p] = n;
+    m.local_of[p] = m.node_size[static_cast<std::size_t>(n)]++;
+  }
+  m.nodes = static_cast<int>(m.node_size.size());
+  m.node = m.node_of[static_cast<std::size_t>(rank)];
+  m.local_rank = m.local_of[static_cast<std::size_t>(rank)];
+  m.local_size = m.node_size[static_cast<std::size_t>(m.node)];
+  return m;
+}
+
+NodeMap NodeMap::blocks(int ranks, int rank, int ranks_per_node) {
+  std::vector<int> key(static_cast<std::size_t>(ranks));
+  for (int p = 0; p < ranks; ++p) key[static_cast<std::size_t>(p)] = p / ranks_per_node;
+  return from_keys(key, rank);
+}
+
+NodeMap Comm::node_map() const {
+  const char* fake = std::getenv("MOESIM_RANKS_PER_NODE");
+  if (fake != nullptr && *fake != '\0') {
+    char* end = nullptr;
+    const long r = std::strtol(fake, &end, 10);
+    if (*end != '\0' || r < 1 || r > impl_->size || impl_->size % r != 0)
+      throw CommError(std::string("MOESIM_RANKS_PER_NODE = '") + fake +
+                      "' is not allowed: a divisor of the rank count " +
+                      std::to_string(impl_->size));
+    return NodeMap::blocks(impl_->size, impl_->rank, static_cast<int>(r));
+  }
+  // The lowest rank of each shared-memory domain is its key.
+  MPI_Comm shared = MPI_COMM_NULL;
+  check(MPI_Comm_split_type(impl_->comm, MPI_COMM_TYPE_SHARED, impl_->rank, MPI_INFO_NULL, &shared),
+        "MPI_Comm_split_type");
+  int lowest = impl_->rank;
+  const int rc = MPI_Allreduce(MPI_IN_PLACE, &lowest, 1, MPI_INT, MPI_MIN, shared);
+  MPI_Comm_free(&shared);
+  check(rc, "MPI_Allreduce");
+  std::vector<int> key(static_cast<std::size_t>(impl_->size));
+  allgather_raw(&lowest, key.data(), 1, DType::i32);
+  return NodeMap::from_keys(key, impl_->rank);
 }
 
 void Comm::alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const {

@@ -48,8 +48,9 @@ constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::dense, "dense
                                                  {RoutingRuleKind::expert_choice, "expert_choice"},
                                                  {RoutingRuleKind::hash, "hash"},
                                                  {RoutingRuleKind::base, "base"}};
-// The one place that says which rules validate() accepts (base: not implemented yet).
-constexpr bool rule_accepted(RoutingRuleKind k) { return k != RoutingRuleKind::base; }
+// The one place that says which rules validate() accepts (every rule is implemented now; a
+// future rule that is parsed before it is built is refused here, and --help follows).
+constexpr bool rule_accepted(RoutingRuleKind) { return true; }
 
 constexpr Named<ScoreKind> kScoreNames[] = {{ScoreKind::softmax, "softmax"},
                                             {ScoreKind::sigmoid, "sigmoid"}};
@@ -61,7 +62,9 @@ constexpr Named<DropPolicyKind> kDropPolicyNames[] = {
     {DropPolicyKind::probs, "probs"},
     {DropPolicyKind::priority, "priority"}};
 constexpr Named<DispatchKind> kDispatchNames[] = {
-    {DispatchKind::alltoallv, "alltoallv"}, {DispatchKind::alltoall_padded, "alltoall_padded"}};
+    {DispatchKind::alltoallv, "alltoallv"},
+    {DispatchKind::alltoall_padded, "alltoall_padded"},
+    {DispatchKind::hierarchical, "hierarchical"}};
 constexpr Named<OptimizerKind> kOptimizerNames[] = {{OptimizerKind::sgd, "sgd"},
                                                     {OptimizerKind::adam, "adam"}};
 
@@ -330,7 +333,15 @@ const std::vector<Field>& fields() {
         "within group_size * epsilon of the optimum)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::dispatch>(
         "routing.dispatch", enum_list<DispatchKind>("|").c_str(),
-        "token exchange: variable-size alltoallv or capacity-padded alltoall"));
+        "token exchange: variable-size alltoallv, capacity-padded alltoall, or hierarchical "
+        "(node-aware two-level, docs/multinode_cluster.md)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::expert_groups>(
+        "routing.expert_groups", "integer >= 1 dividing routing.num_experts",
+        "node-limited routing: G groups of consecutive experts (G = nodes: a group per node)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::group_limit>(
+        "routing.group_limit", "integer in [0, routing.expert_groups]",
+        "node-limited routing (topk, switch): keep the M groups with the largest sum of their "
+        "top-ceil(k/M) scores, then top-k inside them; 0 = no limit"));
     // training
     t.push_back(make_field<&C::training, &TrainingConfig::steps>("training.steps", "integer >= 1",
                                                                  "optimizer steps"));
@@ -993,6 +1004,24 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
   require(r.rule != RoutingRuleKind::base || r.dispatch == DispatchKind::alltoallv,
           "routing.dispatch", to_string(r.dispatch),
           "must be alltoallv when routing.rule = base (no capacity to pad to)");
+  require_int(r.expert_groups, 1, "routing.expert_groups");
+  require(r.num_experts % r.expert_groups == 0, "routing.expert_groups",
+          std::to_string(r.expert_groups),
+          "must divide routing.num_experts = " + std::to_string(r.num_experts));
+  require(r.group_limit >= 0 && r.group_limit <= r.expert_groups, "routing.group_limit",
+          std::to_string(r.group_limit),
+          "must be in [0, routing.expert_groups = " + std::to_string(r.expert_groups) + "]");
+  if (r.group_limit > 0 && r.group_limit < r.expert_groups) {
+    require(r.rule == RoutingRuleKind::topk || r.rule == RoutingRuleKind::switch_top1,
+            "routing.group_limit", std::to_string(r.group_limit),
+            "a limit below routing.expert_groups needs routing.rule = topk or switch (not " +
+                std::string(to_string(r.rule)) + ")");
+    const std::int64_t k = r.rule == RoutingRuleKind::switch_top1 ? 1 : r.k;
+    require(k <= r.group_limit * (r.num_experts / r.expert_groups), "routing.group_limit",
+            std::to_string(r.group_limit),
+            "must leave at least routing.k = " + std::to_string(k) +
+                " experts (group_limit * num_experts / expert_groups)");
+  }
   require(r.dispatch != DispatchKind::alltoall_padded ||
               (!r.dropless && r.capacity_factor.num > 0 && r.eval_capacity_factor.num > 0 &&
                r.rule != RoutingRuleKind::dense),

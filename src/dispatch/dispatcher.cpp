@@ -5,6 +5,7 @@
 #include <cstring>
 #include <span>
 #include <stdexcept>
+#include <utility>
 
 namespace moesim::dispatch {
 
@@ -55,7 +56,12 @@ void gather_rows(const T* in, const std::int32_t* index, std::int64_t n, std::in
 
 template <typename T>
 AlltoallvDispatcher<T>::AlltoallvDispatcher(const comm::Comm& comm, Placement placement)
-    : comm_(comm), placement_(placement) {
+    : AlltoallvDispatcher(comm, placement, comm.node_map()) {}
+
+template <typename T>
+AlltoallvDispatcher<T>::AlltoallvDispatcher(const comm::Comm& comm, Placement placement,
+                                            comm::NodeMap nodes)
+    : Dispatcher<T>(std::move(nodes)), comm_(comm), placement_(placement) {
   if (placement_.ranks != comm_.size())
     throw std::invalid_argument("dispatcher: placement rank count differs from the communicator");
 }
@@ -124,7 +130,7 @@ void AlltoallvDispatcher<T>::to_experts(Plan& plan, const T* send_order, T* expe
     staging_.resize(static_cast<std::size_t>(plan.total_recv * width));
   comm_.alltoallv_rows(send_order, plan.send_rows, plan.send_displ, staging_.data(), plan.recv_rows,
                        plan.recv_displ, width);
-  this->bytes_sent_ += plan.total_send * width * static_cast<std::int64_t>(sizeof(T));
+  this->count_rows(plan.send_rows.data(), width);
   reorder<T, true>(plan, P, per, staging_.data(), expert_major, width);
 }
 
@@ -138,12 +144,12 @@ void AlltoallvDispatcher<T>::from_experts(Plan& plan, const T* expert_major, T* 
   reorder<T, false>(plan, P, per, expert_major, staging_.data(), width);
   comm_.alltoallv_rows(staging_.data(), plan.recv_rows, plan.recv_displ, send_order, plan.send_rows,
                        plan.send_displ, width);
-  this->bytes_sent_ += plan.total_recv * width * static_cast<std::int64_t>(sizeof(T));
+  this->count_rows(plan.recv_rows.data(), width);
 }
 
 template <typename T>
 AlltoallPaddedDispatcher<T>::AlltoallPaddedDispatcher(const comm::Comm& comm, Placement placement)
-    : comm_(comm), placement_(placement) {
+    : Dispatcher<T>(comm.node_map()), comm_(comm), placement_(placement) {
   if (placement_.ranks != comm_.size())
     throw std::invalid_argument("dispatcher: placement rank count differs from the communicator");
 }
@@ -174,8 +180,8 @@ void AlltoallPaddedDispatcher<T>::to_experts(Plan& plan, const T* send_order, T*
                   send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
                   static_cast<std::size_t>(plan.send_rows[p] * width) * sizeof(T));
   if (B > 0) comm_.alltoall_rows(send_blocks_.data(), recv_blocks_.data(), B, width);
-  this->bytes_sent_ +=
-      static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
+  block_rows_.assign(P, static_cast<int>(B));
+  this->count_rows(block_rows_.data(), width);
   reorder<T, true>(plan, P, static_cast<std::size_t>(placement_.per_rank()), recv_blocks_.data(),
                    expert_major, width, B);
 }
@@ -191,8 +197,8 @@ void AlltoallPaddedDispatcher<T>::from_experts(Plan& plan, const T* expert_major
   reorder<T, false>(plan, P, static_cast<std::size_t>(placement_.per_rank()), expert_major,
                     recv_blocks_.data(), width, B);
   if (B > 0) comm_.alltoall_rows(recv_blocks_.data(), send_blocks_.data(), B, width);
-  this->bytes_sent_ +=
-      static_cast<std::int64_t>(P) * B * width * static_cast<std::int64_t>(sizeof(T));
+  block_rows_.assign(P, static_cast<int>(B));
+  this->count_rows(block_rows_.data(), width);
   for (std::size_t p = 0; p < P; ++p)
     if (plan.send_rows[p] > 0)
       std::memcpy(send_order + static_cast<std::int64_t>(plan.send_displ[p]) * width,
@@ -201,9 +207,16 @@ void AlltoallPaddedDispatcher<T>::from_experts(Plan& plan, const T* expert_major
 }
 
 template <typename T>
-std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm,
+std::unique_ptr<Dispatcher<T>> make_dispatcher(DispatchKind kind, const comm::Comm& comm,
                                                Placement placement) {
-  if (padded) return std::make_unique<AlltoallPaddedDispatcher<T>>(comm, placement);
+  switch (kind) {
+    case DispatchKind::alltoall_padded:
+      return std::make_unique<AlltoallPaddedDispatcher<T>>(comm, placement);
+    case DispatchKind::hierarchical:
+      return std::make_unique<HierarchicalDispatcher<T>>(comm, placement);
+    case DispatchKind::alltoallv:
+      break;
+  }
   return std::make_unique<AlltoallvDispatcher<T>>(comm, placement);
 }
 
@@ -211,10 +224,10 @@ template class AlltoallvDispatcher<float>;
 template class AlltoallvDispatcher<double>;
 template class AlltoallPaddedDispatcher<float>;
 template class AlltoallPaddedDispatcher<double>;
-template std::unique_ptr<Dispatcher<float>> make_dispatcher<float>(bool, const comm::Comm&,
+template std::unique_ptr<Dispatcher<float>> make_dispatcher<float>(DispatchKind, const comm::Comm&,
                                                                    Placement);
-template std::unique_ptr<Dispatcher<double>> make_dispatcher<double>(bool, const comm::Comm&,
-                                                                     Placement);
+template std::unique_ptr<Dispatcher<double>> make_dispatcher<double>(DispatchKind,
+                                                                     const comm::Comm&, Placement);
 template void gather_rows<float>(const float*, const std::int32_t*, std::int64_t, std::int64_t,
                                  float*);
 template void gather_rows<double>(const double*, const std::int32_t*, std::int64_t, std::int64_t,

@@ -476,6 +476,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   write_string_attr(root, f, "/", "created_utc", meta.created_utc);
   write_string_attr(root, f, "/", "slurm_job_id", meta.slurm_job_id);
   write_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
+  write_scalar_attr<std::int64_t>(root, f, "/", "nodes", meta.nodes);
   write_scalar_attr<std::uint64_t>(root, f, "/", "seed", meta.seed);
   write_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
   create_skeleton(root, f, impl->load_tail);
@@ -552,6 +553,10 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
   }
   overwrite_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
   overwrite_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
+  if (H5Aexists(root, "nodes") > 0)
+    overwrite_scalar_attr<std::int64_t>(root, f, "/", "nodes", meta.nodes);
+  else
+    write_scalar_attr<std::int64_t>(root, f, "/", "nodes", meta.nodes);
   if (link_exists(root, "summary"))  // written again by finish()
     check(H5Ldelete(root, "summary", H5P_DEFAULT), f, "/summary", "removing the old summary");
   if (H5Aexists(root, "incomplete_reason") > 0)
@@ -614,6 +619,13 @@ void ResultWriter::append_step(const StepRecord& rec) {
                   field.units);
   m.add<std::int64_t>("steps/bytes_alltoall", row, one_i64(rec.bytes_alltoall), {},
                       "bytes sent through all-to-all by all ranks in the step", "bytes");
+  m.add<std::int64_t>("steps/bytes_inter_node", row, one_i64(rec.bytes_inter_node), {},
+                      "bytes of bytes_alltoall that crossed a node boundary, all ranks", "bytes",
+                      false, true);
+  m.add<std::int64_t>("steps/bytes_intra_node", row, one_i64(rec.bytes_intra_node), {},
+                      "bytes of bytes_alltoall that stayed on a node (incl. a rank to itself), "
+                      "all ranks",
+                      "bytes", false, true);
   m.add<std::int64_t>("steps/ranks", row, one_i64(m.meta.ranks), {},
                       "MPI ranks the step ran on");
   m.add<std::int64_t>("steps/expert_load", row, std::span<const std::int64_t>(rec.expert_load),

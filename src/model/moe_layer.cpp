@@ -48,8 +48,7 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
           std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, train_tokens))),
       router_eval_(
           std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, eval_tokens))),
-      dispatcher_(dispatch::make_dispatcher<T>(
-          cfg.routing.dispatch == DispatchKind::alltoall_padded, comm, placement_)),
+      dispatcher_(dispatch::make_dispatcher<T>(cfg.routing.dispatch, comm, placement_)),
       experts_(store, "layer" + std::to_string(index), placement_.first_local(),
                placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
                cfg.model.init_scale),
@@ -268,7 +267,8 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
         std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
     dispatcher_->exchange_counts(plan_);
     ensure(ex_in_, plan_.total_recv * d_);
-    dispatcher_->to_experts(plan_, send_.data(), ex_in_.data(), d_);
+    // Forward rows are token copies: the hierarchical exchange sends each once per node.
+    dispatcher_->to_experts_token_rows(plan_, send_.data(), ex_in_.data(), d_);
   }
   {  // experts
     perf::ScopedTimer timer(times, Phase::expert);

@@ -23,10 +23,12 @@
 //  - hash:     expert = mix64(global token id) mod E, weight 1, no router (random.hpp).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <stdexcept>
 #include <string>
 
+#include "moesim/routing/group_limit.hpp"
 #include "moesim/routing/random.hpp"
 #include "moesim/routing/router.hpp"
 
@@ -57,6 +59,39 @@ void top_k_indices(const double* score, std::int64_t E, std::int64_t k, std::int
   }
 }
 
+}  // namespace
+
+// Node-limited top-k (group_limit.hpp): group scores, the kept groups, then top-k over the
+// experts of the kept groups (the others masked to -infinity).
+void group_limited_top_k(const double* score, std::int64_t E, std::int64_t k, std::int64_t groups,
+                         std::int64_t limit, std::int32_t* out, std::vector<double>& scratch) {
+  const std::int64_t per = E / groups;
+  const std::int64_t m = std::min<std::int64_t>((k + limit - 1) / limit, per);
+  scratch.resize(static_cast<std::size_t>(E + groups));
+  double* masked = scratch.data();
+  double* group_score = scratch.data() + E;
+  std::int32_t idx[kMaxK];
+  for (std::int64_t g = 0; g < groups; ++g) {
+    top_k_indices(score + g * per, per, m, idx);
+    double s = 0;
+    for (std::int64_t c = 0; c < m; ++c) s += score[g * per + idx[c]];
+    group_score[g] = s;
+  }
+  for (std::int64_t e = 0; e < E; ++e) masked[e] = -std::numeric_limits<double>::infinity();
+  for (std::int64_t c = 0; c < limit; ++c) {  // the `limit` best groups (ties: lower group)
+    std::int64_t best = -1;
+    for (std::int64_t g = 0; g < groups; ++g)
+      if (group_score[g] != -std::numeric_limits<double>::infinity() &&
+          (best < 0 || group_score[g] > group_score[best]))
+        best = g;
+    group_score[best] = -std::numeric_limits<double>::infinity();
+    for (std::int64_t e = best * per; e < (best + 1) * per; ++e) masked[e] = score[e];
+  }
+  top_k_indices(masked, E, k, out);
+}
+
+namespace {
+
 // The index range [i, end) of the candidates of the token at cands[i] (token-major order).
 std::size_t token_end(std::span<const Candidate> cands, std::size_t i) {
   std::size_t j = i + 1;
@@ -76,8 +111,13 @@ Candidate make_candidate(std::int64_t t, std::int64_t e, std::int64_t choice, do
 // topk (and switch): the k largest p, or p + b when an expert bias is given.
 class TopKRule final : public RoutingRule {
  public:
-  TopKRule(std::int64_t k, bool renormalize, const char* name)
-      : k_(k), renormalize_(renormalize), name_(name) {
+  TopKRule(std::int64_t k, bool renormalize, const char* name, std::int64_t groups = 1,
+           std::int64_t limit = 0)
+      : k_(k),
+        renormalize_(renormalize),
+        name_(name),
+        groups_(groups),
+        limit_(limit > 0 && limit < groups ? limit : 0) {
     if (k_ > kMaxK) throw std::invalid_argument("routing.k above 64 is not supported");
   }
   const char* name() const override { return name_; }
@@ -102,7 +142,10 @@ class TopKRule final : public RoutingRule {
           score_[static_cast<std::size_t>(e)] = p[e] + bias[static_cast<std::size_t>(e)];
         score = score_.data();
       }
-      top_k_indices(score, E, k_, idx);
+      if (limit_ > 0)  // node-limited: experts from the limit_ best groups only
+        group_limited_top_k(score, E, k_, groups_, limit_, idx, group_scratch_);
+      else
+        top_k_indices(score, E, k_, idx);
       double norm = 1.0;
       if (renormalize_ || (sig && k_ > 1)) {
         double s = 0;
@@ -160,7 +203,9 @@ class TopKRule final : public RoutingRule {
   std::int64_t k_;
   bool renormalize_;
   const char* name_;
-  mutable std::vector<double> score_;  // scratch [E]
+  std::int64_t groups_, limit_;                // node-limited routing (limit_ = 0: off)
+  mutable std::vector<double> score_;          // scratch [E]
+  mutable std::vector<double> group_scratch_;  // scratch [E + groups]
 };
 
 // dense: every expert, weight p, no capacity.
@@ -474,11 +519,12 @@ std::unique_ptr<RoutingRule> make_rule(const RoutingConfig& cfg) {
     case RoutingRuleKind::dense:
       return std::make_unique<DenseRule>();
     case RoutingRuleKind::topk:
-      return std::make_unique<TopKRule>(cfg.k, cfg.renormalize, "topk");
+      return std::make_unique<TopKRule>(cfg.k, cfg.renormalize, "topk", cfg.expert_groups,
+                                        cfg.group_limit);
     case RoutingRuleKind::noisy_topk:
       return std::make_unique<NoisyTopKRule>(cfg.k);
     case RoutingRuleKind::switch_top1:
-      return std::make_unique<TopKRule>(1, false, "switch");
+      return std::make_unique<TopKRule>(1, false, "switch", cfg.expert_groups, cfg.group_limit);
     case RoutingRuleKind::gshard:
       return std::make_unique<GShardRule>(cfg.random_routing);
     case RoutingRuleKind::expert_choice:

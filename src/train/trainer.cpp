@@ -85,6 +85,8 @@ class Trainer {
     slot_.dropped = sums_.add(1);
     slot_.assignments = sums_.add(1);
     slot_.bytes = sums_.add(1);
+    slot_.bytes_inter = sums_.add(1);
+    slot_.bytes_intra = sums_.add(1);
     slot_.routed = sums_.add(LE);
     slot_.kept = sums_.add(LE);
     slot_.phase = maxes_.add(static_cast<std::size_t>(perf::Phase::count));
@@ -179,6 +181,8 @@ class Trainer {
       for (int p = 0; p < P_; ++p)
         traffic_[static_cast<std::size_t>(p)] += st.sent_to[static_cast<std::size_t>(p)];
       sums_[slot_.bytes] += static_cast<double>(model_.layer(l).bytes_sent());
+      sums_[slot_.bytes_inter] += static_cast<double>(model_.layer(l).bytes_inter_node());
+      sums_[slot_.bytes_intra] += static_cast<double>(model_.layer(l).bytes_intra_node());
     }
     sums_[slot_.ce] = sums.ce_sum;
     comm_.allreduce(sums_.values(), comm::ReduceOp::sum);
@@ -224,6 +228,8 @@ class Trainer {
       rec.expert_kept[i] = static_cast<std::int64_t>(sums_[slot_.kept + i]);
     }
     rec.bytes_alltoall = static_cast<std::int64_t>(sums_[slot_.bytes]);
+    rec.bytes_inter_node = static_cast<std::int64_t>(sums_[slot_.bytes_inter]);
+    rec.bytes_intra_node = static_cast<std::int64_t>(sums_[slot_.bytes_intra]);
     auto phase = [&](Phase p) { return maxes_[slot_.phase + static_cast<std::size_t>(p)]; };
     rec.time_gate = phase(Phase::gate);
     rec.time_dispatch = phase(Phase::dispatch);
@@ -347,6 +353,7 @@ class Trainer {
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {
     std::size_t ce, aux, z, aux_gshard, importance, load, dropped, assignments, bytes;
+    std::size_t bytes_inter, bytes_intra;  // the step's bytes by level (node boundary or not)
     std::size_t routed, kept;                           // [L*E] each
     std::size_t phase, stop, local_step, nonfinite;     // MAX reduction
     std::size_t base_epsilon;                           // [L] MAX: routing.rule = base

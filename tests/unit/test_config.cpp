@@ -92,6 +92,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.routing.aux_scope, b.routing.aux_scope);
   EXPECT_EQ(a.routing.shared_experts, b.routing.shared_experts);
   EXPECT_EQ(a.routing.base_tolerance, b.routing.base_tolerance);
+  EXPECT_EQ(a.routing.expert_groups, b.routing.expert_groups);
+  EXPECT_EQ(a.routing.group_limit, b.routing.group_limit);
   EXPECT_EQ(a.checkpoint.every, b.checkpoint.every);
   EXPECT_EQ(a.checkpoint.file, b.checkpoint.file);
   EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
@@ -155,6 +157,8 @@ Config all_non_default() {
   c.routing.random_routing = false;
   c.routing.bias_update_rate = 1e-3;
   c.routing.dispatch = DispatchKind::alltoall_padded;
+  c.routing.expert_groups = 4;
+  c.routing.group_limit = 2;
   c.checkpoint.every = 10;
   c.checkpoint.file = "ck.h5";
   c.checkpoint.resume = true;
@@ -820,7 +824,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 58u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 60u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -838,7 +842,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 58u);
+  EXPECT_EQ(rows, 60u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }

@@ -15,6 +15,9 @@ struct LayerBenchResult {
   double useful_gflop_fwd = 0;  // all ranks, per iteration
   double phase_ms[6] = {};      // gate, dispatch, expert, combine (fwd), backward, sync
   bool deterministic = false;   // identical output in every timed iteration
+  // Exchange bytes of one fwd+bwd iteration, all ranks, split by level (node-aware comm).
+  double bytes_inter_node = 0, bytes_intra_node = 0;
+  int nodes = 1;
 };
 
 LayerBenchResult bench_layer(const Config& cfg, const comm::Comm& comm);

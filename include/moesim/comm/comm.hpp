@@ -43,6 +43,27 @@ constexpr DType dtype_of() {
 
 enum class ReduceOp { sum, max, min };
 
+// Which node (shared-memory domain) each rank of a communicator is on. Nodes are found with
+// MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) and numbered by their lowest rank; local ranks
+// follow the communicator's rank order inside a node.
+struct NodeMap {
+  int nodes = 1;               // number of nodes
+  int node = 0;                // this rank's node
+  int local_rank = 0;          // this rank's index inside its node
+  int local_size = 1;          // ranks on this node
+  std::vector<int> node_of;    // [P] node of every rank
+  std::vector<int> local_of;   // [P] local rank of every rank
+  std::vector<int> node_size;  // [nodes] ranks on every node
+  // True when every node holds the same number of ranks.
+  [[nodiscard]] bool uniform() const;
+  // The rank with local rank `local` on `node` (-1 if there is none).
+  [[nodiscard]] int rank_at(int node, int local) const;
+  // Consecutive blocks of `ranks_per_node` ranks form a node (tests, MOESIM_RANKS_PER_NODE).
+  static NodeMap blocks(int ranks, int rank, int ranks_per_node);
+  // From every rank's node key (equal keys = same node).
+  static NodeMap from_keys(const std::vector<int>& key, int rank);
+};
+
 // MPI_Init / MPI_Finalize for the process (one per program, created by main).
 class Environment {
  public:
@@ -71,6 +92,19 @@ class Comm {
   [[nodiscard]] int rank() const;
   [[nodiscard]] int size() const;
   void barrier() const;
+
+  // Collective: the node of every rank (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)). The
+  // environment variable MOESIM_RANKS_PER_NODE=R instead declares consecutive blocks of R
+  // ranks to be nodes: a test device to run the multi-node code paths on one machine
+  // (then ranks of one "node" boundary still use shared memory; only the bookkeeping and
+  // the algorithms see nodes). Invalid values throw CommError.
+  [[nodiscard]] NodeMap node_map() const;
+
+  // Every rank's `send` (same length everywhere) concatenated in rank order into `recv`.
+  template <typename T>
+  void allgather(std::span<const T> send, std::span<T> recv) const {
+    allgather_raw(send.data(), recv.data(), send.size(), dtype_of<T>());
+  }
 
   template <typename T>
   void allreduce(std::span<T> inout, ReduceOp op) const {
@@ -129,6 +163,7 @@ class Comm {
   void allreduce_raw(void* data, std::size_t n, DType t, ReduceOp op) const;
   void bcast_raw(void* data, std::size_t n, DType t, int root) const;
   void gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const;
+  void allgather_raw(const void* send, void* recv, std::size_t n, DType t) const;
   void alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const;
   void alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width,
                          DType t) const;

@@ -43,8 +43,9 @@ enum class AuxScope { group, batch };
 enum class DropPolicyKind { position, choice_position, probs, priority };
 enum class DispatchKind {
   alltoallv,
-  alltoall_padded
-};  // variable-size or capacity-padded exchange
+  alltoall_padded,
+  hierarchical
+};  // variable-size, capacity-padded or two-level (node-aware) exchange
 enum class OptimizerKind { sgd, adam };
 
 struct ModelConfig {
@@ -80,6 +81,8 @@ struct RoutingConfig {
   std::int64_t shared_experts = 0;       // always-on experts per layer (weight 1, replicated)
   double base_tolerance = 1e-6;          // base: final auction epsilon / the group's logit range
   DispatchKind dispatch = DispatchKind::alltoallv;  // token exchange implementation
+  std::int64_t expert_groups = 1;  // G groups of E/G consecutive experts (node-limited routing)
+  std::int64_t group_limit = 0;    // topk: experts only from the M best groups; 0 = all groups
 };
 
 struct TrainingConfig {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moesim/comm/comm.hpp"
+#include "moesim/config/config.hpp"
 #include "moesim/util/aligned.hpp"
 
 namespace moesim::dispatch {
@@ -85,25 +86,55 @@ class Dispatcher {
   // Expert-major rows [total_recv x width] -> send-order rows [total_send x width].
   virtual void from_experts(Plan& plan, const T* expert_major, T* send_order,
                             std::int64_t width) = 0;
+  // The forward dispatch of token rows: like to_experts, with the promise that send rows
+  // of the same plan.send_token are equal (copies of one token), so an implementation may
+  // send a token once per destination node (the hierarchical exchange de-duplicates).
+  // Gradients (backward) do not keep that promise and use to_experts.
+  virtual void to_experts_token_rows(Plan& plan, const T* send_order, T* expert_major,
+                                     std::int64_t width) {
+    to_experts(plan, send_order, expert_major, width);
+  }
   // (The plan is non-const in to_experts/from_experts only for its scratch cursors.)
-  // Bytes this rank handed to the all-to-all so far (all peers incl. itself).
-  [[nodiscard]] std::int64_t bytes_sent() const { return bytes_sent_; }
-  void reset_bytes() { bytes_sent_ = 0; }
+  // Bytes this rank handed to the all-to-all so far (all peers incl. itself), and their
+  // split: to ranks on another node / on this node (incl. itself).
+  [[nodiscard]] std::int64_t bytes_sent() const { return bytes_inter_ + bytes_intra_; }
+  [[nodiscard]] std::int64_t bytes_inter_node() const { return bytes_inter_; }
+  [[nodiscard]] std::int64_t bytes_intra_node() const { return bytes_intra_; }
+  void reset_bytes() { bytes_inter_ = bytes_intra_ = 0; }
+  [[nodiscard]] const comm::NodeMap& nodes() const { return nodes_; }
 
  protected:
-  std::int64_t bytes_sent_ = 0;
+  explicit Dispatcher(comm::NodeMap nodes) : nodes_(std::move(nodes)) {}
+  // Adds rows[p] * width elements per peer p of the world communicator to the byte counts.
+  void count_rows(const int* rows, std::int64_t width) {
+    for (std::size_t p = 0; p < nodes_.node_of.size(); ++p) {
+      const std::int64_t b =
+          static_cast<std::int64_t>(rows[p]) * width * static_cast<std::int64_t>(sizeof(T));
+      (nodes_.node_of[p] == nodes_.node ? bytes_intra_ : bytes_inter_) += b;
+    }
+  }
+  comm::NodeMap nodes_;
+  std::int64_t bytes_inter_ = 0, bytes_intra_ = 0;
 };
 
-// Chooses the implementation routing.dispatch names.
+// Chooses the implementation routing.dispatch names (collective: finds the nodes).
+template <typename T>
+std::unique_ptr<Dispatcher<T>> make_dispatcher(DispatchKind kind, const comm::Comm& comm,
+                                               Placement placement);
 template <typename T>
 std::unique_ptr<Dispatcher<T>> make_dispatcher(bool padded, const comm::Comm& comm,
-                                               Placement placement);
+                                               Placement placement) {
+  return make_dispatcher<T>(padded ? DispatchKind::alltoall_padded : DispatchKind::alltoallv, comm,
+                            placement);
+}
 
 // MPI_Alltoallv of exactly the kept rows: no padding to capacity.
 template <typename T>
 class AlltoallvDispatcher final : public Dispatcher<T> {
  public:
   AlltoallvDispatcher(const comm::Comm& comm, Placement placement);
+  // With an explicit node map (byte split only; tests compare against emulated nodes).
+  AlltoallvDispatcher(const comm::Comm& comm, Placement placement, comm::NodeMap nodes);
   const char* name() const override { return "alltoallv"; }
   void exchange_counts(Plan& plan) override;
   void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
@@ -131,6 +162,57 @@ class AlltoallPaddedDispatcher final : public Dispatcher<T> {
   const comm::Comm& comm_;
   Placement placement_;
   AlignedVector<T> send_blocks_, recv_blocks_;  // [P x padded_rows x width], grow-only
+  std::vector<int> block_rows_;                 // [P] padded_rows each (byte counts)
+};
+
+// The two-level exchange (routing.dispatch = hierarchical; docs/multinode_cluster.md).
+// Nodes hold L ranks each (the same L on every node). A row from rank (node a, local l) to
+// rank (node b, local m) travels
+//   1. inter-node: to the relay (b, l), the rank with the sender's local rank on the target
+//      node, in one exchange among the ranks of local rank l (one message per node pair and
+//      local rank, L times larger than the flat ones; the relay of the own node is oneself);
+//   2. intra-node: from the relay (b, l) to (b, m) in one exchange among the ranks of node b.
+// Forward dispatch (to_experts_token_rows) sends a token that has several experts on node b
+// once to the relay, which copies it to each of them: each token row crosses a node
+// boundary at most once per (node pair, token). Gradients and expert outputs (different
+// rows per assignment) travel undeduplicated; the combine path is the exact reverse.
+// Rows are only copied, never combined: results are bitwise those of alltoallv.
+template <typename T>
+class HierarchicalDispatcher final : public Dispatcher<T> {
+ public:
+  // `nodes` defaults to comm.node_map(); tests pass NodeMap::blocks to emulate nodes.
+  HierarchicalDispatcher(const comm::Comm& comm, Placement placement);
+  HierarchicalDispatcher(const comm::Comm& comm, Placement placement, comm::NodeMap nodes);
+  const char* name() const override { return "hierarchical"; }
+  void exchange_counts(Plan& plan) override;
+  void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
+  void to_experts_token_rows(Plan& plan, const T* send_order, T* expert_major,
+                             std::int64_t width) override;
+  void from_experts(Plan& plan, const T* expert_major, T* send_order, std::int64_t width) override;
+  // Rows this rank's last forward dispatch sent across node boundaries before/after
+  // de-duplication (tests and bench).
+  [[nodiscard]] std::int64_t last_inter_rows() const { return last_inter_rows_; }
+  [[nodiscard]] std::int64_t last_inter_unique() const { return last_inter_unique_; }
+
+ private:
+  void dispatch(Plan& plan, const T* send_order, T* expert_major, std::int64_t width, bool dedup);
+  comm::Comm node_comm_, cross_comm_;
+  Placement placement_;
+  int N_ = 1, L_ = 1;
+  std::vector<int> rank_at_;  // [N * L] world rank of (node, local)
+  // Send side, per target node n: rows (send order), unique tokens, and per row the index of
+  // its unique token; the send-order row of every unique token.
+  std::vector<int> node_rows_, node_uniq_, node_rows_displ_, node_uniq_displ_;
+  std::vector<int> row_uniq_, uniq_row_;
+  std::vector<int> mark_, pos_;  // per local token: last node seen, its unique index
+  // Relay side: per source node n' [L * per + 2] counts (l_d, j), rows, unique rows.
+  std::vector<int> cross_counts_, cross_send_counts_, relay_idx_, relay_idx_displ_;
+  std::vector<int> a_send_cnt_, a_send_displ_, a_recv_cnt_, a_recv_displ_;
+  std::vector<int> b_send_cnt_, b_send_displ_, b_recv_cnt_, b_recv_displ_;
+  std::vector<int> node_counts_send_, node_counts_recv_;
+  std::vector<std::int64_t> dest_off_;  // [P * per] expert-major row of block (source, expert)
+  AlignedVector<T> a_send_, a_recv_, b_send_, b_recv_;
+  std::int64_t last_inter_rows_ = 0, last_inter_unique_ = 0;
 };
 
 // Gathers rows: out[i] = in[index[i]] for rows of `width` (the pack stage).

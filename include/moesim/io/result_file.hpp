@@ -23,6 +23,7 @@ struct RunMetadata {
   std::string created_utc;   // ISO 8601
   std::string slurm_job_id;  // "" outside Slurm
   std::int64_t ranks = 1;
+  std::int64_t nodes = 1;  // nodes (shared-memory domains) the ranks ran on
   std::uint64_t seed = 0;
   std::int64_t layers = 1;        // L (shape of expert_load)
   std::int64_t num_experts = 1;   // E
@@ -40,6 +41,8 @@ struct StepRecord {
   double time_step = 0, time_gate = 0, time_dispatch = 0, time_expert = 0, time_combine = 0,
          time_backward = 0, time_sync = 0;  // seconds, max over ranks
   std::int64_t bytes_alltoall = 0;          // all ranks, all all-to-alls of the step
+  std::int64_t bytes_inter_node = 0;        // part of bytes_alltoall that crossed a node boundary
+  std::int64_t bytes_intra_node = 0;        // part that stayed on a node (incl. to itself)
   // Research metrics, written as /steps/<name> when non-empty:
   std::vector<double> load_imbalance;        // [L] max/mean of expert_load per layer
   std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
