@@ -39,3 +39,6 @@ add_test(NAME regression_routing_rules
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+
+# moesim simulate / calibrate: step-model terms vs closed forms, traffic, drops, workloads.
+moesim_add_test(NAME test_simulate SOURCES unit/test_simulate.cpp)

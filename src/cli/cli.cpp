@@ -32,6 +32,14 @@ constexpr const char* kUsage =
     "...]\n"
     "                                                    replay a router-logits trace\n"
     "  moesim bench PARAMS.ini [--section.key=value ...] time one MoE layer against pure GEMMs\n"
+    "  moesim simulate PARAMS.ini --cluster.file=MACHINE.ini --simulate.ranks=16,256 "
+    "--simulate.output=OUT.h5\n"
+    "                                                    predict a step at virtual rank counts\n"
+    "  moesim simulate --cluster.file=MACHINE.ini --simulate.validate=RUN1.h5,...\n"
+    "                                                    predict measured runs, error per phase\n"
+    "  mpirun -n P moesim calibrate [PARAMS.ini] --cluster.output=MACHINE.ini\n"
+    "                                                    measure this machine, write a machine "
+    "file\n"
     "  moesim --help | moesim run --help                 list every parameter\n"
     "  moesim --version\n"
     "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
@@ -129,9 +137,14 @@ Invocation parse_command_line(int argc, char** argv) {
     inv.command = Command::route;
   else if (cmd == "bench")
     inv.command = Command::bench;
+  else if (cmd == "simulate")
+    inv.command = Command::simulate;
+  else if (cmd == "calibrate")
+    inv.command = Command::calibrate;
   else
     throw UsageError("unknown command '" + cmd +
-                     "': allowed are run, route, bench, --help, --version\n" + kUsage);
+                     "': allowed are run, route, bench, simulate, calibrate, --help, --version\n" +
+                     kUsage);
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {

@@ -296,6 +296,8 @@ struct ResultWriter::Impl {
   std::int64_t clusters = 0;
   // Research-metric datasets, created on first use ("steps/<name>", "eval/<name>").
   std::map<std::string, Column> extra;
+  h5::Group loads;  // /loads (sampled per-group loads), created on first use
+  hsize_t loads_rows = 0;
   std::int64_t last_step = 0;
   bool finished = false;
 
@@ -314,6 +316,7 @@ struct ResultWriter::Impl {
     for (auto& c : step_f64) c.ds.reset();
     for (auto& c : eval_f64) c.ds.reset();
     for (auto& [name, c] : extra) c.ds.reset();
+    loads.reset();
     steps.reset();
     eval.reset();
     return file.close();
@@ -614,6 +617,30 @@ void ResultWriter::append_step(const StepRecord& rec) {
                 rec.traffic_tokens,
                 "tokens dispatched from rank r (row) to rank s (column) in the step, all layers "
                 "[step, r, s]");
+  }
+  if (!rec.loads_routed.empty()) {
+    // /loads/{step, routed, kept}: [T], [T, L, G, E]. A resumed run starts the samples again.
+    if (!m.loads.valid()) {
+      if (H5Lexists(m.file.get(), "loads", H5P_DEFAULT) > 0)
+        check(H5Ldelete(m.file.get(), "loads", H5P_DEFAULT), f, "/loads", "replacing the group");
+      m.loads = create_group(m.file.get(), f, "/loads", "loads");
+    }
+    const auto G = static_cast<hsize_t>(rec.loads_groups);
+    const std::vector<hsize_t> tail{m.load_tail[0], G, m.load_tail[1]};
+    write_extra(m.extra, m.loads.get(), f, "loads", "step", {}, m.loads_rows,
+                std::vector<std::int64_t>{rec.step}, "training step of each loads sample");
+    write_extra(m.extra, m.loads.get(), f, "loads", "routed", tail, m.loads_rows, rec.loads_routed,
+                "assignments routed to each expert per routing group, before capacity "
+                "[sample, layer, group, expert]");
+    write_extra(m.extra, m.loads.get(), f, "loads", "kept", tail, m.loads_rows, rec.loads_kept,
+                "assignments kept after capacity [sample, layer, group, expert]");
+    if (m.loads_rows == 0) {
+      h5::Dataset ds(
+          check(H5Dopen2(m.loads.get(), "routed", H5P_DEFAULT), f, "/loads/routed", "opening"));
+      write_scalar_attr<std::int64_t>(ds.get(), f, "/loads/routed", "group_size",
+                                      rec.loads_group_size);
+    }
+    ++m.loads_rows;
   }
   m.step_rows = row + 1;
   m.last_step = rec.step;

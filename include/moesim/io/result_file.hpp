@@ -37,6 +37,11 @@ struct StepRecord {
   // Research metrics, written as /steps/<name> when non-empty:
   std::vector<double> load_imbalance;        // [L] max/mean of expert_load per layer
   std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
+  // Sampled per-group loads (output.loads_every), written as /loads/* when non-empty:
+  std::int64_t loads_groups = 0;           // G, routing groups per layer over all ranks
+  std::int64_t loads_group_size = 0;       // tokens per routing group
+  std::vector<std::int64_t> loads_routed;  // [L*G*E] candidates before capacity
+  std::vector<std::int64_t> loads_kept;    // [L*G*E] after capacity
 };
 
 // One row of /eval/*.
