@@ -18,6 +18,7 @@
 #include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/experts/expert_ffn.hpp"
 #include "moesim/routing/router.hpp"
+#include "moesim/simulate/step_model.hpp"
 #include "moesim/util/params.hpp"
 #include "moesim/util/rng.hpp"
 
@@ -29,35 +30,8 @@ double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Least squares y = a + b x; returns {a, b, relative RMS residual}.
-struct Fit {
-  double a = 0, b = 0, rel_rms = 0;
-};
-Fit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
-  const double n = static_cast<double>(x.size());
-  double sx = 0, sy = 0, sxx = 0, sxy = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    sx += x[i];
-    sy += y[i];
-    sxx += x[i] * x[i];
-    sxy += x[i] * y[i];
-  }
-  Fit f;
-  const double den = n * sxx - sx * sx;
-  f.b = den != 0 ? (n * sxy - sx * sy) / den : 0;
-  f.a = (sy - f.b * sx) / n;
-  if (f.a < 0) {  // a negative latency is unphysical: refit through the origin
-    f.a = 0;
-    f.b = sxx > 0 ? sxy / sxx : 0;
-  }
-  double r = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
-    r += e * e;
-  }
-  f.rel_rms = std::sqrt(r / n);
-  return f;
-}
+using Fit = simulate::LineFit;
+constexpr auto fit_line = simulate::fit_line;
 
 std::string fmt(double v) {
   char buf[64];
@@ -81,8 +55,9 @@ double pingpong(const comm::Comm& comm, int a, int b, std::size_t bytes, int rep
         comm.send_bytes(buf.data(), bytes, peer, 7);
       }
     }
-    const auto t0 = Clock::now();
+    std::vector<double> ts;  // median round trip: robust to a loaded machine's preemptions
     for (int i = 0; i < reps; ++i) {
+      const auto t0 = Clock::now();
       if (comm.rank() == a) {
         comm.send_bytes(buf.data(), bytes, peer, 7);
         comm.recv_bytes(buf.data(), bytes, peer, 7);
@@ -90,8 +65,10 @@ double pingpong(const comm::Comm& comm, int a, int b, std::size_t bytes, int rep
         comm.recv_bytes(buf.data(), bytes, peer, 7);
         comm.send_bytes(buf.data(), bytes, peer, 7);
       }
+      ts.push_back(since(t0));
     }
-    t = since(t0) / (2.0 * reps);
+    std::sort(ts.begin(), ts.end());
+    t = ts[ts.size() / 2] / 2.0;
   }
   comm.barrier();
   return comm.allreduce(t, comm::ReduceOp::max);
@@ -245,7 +222,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
   auto level_pingpong = [&](int peer, const char* level, Fit& fit) {
     std::vector<double> x, y;
     for (std::size_t b : sizes) {
-      const int reps = b <= 32768 ? 200 : b <= 1048576 ? 30 : 8;
+      const int reps = b <= 32768 ? 200 : b <= 1048576 ? 31 : 11;
       const double t = pingpong(comm, 0, peer, b, reps);
       x.push_back(static_cast<double>(b));
       y.push_back(t);
@@ -273,7 +250,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     for (std::size_t b : {64UL, 1024UL, 16384UL, 131072UL, 1048576UL}) {
       for (double skew : {1.0, 4.0}) {
         double busiest = 0;
-        const int reps = b <= 16384 ? 100 : 12;
+        const int reps = b <= 16384 ? 101 : 21;
         const double t = alltoallv_time(node, b, skew, reps, busiest);
         // Every node measures; the slowest node's numbers are used.
         const double tm = comm.allreduce(t, comm::ReduceOp::max);
@@ -341,7 +318,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     for (std::int64_t rows : shapes) {
       double fw = 0, bw = 0;
       comm.barrier();
-      const double r = expert_gflops<float>(cfg, rows, 5, fw, bw);
+      const double r = expert_gflops<float>(cfg, rows, 9, fw, bw);
       const double rm = comm.allreduce(r, comm::ReduceOp::sum) / P;
       rates.push_back(rm);
       say("expert GEMMs float32 rows " + std::to_string(rows) + " d_model " +
@@ -356,7 +333,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     double fw = 0, bw = 0;
     comm.barrier();
     gflops64 =
-        comm.allreduce(expert_gflops<double>(cfg, typical, 5, fw, bw), comm::ReduceOp::sum) / P;
+        comm.allreduce(expert_gflops<double>(cfg, typical, 9, fw, bw), comm::ReduceOp::sum) / P;
     say("expert GEMMs float64 rows " + std::to_string(typical) + ": " + fmt(gflops64) +
         " GFLOP/s per rank");
   }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace moesim::simulate {
 
@@ -114,6 +115,46 @@ double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Mach
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M) {
   const double accesses = opt == OptimizerKind::adam ? 7.0 : 5.0;
   return stream_time(params * elem * accesses, M);
+}
+
+LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
+  auto solve = [&](const std::vector<bool>& use) {
+    double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (!use[i]) continue;
+      const double w = 1.0 / (y[i] * y[i]);
+      sw += w;
+      sx += w * x[i];
+      sy += w * y[i];
+      sxx += w * x[i] * x[i];
+      sxy += w * x[i] * y[i];
+    }
+    LineFit f;
+    const double den = sw * sxx - sx * sx;
+    f.b = den != 0 ? (sw * sxy - sx * sy) / den : 0;
+    f.a = sw > 0 ? (sy - f.b * sx) / sw : 0;
+    if (f.a < 0) {  // a negative latency is unphysical: refit through the origin
+      f.a = 0;
+      f.b = sxx > 0 ? sxy / sxx : 0;
+    }
+    return f;
+  };
+  std::vector<bool> use(x.size(), true);
+  LineFit f = solve(use);
+  std::vector<double> rel(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) rel[i] = std::abs((f.a + f.b * x[i] - y[i]) / y[i]);
+  std::vector<double> sorted = rel;
+  std::sort(sorted.begin(), sorted.end());
+  const double med = sorted[sorted.size() / 2];
+  for (std::size_t i = 0; i < x.size(); ++i) use[i] = rel[i] <= 3.0 * med + 1e-12;
+  f = solve(use);
+  double r = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
+    r += e * e;
+  }
+  f.rel_rms = std::sqrt(r / static_cast<double>(x.size()));
+  return f;
 }
 
 }  // namespace moesim::simulate

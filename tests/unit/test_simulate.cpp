@@ -361,3 +361,25 @@ TEST(Workload, LoadsDoNotDependOnTheRankCount) {
 
 }  // namespace
 }  // namespace moesim::simulate
+
+namespace moesim::simulate {
+namespace {
+
+TEST(Calibration, FitRecoversAlphaBetaAndRejectsAnOutlier) {
+  // t = 2 us + bytes / 5 GB/s exactly.
+  std::vector<double> x{8, 512, 4096, 32768, 262144, 1048576, 4194304}, y;
+  for (double b : x) y.push_back(2e-6 + b / 5e9);
+  LineFit f = fit_line(x, y);
+  EXPECT_NEAR(f.a, 2e-6, 1e-12);
+  EXPECT_NEAR(1.0 / f.b, 5e9, 1e3);
+  EXPECT_LT(f.rel_rms, 1e-9);
+  // One preempted measurement (100x) must not move the fit.
+  y[2] *= 100;
+  f = fit_line(x, y);
+  EXPECT_NEAR(f.a, 2e-6, 1e-10);
+  EXPECT_NEAR(1.0 / f.b, 5e9, 5e6);
+  EXPECT_NEAR(f.rel_rms, 0.99 / std::sqrt(7.0), 1e-6);  // the residual still reports it
+}
+
+}  // namespace
+}  // namespace moesim::simulate

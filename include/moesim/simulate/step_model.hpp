@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "moesim/config/config.hpp"
 
@@ -85,5 +86,15 @@ double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Mach
 // optimizer_time = params * s * a / B_mem, a = 7 accesses for adam (read p g m v, write p m v),
 // 5 for sgd with momentum (read p g v, write p v).
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M);
+
+// ---- calibration ------------------------------------------------------------------------------
+// Least squares y = a + b x on relative residuals (weights 1/y^2: message sizes span six orders
+// of magnitude), refitted once without the points whose relative residual exceeds 3x the median
+// (a loaded machine produces outliers); a < 0 is refitted through the origin. rel_rms: the
+// relative RMS residual over all points. For alpha-beta: a = alpha (x messages), b = 1/beta.
+struct LineFit {
+  double a = 0, b = 0, rel_rms = 0;
+};
+LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y);
 
 }  // namespace moesim::simulate
