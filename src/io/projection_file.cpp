@@ -41,10 +41,12 @@ std::string get_string_attr(hid_t loc, const std::string& file, const char* name
   h5::Attr attr(check(H5Aopen(loc, name, H5P_DEFAULT), file, name, "opening the attribute"));
   h5::Type type(check(H5Aget_type(attr.get()), file, name, "reading the attribute type"));
   const std::size_t size = H5Tget_size(type.get());
+  if (H5Tis_variable_str(type.get()) > 0)
+    throw std::runtime_error("HDF5 file '" + file + "', attribute '" + name +
+                             "': a variable-length string (expected fixed-length)");
   std::string s(size, '\0');
-  h5::Type mem(check(H5Tcopy(H5T_C_S1), file, name, "copying the string type"));
-  check(H5Tset_size(mem.get(), size), file, name, "sizing the string type");
-  check(H5Aread(attr.get(), mem.get(), s.data()), file, name, "reading the attribute");
+  // Read with the stored type itself (ASCII or UTF-8), so no character-set conversion occurs.
+  check(H5Aread(attr.get(), type.get(), s.data()), file, name, "reading the attribute");
   s.resize(std::strlen(s.c_str()));
   return s;
 }
