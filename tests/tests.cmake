@@ -42,3 +42,9 @@ set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 
 
 # moesim simulate / calibrate: step-model terms vs closed forms, traffic, drops, workloads.
 moesim_add_test(NAME test_simulate SOURCES unit/test_simulate.cpp)
+add_test(NAME regression_simulate_cli
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/simulate_cli.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_simulate_cli PROPERTIES TIMEOUT 600 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")

@@ -221,7 +221,7 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
   } else {
     // Validation: each measured run with its own config, rank count and node layout.
     std::vector<std::string> names;
-    std::vector<std::int64_t> ranks_col;
+    std::vector<std::int64_t> ranks_col, traffic_col;
     std::map<std::string, std::vector<double>> measured, predicted;
     std::printf("%-40s %6s %-9s %12s %12s %8s\n", "run", "ranks", "phase", "measured_ms",
                 "predicted_ms", "error%");
@@ -250,7 +250,15 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
       }
       const simulate::Machine M = simulate::machine_from(rc.cluster, rc.model.precision, Rr);
       auto src = simulate::make_source(rc, sc, w, &recorded);
-      const simulate::Projection p = simulate::project(rc, sc, M, *src, rc.simulate.steps);
+      std::vector<std::int64_t> traffic;
+      const simulate::Projection p =
+          simulate::project(rc, sc, M, *src, rc.simulate.steps, &traffic);
+      // The traffic the model derives from the recorded loads at the run's rank count must be
+      // the one the run measured (/steps/traffic_tokens of the first sampled step).
+      std::int64_t match = -1;  // -1: not checkable (no loads or no traffic rows)
+      if (!run.loads_routed.empty() && !run.traffic_at_first_sample.empty())
+        match = traffic == run.traffic_at_first_sample ? 1 : 0;
+      traffic_col.push_back(match);
       names.push_back(path);
       ranks_col.push_back(run.ranks);
       std::vector<std::string> phases{"step"};
@@ -264,7 +272,11 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
                     static_cast<long long>(run.ranks), ph.c_str(), 1e3 * m, 1e3 * q,
                     m > 0 ? 100.0 * (q - m) / m : 0.0);
       }
-      std::printf("%-40s %6s loads: %s\n", "", "", w.text.c_str());
+      std::printf("%-40s %6s loads: %s; traffic from the loads == measured traffic_tokens: %s\n",
+                  "", "", w.text.c_str(),
+                  match == 1   ? "yes"
+                  : match == 0 ? "NO"
+                               : "not checkable");
     }
     io::NamedColumn run_col;
     run_col.name = "run";
@@ -276,6 +288,13 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
     rk.description = "MPI ranks of the run";
     rk.i64 = ranks_col;
     file.validation.push_back(rk);
+    io::NamedColumn tm;
+    tm.name = "traffic_matches_run";
+    tm.description =
+        "1: the rank x rank rows derived from the run's recorded loads equal its measured "
+        "/steps/traffic_tokens (first sampled step); 0: they differ; -1: not checkable";
+    tm.i64 = traffic_col;
+    file.validation.push_back(tm);
     std::vector<std::string> phases{"step"};
     for (const char* ph : kPhases) phases.emplace_back(ph);
     for (const std::string& ph : phases) {

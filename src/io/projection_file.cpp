@@ -182,6 +182,18 @@ MeasuredRun read_measured_run(const std::string& path) {
         check(H5Dopen2(root, "/loads/routed", H5P_DEFAULT), path, "/loads/routed", "opening"));
     r.loads_group_size =
         H5Aexists(ds.get(), "group_size") > 0 ? get_int_attr(ds.get(), path, "group_size") : 0;
+    if (!r.loads_step.empty() && exists(root, "/steps/traffic_tokens") &&
+        exists(root, "/steps/step")) {
+      std::vector<hsize_t> tdims;
+      const std::vector<std::int64_t> all = read_i64(root, path, "/steps/traffic_tokens", &tdims);
+      const std::vector<std::int64_t> steps = read_i64(root, path, "/steps/step", nullptr);
+      const std::size_t cells = tdims.size() == 3 ? tdims[1] * tdims[2] : 0;
+      for (std::size_t i = 0; i < steps.size() && cells > 0; ++i)
+        if (steps[i] == r.loads_step[0] && (i + 1) * cells <= all.size())
+          r.traffic_at_first_sample.assign(
+              all.begin() + static_cast<std::ptrdiff_t>(i * cells),
+              all.begin() + static_cast<std::ptrdiff_t>((i + 1) * cells));
+    }
   }
   return r;
 }
