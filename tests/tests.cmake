@@ -77,3 +77,11 @@ set_tests_properties(regression_route_trace_jsonl PROPERTIES TIMEOUT 180 PROCESS
 # nodes, the node map, the byte split by level (docs/multinode_cluster.md).
 moesim_add_test(NAME test_hierarchical SOURCES mpi/test_hierarchical.cpp RANKS 1 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_group_limit SOURCES unit/test_group_limit.cpp)
+# moesim simulate / calibrate: step-model terms vs closed forms, traffic, drops, workloads.
+moesim_add_test(NAME test_simulate SOURCES unit/test_simulate.cpp)
+add_test(NAME regression_simulate_cli
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/simulate_cli.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_simulate_cli PROPERTIES TIMEOUT 600 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")

@@ -4,6 +4,7 @@
     h5check.py RUN.h5                  a `moesim run` result file (must be complete)
     h5check.py --allow-incomplete RUN.h5   also accept a file of a killed/running run
     h5check.py --route OUT.h5          a `moesim route` output file
+    h5check.py --projection OUT.h5     a `moesim simulate` output file (simulate.md)
 
 Prints "OK <file>: ..." and exits 0 when the file conforms; otherwise lists every problem found
 and exits 1 (2 when the file cannot be opened). Uses Debian's /usr/bin/python3 with h5py+numpy.
@@ -195,6 +196,30 @@ def check_run(c, allow_incomplete):
         elif complete == 1 and "end" in att and (not len(att["end"]) or bytes(att["end"][-1]) != b"complete"):
             c.problem("/attempts/end: a complete run's last attempt must be 'complete'")
 
+    # /loads (sampled per-group loads for `moesim simulate`, output.loads_every): optional
+    if "loads" in c.f:
+        lstep = c.dataset("/loads/step", "i", 8, 1)
+        routed = c.dataset("/loads/routed", "i", 8, 4)
+        kept = c.dataset("/loads/kept", "i", 8, 4)
+        if routed is not None and kept is not None:
+            if routed.shape != kept.shape:
+                c.problem(f"/loads: routed {routed.shape} and kept {kept.shape} differ in shape")
+            elif (kept > routed).any() or (kept < 0).any():
+                c.problem("/loads/kept: negative or above routed")
+            if lstep is not None and len(lstep) != routed.shape[0]:
+                c.problem(f"/loads/step: {len(lstep)} rows, /loads/routed {routed.shape[0]}")
+            if experts is not None and routed.shape[3] != experts:
+                c.problem(f"/loads/routed: {routed.shape[3]} experts, expected {experts}")
+            el = load
+            if lstep is not None and el is not None and steps is not None and len(lstep) == routed.shape[0]:
+                # each sample's per-group loads sum to that step's expert_load
+                srow = {int(s): i for i, s in enumerate(cols["step"])} if cols.get("step") is not None else {}
+                for j, s in enumerate(lstep):
+                    i = srow.get(int(s))
+                    if i is not None and not np.array_equal(routed[j].sum(axis=1), el[i]):
+                        c.problem(f"/loads/routed: sample {j} (step {s}) does not sum to /steps/expert_load")
+                        break
+
     # /summary exists once the run finished; it covers every step of every attempt
     if complete == 1 or "summary" in c.f:
         vals = {}
@@ -329,10 +354,53 @@ def check_route(c):
             f"{e if e is not None else '?'} experts")
 
 
+PROJECTION_F64 = ["time_step", "time_gate", "time_dispatch", "time_expert", "time_combine",
+                  "time_backward", "time_sync", "bytes_intra_node", "bytes_inter_node",
+                  "load_imbalance", "dropped_fraction"]
+VALIDATION_PHASES = ["step", "gate", "dispatch", "expert", "combine", "backward", "sync"]
+
+
+def check_projection(c):
+    for name in ["config", "machine", "workload", "moesim_version", "git_commit"]:
+        c.attr_str("/", name)
+    complete = c.attr_num("/", "complete", "i")
+    if complete is not None and complete != 1:
+        c.problem(f"complete = {complete}, expected 1")
+    rows = None
+    if "projection" in c.f:
+        cols = {"ranks": c.dataset("/projection/ranks", "i", 8, 1),
+                "nodes": c.dataset("/projection/nodes", "i", 8, 1)}
+        for name in PROJECTION_F64:
+            cols[name] = c.dataset(f"/projection/{name}", "f", 8, 1)
+        c.same_length("/projection", cols)
+        for name in PROJECTION_F64:
+            v = cols[name]
+            if v is not None and (~np.isfinite(v) | (v < 0)).any():
+                c.problem(f"/projection/{name}: negative or non-finite values")
+        if cols["time_step"] is not None:
+            rows = len(cols["time_step"])
+            parts = sum(cols[f"time_{p}"] for p in VALIDATION_PHASES[1:] if cols[f"time_{p}"] is not None)
+            if (cols["time_step"] + 1e-12 < parts).any():
+                c.problem("/projection/time_step: below the sum of its phases")
+    if "validation" in c.f:
+        v = {"ranks": c.dataset("/validation/ranks", "i", 8, 1)}
+        if "/validation/run" not in c.f:
+            c.problem("/validation/run: missing")
+        for p in VALIDATION_PHASES:
+            v[f"measured_time_{p}"] = c.dataset(f"/validation/measured_time_{p}", "f", 8, 1)
+            v[f"predicted_time_{p}"] = c.dataset(f"/validation/predicted_time_{p}", "f", 8, 1)
+        c.same_length("/validation", v)
+    if "projection" not in c.f and "validation" not in c.f:
+        c.problem("neither /projection nor /validation")
+    return f"{rows if rows is not None else 0} projection rows"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file")
     ap.add_argument("--route", action="store_true", help="validate a `moesim route` output file")
+    ap.add_argument("--projection", action="store_true",
+                    help="validate a `moesim simulate` output file")
     ap.add_argument("--allow-incomplete", action="store_true",
                     help="accept complete = 0 (a run that was killed or is still running)")
     args = ap.parse_args()
@@ -343,7 +411,12 @@ def main():
         return 2
     with f:
         c = Checker(f)
-        what = check_route(c) if args.route else check_run(c, args.allow_incomplete)
+        if args.projection:
+            what = check_projection(c)
+        elif args.route:
+            what = check_route(c)
+        else:
+            what = check_run(c, args.allow_incomplete)
     if c.problems:
         print(f"FAIL {args.file}: {len(c.problems)} problem(s):", file=sys.stderr)
         for p in c.problems:

@@ -29,11 +29,15 @@ int main(int argc, char** argv) {
     const cli::Invocation inv = cli::parse_command_line(argc, argv);  // 1. command line
     if (inv.command == cli::Command::help || inv.command == cli::Command::version)
       return cli::print_help(inv, world);
-    const Mode mode = inv.command == cli::Command::route   ? Mode::route
-                      : inv.command == cli::Command::bench ? Mode::bench
-                                                           : Mode::run;
+    const Mode mode = inv.command == cli::Command::route       ? Mode::route
+                      : inv.command == cli::Command::bench     ? Mode::bench
+                      : inv.command == cli::Command::simulate  ? Mode::simulate
+                      : inv.command == cli::Command::calibrate ? Mode::calibrate
+                                                               : Mode::run;
     const Config cfg = cli::load_config(inv, world, mode);  // 2. parameters, paths, memory
     if (inv.command == cli::Command::validate) return cli::print_validation(inv, cfg, world);
+    if (mode == Mode::simulate) return cli::run_simulate(cfg, inv.overrides);  // no MPI peers
+    if (mode == Mode::calibrate) return cli::run_calibrate(cfg, world);
     cli::echo_config(cfg, world);                                   // 3. echo
     if (mode == Mode::route) return cli::replay_trace(cfg, world);  // 4a. trace replay
     if (mode == Mode::bench) return cli::run_bench(cfg, world);     // 4b. benchmark

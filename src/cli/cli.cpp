@@ -43,6 +43,14 @@ constexpr const char* kUsage =
     "                                                    check parameters, paths and memory for\n"
     "                                                    a run on N ranks (default 1), print the\n"
     "                                                    resolved file; no MPI peers needed\n"
+    "  moesim simulate PARAMS.ini --cluster.file=MACHINE.ini --simulate.ranks=16,256 "
+    "--simulate.output=OUT.h5\n"
+    "                                                    predict a step at virtual rank counts\n"
+    "  moesim simulate --cluster.file=MACHINE.ini --simulate.validate=RUN1.h5,...\n"
+    "                                                    predict measured runs, error per phase\n"
+    "  mpirun -n P moesim calibrate [PARAMS.ini] --cluster.output=MACHINE.ini\n"
+    "                                                    measure this machine, write a machine "
+    "file\n"
     "  moesim --help | moesim run --help                 list every parameter\n"
     "  moesim --version\n"
     "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
@@ -206,9 +214,15 @@ Invocation parse_command_line(int argc, char** argv) {
     inv.command = Command::bench;
   else if (cmd == "validate")
     inv.command = Command::validate;
+  else if (cmd == "simulate")
+    inv.command = Command::simulate;
+  else if (cmd == "calibrate")
+    inv.command = Command::calibrate;
   else
     throw UsageError("unknown command '" + cmd +
-                     "': allowed are run, route, bench, validate, --help, --version\n" + kUsage);
+                     "': allowed are run, route, bench, validate, simulate, calibrate, --help, "
+                     "--version\n" +
+                     kUsage);
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {

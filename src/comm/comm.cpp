@@ -136,6 +136,25 @@ Comm Comm::split(int color, int key) const {
   return Comm(std::move(impl));
 }
 
+Comm Comm::split_shared() const {
+  MPI_Comm part = MPI_COMM_NULL;
+  check(MPI_Comm_split_type(impl_->comm, MPI_COMM_TYPE_SHARED, impl_->rank, MPI_INFO_NULL, &part),
+        "MPI_Comm_split_type");
+  auto impl = std::make_unique<Impl>(part);
+  MPI_Comm_free(&part);
+  return Comm(std::move(impl));
+}
+
+void Comm::send_bytes(const void* data, std::size_t n, int dest, int tag) const {
+  check(MPI_Send(data, to_int_count(n, "MPI_Send"), MPI_BYTE, dest, tag, impl_->comm), "MPI_Send");
+}
+
+void Comm::recv_bytes(void* data, std::size_t n, int source, int tag) const {
+  check(MPI_Recv(data, to_int_count(n, "MPI_Recv"), MPI_BYTE, source, tag, impl_->comm,
+                 MPI_STATUS_IGNORE),
+        "MPI_Recv");
+}
+
 int Comm::rank() const { return impl_->rank; }
 int Comm::size() const { return impl_->size; }
 

@@ -393,6 +393,10 @@ const std::vector<Field>& fields() {
         "output.log_every", "integer >= 0", "progress line every N steps (0 = none)"));
     t.push_back(make_field<&C::output, &OutputConfig::echo_config>(
         "output.echo_config", bools.c_str(), "print the resolved config on rank 0"));
+    t.push_back(make_field<&C::output, &OutputConfig::loads_every>(
+        "output.loads_every", "integer >= 0",
+        "record the per-(layer, group, expert) routed and kept counts (/loads/*, for moesim "
+        "simulate's run: workload) every N steps (0 = never)"));
     // trace
     t.push_back(make_field<&C::trace, &TraceConfig::input>(
         "trace.input", "path (route: required)", "moesim route: input trace (/logits [T,E])"));
@@ -411,6 +415,82 @@ const std::vector<Field>& fields() {
         "bench.warmup", "integer >= 0", "moesim bench: untimed iterations before timing"));
     t.push_back(make_field<&C::bench, &BenchConfig::iterations>("bench.iterations", "integer >= 1",
                                                                 "moesim bench: timed iterations"));
+    // cluster (machine files: simulate reads cluster.file, calibrate writes cluster.output)
+    using CC = ClusterConfig;
+    t.push_back(make_field<&C::cluster, &CC::file>(
+        "cluster.file", "path of a machine file (simulate: required)",
+        "simulate: machine file to read ([cluster] keys; the command line wins)"));
+    t.push_back(make_field<&C::cluster, &CC::output>("cluster.output", "path (calibrate: required)",
+                                                     "calibrate: machine file to write"));
+    t.push_back(make_field<&C::cluster, &CC::name>("cluster.name", "text",
+                                                   "free text: which machine this is"));
+    t.push_back(make_field<&C::cluster, &CC::measured>(
+        "cluster.measured", "text", "free text: where/when measured, or the sources"));
+    t.push_back(make_field<&C::cluster, &CC::ranks_per_node>(
+        "cluster.ranks_per_node", "integer >= 1", "MPI ranks sharing one node (and its NIC)"));
+    t.push_back(make_field<&C::cluster, &CC::intra_latency_us>(
+        "cluster.intra_latency_us", "number >= 0", "alpha of one message inside a node"));
+    t.push_back(make_field<&C::cluster, &CC::intra_bandwidth_GBps>(
+        "cluster.intra_bandwidth_GBps", "number > 0",
+        "beta inside a node, per rank and direction"));
+    t.push_back(make_field<&C::cluster, &CC::inter_latency_us>(
+        "cluster.inter_latency_us", "number >= 0", "alpha of one message between nodes"));
+    t.push_back(make_field<&C::cluster, &CC::inter_bandwidth_GBps>(
+        "cluster.inter_bandwidth_GBps", "number > 0",
+        "beta between nodes, per node (NIC) and direction"));
+    t.push_back(make_field<&C::cluster, &CC::gemm_GFLOPs>(
+        "cluster.gemm_GFLOPs", "number > 0",
+        "sustained GEMM rate per rank at expert shapes (float32)"));
+    t.push_back(make_field<&C::cluster, &CC::gemm_GFLOPs_float64>(
+        "cluster.gemm_GFLOPs_float64", "number >= 0",
+        "sustained float64 GEMM rate per rank; 0 = half of cluster.gemm_GFLOPs"));
+    t.push_back(make_field<&C::cluster, &CC::memory_bandwidth_GBps>(
+        "cluster.memory_bandwidth_GBps", "number > 0",
+        "sustained copy bandwidth per rank (bytes read + written per second)"));
+    t.push_back(make_field<&C::cluster, &CC::route_ns_per_score>(
+        "cluster.route_ns_per_score", "number >= 0",
+        "router work (softmax, rule, drop policy) per token x expert, nanoseconds"));
+    t.push_back(make_field<&C::cluster, &CC::step_overhead_us>(
+        "cluster.step_overhead_us", "number >= 0",
+        "fixed time per step outside the modelled phases, microseconds"));
+    t.push_back(make_field<&C::cluster, &CC::intra_fit_rel_rms>(
+        "cluster.intra_fit_rel_rms", "number >= 0",
+        "calibrate: relative RMS residual of the intra-node alpha-beta fit"));
+    t.push_back(make_field<&C::cluster, &CC::inter_fit_rel_rms>(
+        "cluster.inter_fit_rel_rms", "number >= 0",
+        "calibrate: relative RMS residual of the inter-node alpha-beta fit"));
+    t.push_back(make_field<&C::cluster, &CC::gemm_fit_rel_rms>(
+        "cluster.gemm_fit_rel_rms", "number >= 0",
+        "calibrate: relative RMS spread of the GEMM rates over the measured shapes"));
+    // simulate
+    using SC = SimulateConfig;
+    t.push_back(make_field<&C::simulate, &SC::ranks>("simulate.ranks",
+                                                     "comma-separated integers in [1, 1048576]",
+                                                     "virtual rank counts to predict"));
+    t.push_back(make_field<&C::simulate, &SC::ranks_per_node>(
+        "simulate.ranks_per_node", "integer >= 0", "0 = cluster.ranks_per_node"));
+    t.push_back(make_field<&C::simulate, &SC::workload>(
+        "simulate.workload", "uniform | zipf:S | lognormal:SIGMA | hot:F | rotate | run:FILE.h5",
+        "expert loads: a seeded generator or the loads a run recorded"));
+    t.push_back(make_field<&C::simulate, &SC::seed>(
+        "simulate.seed", "integer in [0, 18446744073709551615]", "seeds the synthetic workloads"));
+    t.push_back(make_field<&C::simulate, &SC::scaling>(
+        "simulate.scaling", "weak | strong",
+        "weak: tokens and experts grow with the ranks; strong: they stay fixed"));
+    t.push_back(make_field<&C::simulate, &SC::base_ranks>(
+        "simulate.base_ranks", "integer >= 1",
+        "weak scaling: the file's tokens and experts are per this many ranks"));
+    t.push_back(make_field<&C::simulate, &SC::algorithm>(
+        "simulate.algorithm", "\"\" | flat | padded | hierarchical",
+        "exchange model; empty = as routing.dispatch (flat or padded)"));
+    t.push_back(make_field<&C::simulate, &SC::steps>(
+        "simulate.steps", "integer >= 1", "steps simulated per rank count (mean reported)"));
+    t.push_back(make_field<&C::simulate, &SC::output>(
+        "simulate.output", "path (required unless simulate.validate is given)",
+        "HDF5 projection file; a CSV is written beside it"));
+    t.push_back(make_field<&C::simulate, &SC::validate>(
+        "simulate.validate", "comma-separated paths of moesim run result files",
+        "predict these measured runs and report the error per phase"));
     return t;
   }();
   return table;
@@ -1131,11 +1211,12 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
 
     require(!cfg.output.file.empty(), "output.file", cfg.output.file, "must be a non-empty path");
     require_int(cfg.output.log_every, 0, "output.log_every");
+    require_int(cfg.output.loads_every, 0, "output.loads_every");
     require_int(cfg.bench.warmup, 0, "bench.warmup");
     require_int(cfg.bench.iterations, 1, "bench.iterations");
     require_int(cfg.checkpoint.every, 0, "checkpoint.every");
 
-  } else {
+  } else if (mode == Mode::route) {
     require(!cfg.trace.input.empty(), "trace.input", cfg.trace.input,
             "must name the input trace file (an HDF5 file with /logits [T,E]) for moesim route");
     require(!cfg.trace.output.empty(), "trace.output", cfg.trace.output,
@@ -1143,6 +1224,72 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
     require(cfg.trace.output != cfg.trace.input, "trace.output", cfg.trace.output,
             "must differ from trace.input (the input trace would be overwritten)");
   }
+
+  // Machine description: read by simulate, written by calibrate, stored in every file.
+  const ClusterConfig& cl = cfg.cluster;
+  for (const auto* s : {&cl.file, &cl.output, &cl.name, &cl.measured})
+    require_ini_safe(*s, s == &cl.file     ? "cluster.file"
+                         : s == &cl.output ? "cluster.output"
+                         : s == &cl.name   ? "cluster.name"
+                                           : "cluster.measured");
+  require_int(cl.ranks_per_node, 1, "cluster.ranks_per_node");
+  const std::pair<const char*, double> positive[] = {
+      {"cluster.intra_bandwidth_GBps", cl.intra_bandwidth_GBps},
+      {"cluster.inter_bandwidth_GBps", cl.inter_bandwidth_GBps},
+      {"cluster.gemm_GFLOPs", cl.gemm_GFLOPs},
+      {"cluster.memory_bandwidth_GBps", cl.memory_bandwidth_GBps}};
+  for (const auto& [key, v] : positive) require_real(v, v > 0, key, "must be a number > 0");
+  const std::pair<const char*, double> nonneg[] = {
+      {"cluster.intra_latency_us", cl.intra_latency_us},
+      {"cluster.inter_latency_us", cl.inter_latency_us},
+      {"cluster.gemm_GFLOPs_float64", cl.gemm_GFLOPs_float64},
+      {"cluster.route_ns_per_score", cl.route_ns_per_score},
+      {"cluster.step_overhead_us", cl.step_overhead_us},
+      {"cluster.intra_fit_rel_rms", cl.intra_fit_rel_rms},
+      {"cluster.inter_fit_rel_rms", cl.inter_fit_rel_rms},
+      {"cluster.gemm_fit_rel_rms", cl.gemm_fit_rel_rms}};
+  for (const auto& [key, v] : nonneg) require_real(v, v >= 0, key, "must be a number >= 0");
+
+  const SimulateConfig& sm = cfg.simulate;
+  require_ini_safe(sm.ranks, "simulate.ranks");
+  require_ini_safe(sm.workload, "simulate.workload");
+  require_ini_safe(sm.output, "simulate.output");
+  require_ini_safe(sm.validate, "simulate.validate");
+  require_int(sm.ranks_per_node, 0, "simulate.ranks_per_node");
+  require_int(sm.base_ranks, 1, "simulate.base_ranks");
+  require_int(sm.steps, 1, "simulate.steps");
+  require(sm.scaling == "weak" || sm.scaling == "strong", "simulate.scaling", sm.scaling,
+          "must be one of weak|strong");
+  require(sm.algorithm.empty() || sm.algorithm == "flat" || sm.algorithm == "padded" ||
+              sm.algorithm == "hierarchical",
+          "simulate.algorithm", sm.algorithm,
+          "must be one of flat|padded|hierarchical, or empty (= routing.dispatch)");
+  if (mode == Mode::simulate) {
+    require(ranks == 1, "(MPI ranks)", nranks,
+            "must be 1: moesim simulate runs in one process (start it without mpirun)");
+    require(!cl.file.empty(), "cluster.file", cl.file,
+            "must name a machine file (INI with a [cluster] section) for moesim simulate");
+    require(!sm.output.empty() || !sm.validate.empty(), "simulate.output", sm.output,
+            "must name the HDF5 projection file to write (or give simulate.validate)");
+    if (sm.validate.empty()) {
+      // Rank counts: a non-empty comma-separated list of integers in [1, 2^20].
+      std::string item;
+      std::istringstream in(sm.ranks);
+      int count = 0;
+      while (std::getline(in, item, ',')) {
+        item = trim_ws(item);
+        std::int64_t v = 0;
+        require(to_integer(item, v) == IntStatus::ok && v >= 1 && v <= (std::int64_t{1} << 20),
+                "simulate.ranks", sm.ranks,
+                "must be comma-separated integers in [1, 1048576] (bad item '" + item + "')");
+        ++count;
+      }
+      require(count > 0, "simulate.ranks", sm.ranks, "must list at least one rank count");
+    }
+  }
+  if (mode == Mode::calibrate)
+    require(!cl.output.empty(), "cluster.output", cl.output,
+            "must name the machine file to write for moesim calibrate");
 }
 
 }  // namespace

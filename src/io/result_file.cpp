@@ -88,6 +88,7 @@ struct Pending {
   bool rank_axes = false;          // tail axes are rank axes (may grow)
   bool fill_negative = false;      // fill -1 (counts) / NaN (floats) for rows before creation
   std::string description, units;  // for a dataset created at flush time
+  std::map<std::string, std::int64_t> int_attrs;  // attributes of a dataset created at flush
   hsize_t first_row = 0;           // row index of the first buffered row
   hsize_t rows = 0;                // buffered rows
   std::vector<unsigned char> data;  // rows x tail elements
@@ -155,6 +156,8 @@ h5::Dataset create_column(hid_t group, std::string_view file, const std::string&
       full, "creating the dataset"));
   describe(ds.get(), file, full, p.description.c_str(),
            p.units.empty() ? nullptr : p.units.c_str());
+  for (const auto& [attr, value] : p.int_attrs)
+    write_scalar_attr<std::int64_t>(ds.get(), file, full, attr.c_str(), value);
   return ds;
 }
 
@@ -291,6 +294,7 @@ struct ResultWriter::Impl {
   RunMetadata meta;
   std::array<hsize_t, 2> load_tail{};  // {L, E}
   hsize_t step_rows = 0, eval_rows = 0;  // rows so far (on disk + buffered)
+  hsize_t loads_rows = 0;                // /loads samples so far
   hsize_t step_rows_disk = 0;
   std::int64_t last_step = -1;
   std::map<std::string, Pending> pending;  // "steps/loss" -> buffered rows
@@ -441,6 +445,7 @@ void create_skeleton(hid_t root, std::string_view f, std::array<hsize_t, 2> load
     (void)create_extendible(eval.get(), f, "/eval", field.name, Elem<double>::file(), scalar_row,
                             kRowChunk, field.description);
   (void)create_group(root, f, "/attempts", "attempts");
+  (void)create_group(root, f, "/loads", "loads");
 }
 }  // namespace
 
@@ -527,6 +532,15 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
     h5::Group g(check(H5Gopen2(root, "eval", H5P_DEFAULT), f, "/eval", "opening the group"));
     for (const std::string& name : children(g.get()))
       resize_rows(root, f, "/eval/" + name, keep_evals);
+  }
+  if (!link_exists(root, "loads")) (void)create_group(root, f, "/loads", "loads");
+  {  // sampled loads: keep the samples of steps before the checkpoint
+    const std::vector<std::int64_t> sampled = read_all<std::int64_t>(root, f, "/loads/step");
+    hsize_t keep = 0;
+    while (keep < sampled.size() && sampled[keep] < resume_step) ++keep;
+    h5::Group g(check(H5Gopen2(root, "loads", H5P_DEFAULT), f, "/loads", "opening the group"));
+    for (const std::string& name : children(g.get())) resize_rows(root, f, "/loads/" + name, keep);
+    impl->loads_rows = keep;
   }
   if (!link_exists(root, "attempts")) (void)create_group(root, f, "/attempts", "attempts");
   {  // an attempt still marked "running" was killed without a chance to say so
@@ -649,6 +663,23 @@ void ResultWriter::append_step(const StepRecord& rec) {
                   "(the assignment total is within group_size * epsilon of the optimum) "
                   "[step, layer]",
                   nullptr, false, true);
+  if (!rec.loads_routed.empty()) {
+    // /loads/{step, routed, kept}: [T], [T, L, G, E], sampled every output.loads_every steps.
+    const auto G = static_cast<hsize_t>(rec.loads_groups);
+    const hsize_t lr = m.loads_rows;
+    m.add<std::int64_t>("loads/step", lr, one_i64(rec.step), {},
+                        "training step of each loads sample");
+    Pending& routed = m.column<std::int64_t>(
+        "loads/routed", {L, G, E},
+        "assignments routed to each expert per routing group, before capacity "
+        "[sample, layer, group, expert]");
+    routed.int_attrs["group_size"] = rec.loads_group_size;
+    m.add<std::int64_t>("loads/routed", lr, std::span<const std::int64_t>(rec.loads_routed),
+                        {L, G, E}, "");
+    m.add<std::int64_t>("loads/kept", lr, std::span<const std::int64_t>(rec.loads_kept), {L, G, E},
+                        "assignments kept after capacity [sample, layer, group, expert]");
+    m.loads_rows = lr + 1;
+  }
   m.step_rows = row + 1;
   m.last_step = rec.step;
   m.attempt_last_step = rec.step + 1;

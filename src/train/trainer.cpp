@@ -256,7 +256,45 @@ class Trainer {
     if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
     comm_.gather(std::span<const std::int64_t>(step_sent_),
                  std::span<std::int64_t>(rec.traffic_tokens), 0);
+    if (cfg_.output.loads_every > 0 && step % cfg_.output.loads_every == 0) record_loads(rec);
     return rec;
+  }
+
+  // Per-(layer, group, expert) routed and kept counts of this step into rec.loads_* on rank 0
+  // (moesim simulate's run: workload). Groups are numbered globally: rank r holds r*Gl..
+  void record_loads(io::StepRecord& rec) {
+    const std::int64_t Gl = global_groups_ / P_;
+    const std::size_t cells = static_cast<std::size_t>(L_ * Gl * E_);
+    loads_local_.assign(2 * cells, 0);
+    for (int l = 0; l < L_; ++l) {
+      const auto& groups = model_.layer(l).groups();
+      for (std::int64_t g = 0; g < Gl; ++g)
+        for (std::int64_t e = 0; e < E_; ++e) {
+          const auto i = static_cast<std::size_t>((l * Gl + g) * E_ + e);
+          loads_local_[i] = groups[static_cast<std::size_t>(g)].routed[static_cast<std::size_t>(e)];
+          loads_local_[cells + i] =
+              groups[static_cast<std::size_t>(g)].kept[static_cast<std::size_t>(e)];
+        }
+    }
+    if (comm_.rank() == 0) loads_all_.assign(2 * cells * static_cast<std::size_t>(P_), 0);
+    comm_.gather(std::span<const std::int64_t>(loads_local_), std::span<std::int64_t>(loads_all_),
+                 0);
+    if (comm_.rank() != 0) return;
+    rec.loads_groups = global_groups_;
+    rec.loads_group_size = B_ / global_groups_;
+    const std::size_t total = cells * static_cast<std::size_t>(P_);
+    rec.loads_routed.assign(total, 0);
+    rec.loads_kept.assign(total, 0);
+    for (int r = 0; r < P_; ++r)
+      for (int l = 0; l < L_; ++l)
+        for (std::int64_t g = 0; g < Gl; ++g)
+          for (std::int64_t e = 0; e < E_; ++e) {
+            const auto src = static_cast<std::size_t>(r) * 2 * cells +
+                             static_cast<std::size_t>((l * Gl + g) * E_ + e);
+            const auto dst = static_cast<std::size_t>((l * global_groups_ + r * Gl + g) * E_ + e);
+            rec.loads_routed[dst] = loads_all_[src];
+            rec.loads_kept[dst] = loads_all_[src + cells];
+          }
   }
 
   // Every gradient entry finite? One pass in double (NaN and Inf propagate into the sum; a sum
@@ -350,6 +388,7 @@ class Trainer {
   std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
+  std::vector<std::int64_t> loads_local_, loads_all_;  // record_loads scratch (sampled steps)
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {
     std::size_t ce, aux, z, aux_gshard, importance, load, dropped, assignments, bytes;

@@ -19,7 +19,7 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class Command { run, route, bench, validate, help, version };
+enum class Command { run, route, bench, validate, simulate, calibrate, help, version };
 
 struct Invocation {
   Command command = Command::help;
@@ -63,6 +63,17 @@ int replay_trace(const Config& cfg, const comm::Comm& comm);
 
 // `moesim bench`: one MoE layer vs pure GEMMs of the same useful FLOPs (bench/layer_bench.hpp).
 int run_bench(const Config& cfg, const comm::Comm& comm);
+
+// `moesim simulate` (src/cli/simulate_cmd.cpp): one process, no MPI calls. Reads
+// cluster.file (its [cluster] keys, then `overrides` again), projects or validates, writes
+// simulate.output (+ CSV). Throws ConfigError on bad input before any work.
+int run_simulate(const Config& cfg, const std::vector<std::string>& overrides);
+// The config with cluster.* taken from cluster.file (the command line still wins).
+Config with_machine_file(const Config& cfg, const std::vector<std::string>& overrides);
+
+// `moesim calibrate` (src/cli/calibrate_cmd.cpp): micro-benchmarks on >= 2 ranks, writes the
+// machine file cluster.output on rank 0.
+int run_calibrate(const Config& cfg, const comm::Comm& comm);
 
 // Runs `body`; converts errors into a message printed once and an exit code:
 // ConfigError/UsageError -> 2 on every rank; other exceptions -> MPI_Abort(1).

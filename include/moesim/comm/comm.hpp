@@ -83,6 +83,12 @@ class Comm {
   static Comm self();   // a duplicate of MPI_COMM_SELF (single-rank runs, tools)
   // Collective: the ranks with the same `color` form a new communicator, ordered by `key`.
   [[nodiscard]] Comm split(int color, int key) const;
+  // Collective: the ranks that share memory (one node) form a new communicator
+  // (MPI_Comm_split_type with MPI_COMM_TYPE_SHARED), ordered by rank.
+  [[nodiscard]] Comm split_shared() const;
+  // Blocking point-to-point of raw bytes (calibration ping-pong).
+  void send_bytes(const void* data, std::size_t n, int dest, int tag) const;
+  void recv_bytes(void* data, std::size_t n, int source, int tag) const;
   ~Comm();
   Comm(Comm&&) noexcept;
   Comm& operator=(Comm&&) noexcept;

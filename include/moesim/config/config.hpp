@@ -114,6 +114,7 @@ struct OutputConfig {
   std::string file = "moesim_result.h5";  // result file path
   std::int64_t log_every = 10;            // progress line every N steps (0 = none)
   bool echo_config = true;                // print the resolved config on rank 0
+  std::int64_t loads_every = 10;  // record per-group loads (/loads/*) every N steps (0 = never)
 };
 
 struct TraceConfig {
@@ -132,6 +133,43 @@ struct BenchConfig {
   std::int64_t iterations = 5;  // timed iterations (each timed loop: barrier, loop, barrier)
 };
 
+// The machine a step is predicted on (moesim simulate) or measured on (moesim calibrate);
+// a machine file is an INI file with this section (shared/spec/simulate.md).
+struct ClusterConfig {
+  std::string file;                     // simulate: machine file to read ([cluster] keys)
+  std::string output;                   // calibrate: machine file to write
+  std::string name;                     // free text: which machine this is
+  std::string measured;                 // free text: where/when measured, or the sources
+  std::int64_t ranks_per_node = 8;      // MPI ranks sharing one node (and its NIC)
+  double intra_latency_us = 1.0;        // alpha of a message inside a node (per peer message)
+  double intra_bandwidth_GBps = 10.0;   // beta inside a node, per rank and direction
+  double inter_latency_us = 3.0;        // alpha of a message between nodes (per peer message)
+  double inter_bandwidth_GBps = 12.5;   // beta between nodes, per node (NIC) and direction
+  double gemm_GFLOPs = 50.0;            // sustained GEMM rate per rank at expert shapes (float32)
+  double gemm_GFLOPs_float64 = 0.0;     // the same in float64; 0 = half of gemm_GFLOPs
+  double memory_bandwidth_GBps = 10.0;  // sustained copy bandwidth per rank (read + write bytes)
+  double route_ns_per_score = 5.0;      // router work (softmax, rule, policy) per token x expert
+  double step_overhead_us = 0.0;        // fixed time per step outside the modelled phases
+  double intra_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the intra alpha-beta fit
+  double inter_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the inter alpha-beta fit
+  double gemm_fit_rel_rms = 0.0;   // calibrate: relative RMS spread of the GEMM rates measured
+};
+
+// moesim simulate: which rank counts, workload and scaling to predict (simulate.md).
+struct SimulateConfig {
+  std::string ranks = "16,256,4096,16384";  // virtual rank counts, comma separated
+  std::int64_t ranks_per_node = 0;          // 0 = cluster.ranks_per_node
+  std::string workload =
+      "uniform";           // uniform | zipf:S | lognormal:SIGMA | hot:F | rotate | run:FILE.h5
+  std::uint64_t seed = 1;  // seeds the synthetic workloads
+  std::string scaling = "weak";  // weak: tokens and experts grow with the ranks; strong: fixed
+  std::int64_t base_ranks = 1;   // weak: the file's tokens and experts are per this many ranks
+  std::string algorithm;   // exchange model: flat | padded | hierarchical; "" = routing.dispatch
+  std::int64_t steps = 1;  // steps simulated per rank count (mean reported)
+  std::string output;      // HDF5 projection file (a CSV is written beside it)
+  std::string validate;    // comma-separated moesim run result files to predict
+};
+
 struct Config {
   ModelConfig model;
   RoutingConfig routing;
@@ -144,6 +182,8 @@ struct Config {
   // Keys given in the parameter file or on the command line ("routing.k"); parse_config fills
   // it. Not a parameter: rule-dependent defaults and `moesim route` read it, to_ini ignores it.
   std::set<std::string> given;
+  ClusterConfig cluster;
+  SimulateConfig simulate;
 };
 
 // One bad parameter: the key, the offending value and what is allowed.
@@ -170,7 +210,8 @@ class ConfigError : public std::runtime_error {
 };
 
 // Which subcommand the parameters are for (route needs no training keys, run no trace keys).
-enum class Mode { run, route, bench };  // bench validates like run
+// simulate / calibrate validate the model and routing keys plus their own sections.
+enum class Mode { run, route, bench, simulate, calibrate };  // bench validates like run
 
 // Parses INI text (may be empty) and then applies `overrides` ("--section.key=value" or
 // "--section.key value" tokens; the command line wins). `source_name` names the file in errors.

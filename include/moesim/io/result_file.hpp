@@ -48,6 +48,11 @@ struct StepRecord {
   std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
   std::vector<double> base_epsilon;          // [L] routing.rule = base: final auction epsilon
                                              //     (largest over the layer's groups and ranks)
+  // Sampled per-group loads (output.loads_every), written as /loads/* when non-empty:
+  std::int64_t loads_groups = 0;           // G, routing groups per layer over all ranks
+  std::int64_t loads_group_size = 0;       // tokens per routing group
+  std::vector<std::int64_t> loads_routed;  // [L*G*E] candidates before capacity
+  std::vector<std::int64_t> loads_kept;    // [L*G*E] after capacity
 };
 
 // One row of /eval/*.

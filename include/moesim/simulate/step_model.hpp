@@ -1,0 +1,100 @@
+// The step model of `moesim simulate`: one training step of a MoESim model as a sum of named
+// terms, each a pure function of sizes and machine parameters (docs/simulate_model.md has the
+// same formulas). Units: seconds, bytes, FLOP. No MPI, no I/O.
+//
+// Machine parameters (from a machine file, ClusterConfig): per level an alpha (latency of one
+// message) and a beta (bandwidth); intra-node beta is per rank and direction, inter-node beta
+// is per node (its NIC) and direction, shared by the node's ranks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moesim/config/config.hpp"
+
+namespace moesim::simulate {
+
+struct Machine {
+  std::int64_t ranks_per_node = 1;  // R
+  double alpha_intra = 0;           // s per message inside a node
+  double beta_intra = 1;            // B/s per rank and direction inside a node
+  double alpha_inter = 0;           // s per message between nodes
+  double beta_inter = 1;            // B/s per node and direction between nodes
+  double flops = 1;                 // FLOP/s per rank at the run's precision
+  double mem_bw = 1;                // B/s per rank (bytes read + written)
+  double route_per_score = 0;       // s of router work per token x expert
+  double step_overhead = 0;         // s per step outside the modelled phases
+};
+
+// Machine from a [cluster] section at `precision`; ranks_per_node > 0 overrides the file's.
+Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t ranks_per_node = 0);
+
+// ---- compute ---------------------------------------------------------------------------------
+// gemm_time = max(2 m n k / F, (m k + k n + m n) * s / B_mem): roofline of C[m,n] = A[m,k] B[k,n]
+// with element size s (compute bound for large m, memory bound for small m). 0 if any size is 0.
+double gemm_time(double m, double n, double k, double elem, const Machine& M);
+
+// stream_time = bytes / B_mem (element-wise passes; bytes = read + written).
+double stream_time(double bytes, const Machine& M);
+
+// gate_forward_time = gemm(n, E, d) + n E t_route  (logits = x Wg; softmax, rule, drop policy).
+double gate_forward_time(double n, double d, double E, double elem, const Machine& M);
+// gate_backward_time = gemm(d, E, n) + gemm(n, d, E) + n E t_route (dWg, dx, router backward).
+double gate_backward_time(double n, double d, double E, double elem, const Machine& M);
+
+// expert_forward_time(rows) = gemm(rows, f, d) + gemm(rows, d, f) + 2 rows f s / B_mem
+// (h = x W1 + b1, a = act(h), y = a W2 + b2): one expert with `rows` tokens.
+double expert_forward_time(double rows, double d, double f, double elem, const Machine& M);
+// expert_backward_time(rows) = gemm(f, d, rows) [dW2] + gemm(rows, f, d) [da]
+//   + gemm(d, f, rows) [dW1] + gemm(rows, d, f) [dx] + 3 rows f s / B_mem (act backward).
+double expert_backward_time(double rows, double d, double f, double elem, const Machine& M);
+
+// ---- communication ---------------------------------------------------------------------------
+// level_time = messages * alpha + bytes / beta: one level of an exchange seen by one endpoint.
+double level_time(double messages, double bytes, double alpha, double beta);
+
+// What the busiest endpoints of one all-to-all see (max over ranks / nodes of each quantity).
+struct ExchangeLoad {
+  double intra_messages = 0;  // max over ranks of max(sent, received) intra-node messages
+  double intra_bytes = 0;     // max over ranks of max(sent, received) intra-node bytes
+  double inter_messages = 0;  // max over ranks of max(sent, received) inter-node messages
+  double inter_bytes = 0;     // max over nodes of max(out, in) inter-node bytes (NIC share)
+};
+// exchange_time = max(level_time(intra), level_time(inter with beta per node)): the two levels
+// use different links and progress concurrently; each is set by its busiest endpoint.
+double exchange_time(const ExchangeLoad& x, const Machine& M);
+
+// Uniform dense all-to-all on P ranks (R per node), `block` bytes per (src, dst) pair with
+// src != dst (the capacity-padded exchange, and the uniform reference case):
+//   intra = (R' - 1) messages and bytes, R' = min(R, P); inter = P - R' messages per rank,
+//   R' (P - R') block bytes per node.
+ExchangeLoad uniform_exchange_load(std::int64_t P, std::int64_t R, double block);
+
+// Small all-to-all of the counts (Bruck): ceil(log2 P) rounds of alpha + (P b / 2) / beta, with
+// the inter-node alpha/beta once there is more than one node.
+double counts_exchange_time(std::int64_t P, std::int64_t R, double bytes_per_peer,
+                            const Machine& M);
+
+// Allreduce of `bytes` on P ranks: min(ring, recursive doubling) (MPI picks by size):
+//   ring = 2 (P-1) alpha + 2 (P-1)/P bytes / beta_ring,   beta_ring = min(beta_intra, beta_inter)
+//   tree = ceil(log2 P) (alpha + bytes / beta_tree),      beta_tree = min(beta_intra, beta_inter/R)
+// alpha = inter-node alpha when the P ranks span nodes (`spans_nodes`), else intra.
+double allreduce_ring_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
+double allreduce_tree_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
+double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
+
+// optimizer_time = params * s * a / B_mem, a = 7 accesses for adam (read p g m v, write p m v),
+// 5 for sgd with momentum (read p g v, write p v).
+double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M);
+
+// ---- calibration ------------------------------------------------------------------------------
+// Least squares y = a + b x on relative residuals (weights 1/y^2: message sizes span six orders
+// of magnitude), refitted once without the points whose relative residual exceeds 3x the median
+// (a loaded machine produces outliers); a < 0 is refitted through the origin. rel_rms: the
+// relative RMS residual over all points. For alpha-beta: a = alpha (x messages), b = 1/beta.
+struct LineFit {
+  double a = 0, b = 0, rel_rms = 0;
+};
+LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y);
+
+}  // namespace moesim::simulate

@@ -1,0 +1,406 @@
+// `moesim calibrate`: micro-benchmarks on the ranks it is given, least-squares alpha-beta
+// fits per level, and a machine file (simulate.md) written by rank 0. Every MPI call goes
+// through comm::Comm; the GEMMs are the experts' own code path (experts::ExpertBank), the
+// pack bandwidth is dispatch::gather_rows, the router cost is routing::Router.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include "moesim/build_info.hpp"
+#include "moesim/cli/cli.hpp"
+#include "moesim/dispatch/dispatcher.hpp"
+#include "moesim/experts/expert_ffn.hpp"
+#include "moesim/routing/router.hpp"
+#include "moesim/simulate/step_model.hpp"
+#include "moesim/util/params.hpp"
+#include "moesim/util/rng.hpp"
+
+namespace moesim::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+using Fit = simulate::LineFit;
+constexpr auto fit_line = simulate::fit_line;
+
+std::string fmt(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+// One-way time of `bytes` between ranks a and b (ping-pong / 2), others idle.
+double pingpong(const comm::Comm& comm, int a, int b, std::size_t bytes, int reps) {
+  std::vector<char> buf(std::max<std::size_t>(bytes, 1));
+  comm.barrier();
+  double t = 0;
+  if (comm.rank() == a || comm.rank() == b) {
+    const int peer = comm.rank() == a ? b : a;
+    for (int warm = 0; warm < 2; ++warm) {
+      if (comm.rank() == a) {
+        comm.send_bytes(buf.data(), bytes, peer, 7);
+        comm.recv_bytes(buf.data(), bytes, peer, 7);
+      } else {
+        comm.recv_bytes(buf.data(), bytes, peer, 7);
+        comm.send_bytes(buf.data(), bytes, peer, 7);
+      }
+    }
+    std::vector<double> ts;  // median round trip: robust to a loaded machine's preemptions
+    for (int i = 0; i < reps; ++i) {
+      const auto t0 = Clock::now();
+      if (comm.rank() == a) {
+        comm.send_bytes(buf.data(), bytes, peer, 7);
+        comm.recv_bytes(buf.data(), bytes, peer, 7);
+      } else {
+        comm.recv_bytes(buf.data(), bytes, peer, 7);
+        comm.send_bytes(buf.data(), bytes, peer, 7);
+      }
+      ts.push_back(since(t0));
+    }
+    std::sort(ts.begin(), ts.end());
+    t = ts[ts.size() / 2] / 2.0;
+  }
+  comm.barrier();
+  return comm.allreduce(t, comm::ReduceOp::max);
+}
+
+// Median over `reps` of the slowest rank's time of one alltoallv with `per_peer` bytes to every
+// other peer, and `skew` times that to peer (rank + 1) % P.
+double alltoallv_time(const comm::Comm& c, std::size_t per_peer, double skew, int reps,
+                      double& busiest_bytes) {
+  const int P = c.size();
+  std::vector<int> srows(P), sdispl(P), rrows(P), rdispl(P);
+  const auto row = static_cast<int>(per_peer);
+  for (int p = 0; p < P; ++p) {
+    srows[static_cast<std::size_t>(p)] = p == c.rank() ? 0 : row;
+    rrows[static_cast<std::size_t>(p)] = p == c.rank() ? 0 : row;
+  }
+  const int heavy = static_cast<int>(std::lround(row * skew));
+  srows[static_cast<std::size_t>((c.rank() + 1) % P)] = heavy;
+  rrows[static_cast<std::size_t>((c.rank() + P - 1) % P)] = heavy;
+  int so = 0, ro = 0;
+  for (int p = 0; p < P; ++p) {
+    sdispl[static_cast<std::size_t>(p)] = so;
+    rdispl[static_cast<std::size_t>(p)] = ro;
+    so += srows[static_cast<std::size_t>(p)];
+    ro += rrows[static_cast<std::size_t>(p)];
+  }
+  std::vector<char> sbuf(static_cast<std::size_t>(std::max(so, 1))),
+      rbuf(static_cast<std::size_t>(std::max(ro, 1)));
+  busiest_bytes = static_cast<double>(std::max(so, ro));
+  busiest_bytes = c.allreduce(busiest_bytes, comm::ReduceOp::max);
+  std::vector<double> times;
+  for (int i = -2; i < reps; ++i) {
+    c.barrier();
+    const auto t0 = Clock::now();
+    c.alltoallv_rows(sbuf.data(), srows, sdispl, rbuf.data(), rrows, rdispl, 1);
+    const double t = c.allreduce(since(t0), comm::ReduceOp::max);
+    if (i >= 0) times.push_back(t);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// FLOP rate of one expert's forward + backward at `rows` rows (the experts' code path).
+template <typename T>
+double expert_gflops(const Config& cfg, std::int64_t rows, int reps, double& fwd_s, double& bwd_s) {
+  const std::int64_t d = cfg.model.d_model, f = cfg.model.d_ff;
+  ParamStore<T> store;
+  experts::ExpertBank<T> bank(store, "calibrate", 0, 1, d, f, cfg.model.activation, 1.0);
+  store.allocate();
+  store.initialize(1);
+  bank.bind(store);
+  const auto n = static_cast<std::size_t>(rows);
+  std::vector<T> x0(n * static_cast<std::size_t>(d)), x(x0.size()), y(x0.size()), dy(x0.size());
+  std::vector<T> h(n * static_cast<std::size_t>(f)), a(h.size());
+  const CounterRng rng(1, Stream::data_train, 99);
+  for (std::size_t i = 0; i < x0.size(); ++i) {
+    x0[i] = static_cast<T>(rng.normal(i));
+    dy[i] = static_cast<T>(rng.normal(i + x0.size()));
+  }
+  const std::vector<std::int64_t> offset{0, rows};
+  std::vector<double> tf, tb;
+  for (int i = -1; i < reps; ++i) {
+    std::copy(x0.begin(), x0.end(), x.begin());
+    const auto t0 = Clock::now();
+    bank.forward(x.data(), offset, h.data(), a.data(), y.data());
+    const double a1 = since(t0);
+    const auto t1 = Clock::now();
+    bank.backward(x.data(), h.data(), a.data(), dy.data(), offset);
+    const double b1 = since(t1);
+    if (i >= 0) {
+      tf.push_back(a1);
+      tb.push_back(b1);
+    }
+  }
+  std::sort(tf.begin(), tf.end());
+  std::sort(tb.begin(), tb.end());
+  fwd_s = tf[tf.size() / 2];
+  bwd_s = tb[tb.size() / 2];
+  // 2 GEMMs forward + 4 backward, each 2 rows d f FLOP.
+  const double flops =
+      12.0 * static_cast<double>(rows) * static_cast<double>(d) * static_cast<double>(f);
+  return flops / (fwd_s + bwd_s) / 1e9;
+}
+
+std::string hostname() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
+}
+
+std::string utc() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+int run_calibrate(const Config& cfg, const comm::Comm& comm) {
+  const int P = comm.size();
+  if (P < 2)
+    throw ConfigError("(MPI ranks)", std::to_string(P),
+                      "moesim calibrate needs >= 2 ranks (mpirun -n 2 moesim calibrate ...)");
+  // The output path is checked on rank 0 before any measurement.
+  std::string problem;
+  if (comm.rank() == 0) {
+    std::ofstream probe(cfg.cluster.output, std::ios::app);
+    if (!probe) problem = "cannot be opened for writing";
+  }
+  comm.bcast(problem, 0);
+  if (!problem.empty()) throw ConfigError("cluster.output", cfg.cluster.output, problem);
+
+  // Nodes: ranks that share memory (MPI_COMM_TYPE_SHARED).
+  const comm::Comm node = comm.split_shared();
+  std::int64_t leader = comm.rank();
+  node.bcast(std::span<std::int64_t>(&leader, 1), 0);
+  std::vector<std::int64_t> leaders(static_cast<std::size_t>(P));
+  comm.gather(std::span<const std::int64_t>(&leader, 1), std::span<std::int64_t>(leaders), 0);
+  std::int64_t peers[3] = {-1, -1, 0};  // intra peer of rank 0, inter peer, node count
+  if (comm.rank() == 0) {
+    std::vector<std::int64_t> distinct = leaders;
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    peers[2] = static_cast<std::int64_t>(distinct.size());
+    for (int r = 1; r < P; ++r) {
+      if (leaders[static_cast<std::size_t>(r)] == leaders[0] && peers[0] < 0) peers[0] = r;
+      if (leaders[static_cast<std::size_t>(r)] != leaders[0] && peers[1] < 0) peers[1] = r;
+    }
+  }
+  comm.bcast(std::span<std::int64_t>(peers, 3), 0);
+  const std::int64_t nodes = peers[2];
+  const std::int64_t R =
+      comm.allreduce(static_cast<std::int64_t>(node.size()), comm::ReduceOp::max);
+  std::ostringstream notes;
+  auto say = [&](const std::string& s) {
+    if (comm.rank() == 0) {
+      std::printf("%s\n", s.c_str());
+      std::fflush(stdout);
+    }
+    notes << "# " << s << "\n";
+  };
+  say("moesim calibrate on " + hostname() + " at " + utc() + ": " + std::to_string(P) + " ranks, " +
+      std::to_string(nodes) + " node(s), up to " + std::to_string(R) +
+      " ranks per node (MPI_COMM_TYPE_SHARED); moesim " + MOESIM_VERSION + " git " +
+      MOESIM_GIT_COMMIT);
+
+  const std::vector<std::size_t> sizes{8, 512, 4096, 32768, 262144, 1048576, 4194304};
+  auto level_pingpong = [&](int peer, const char* level, Fit& fit) {
+    std::vector<double> x, y;
+    for (std::size_t b : sizes) {
+      const int reps = b <= 32768 ? 200 : b <= 1048576 ? 31 : 11;
+      const double t = pingpong(comm, 0, peer, b, reps);
+      x.push_back(static_cast<double>(b));
+      y.push_back(t);
+      say(std::string("ping-pong ") + level + " " + std::to_string(b) + " B: " + fmt(t * 1e6) +
+          " us one way");
+    }
+    fit = fit_line(x, y);
+    say(std::string("ping-pong ") + level + " fit: alpha " + fmt(fit.a * 1e6) + " us, beta " +
+        fmt(1e-9 / fit.b) + " GB/s, relative RMS residual " + fmt(fit.rel_rms));
+  };
+  Fit pp_intra, pp_inter;
+  if (peers[0] > 0) level_pingpong(static_cast<int>(peers[0]), "intra", pp_intra);
+  if (peers[1] > 0) level_pingpong(static_cast<int>(peers[1]), "inter", pp_inter);
+
+  // Alltoallv inside a node (the modelled operation): uniform and skewed blocks.
+  // Regression t = a + bytes_busiest * b with a = alpha * (R - 1) messages.
+  Fit a2a;
+  double a2a_msgs = 1;
+  const std::int64_t single =
+      comm.allreduce(static_cast<std::int64_t>(node.size() < 2 ? 1 : 0), comm::ReduceOp::max);
+  if (single == 0) {  // every node has >= 2 ranks (collective decision)
+    std::vector<double> x, y;
+    const int rn = node.size();
+    a2a_msgs = rn - 1;
+    for (std::size_t b : {64UL, 1024UL, 16384UL, 131072UL, 1048576UL}) {
+      for (double skew : {1.0, 4.0}) {
+        double busiest = 0;
+        const int reps = b <= 16384 ? 101 : 21;
+        const double t = alltoallv_time(node, b, skew, reps, busiest);
+        // Every node measures; the slowest node's numbers are used.
+        const double tm = comm.allreduce(t, comm::ReduceOp::max);
+        const double bm = comm.allreduce(busiest, comm::ReduceOp::max);
+        x.push_back(bm);
+        y.push_back(tm);
+        say("alltoallv intra " + std::to_string(rn) + " ranks, " + std::to_string(b) +
+            " B per peer, skew " + fmt(skew) + ": busiest endpoint " + fmt(bm) + " B, " +
+            fmt(tm * 1e6) + " us");
+      }
+    }
+    a2a = fit_line(x, y);
+    say("alltoallv intra fit: alpha " + fmt(a2a.a / a2a_msgs * 1e6) + " us per message, beta " +
+        fmt(1e-9 / a2a.b) + " GB/s per rank, relative RMS residual " + fmt(a2a.rel_rms));
+  }
+
+  // Allreduce (reference for the ring/tree model; not fitted into the machine file).
+  for (std::size_t n : {128UL, 16384UL, 1048576UL}) {
+    std::vector<float> v(n, 1.0f);
+    std::vector<double> ts;
+    for (int i = -2; i < 10; ++i) {
+      comm.barrier();
+      const auto t0 = Clock::now();
+      comm.allreduce(std::span<float>(v), comm::ReduceOp::sum);
+      const double t = comm.allreduce(since(t0), comm::ReduceOp::max);
+      if (i >= 0) ts.push_back(t);
+    }
+    std::sort(ts.begin(), ts.end());
+    say("allreduce " + std::to_string(n * 4) + " B on " + std::to_string(P) +
+        " ranks: " + fmt(ts[ts.size() / 2] * 1e6) + " us (median)");
+  }
+
+  // Pack bandwidth (dispatch::gather_rows), all ranks at once: bytes read + written / s.
+  double mem_bw = 0;
+  {
+    const std::int64_t width = cfg.model.d_model,
+                       rows = std::max<std::int64_t>(16384, (8 << 20) / (4 * width));
+    std::vector<float> in(static_cast<std::size_t>(rows * width), 1.0f), out(in.size());
+    std::vector<std::int32_t> idx(static_cast<std::size_t>(rows));
+    for (std::int64_t i = 0; i < rows; ++i)
+      idx[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % rows);
+    std::vector<double> ts;
+    for (int i = -1; i < 8; ++i) {
+      comm.barrier();
+      const auto t0 = Clock::now();
+      dispatch::gather_rows(in.data(), idx.data(), rows, width, out.data());
+      const double t = since(t0);
+      if (i >= 0) ts.push_back(t);
+    }
+    std::sort(ts.begin(), ts.end());
+    const double bw = 2.0 * static_cast<double>(rows * width) * 4.0 / ts[ts.size() / 2];
+    mem_bw = comm.allreduce(bw, comm::ReduceOp::sum) / P;
+    say("pack (gather_rows) " + std::to_string(rows) + " rows x " + std::to_string(width) +
+        " float32, all ranks at once: " + fmt(mem_bw / 1e9) + " GB/s per rank (mean)");
+  }
+
+  // Expert GEMMs at this config's shapes (forward 2 GEMMs + backward 4), all ranks at once.
+  const std::int64_t E = cfg.routing.num_experts;
+  const std::int64_t typical = std::max<std::int64_t>(
+      16, cfg.data.tokens_per_step * cfg.routing.k / std::max<std::int64_t>(E, 1) / P);
+  std::vector<std::int64_t> shapes{std::max<std::int64_t>(8, typical / 8), typical, typical * 4};
+  double gflops = 0, gflops64 = 0, spread = 0;
+  {
+    std::vector<double> rates;
+    for (std::int64_t rows : shapes) {
+      double fw = 0, bw = 0;
+      comm.barrier();
+      const double r = expert_gflops<float>(cfg, rows, 9, fw, bw);
+      const double rm = comm.allreduce(r, comm::ReduceOp::sum) / P;
+      rates.push_back(rm);
+      say("expert GEMMs float32 rows " + std::to_string(rows) + " d_model " +
+          std::to_string(cfg.model.d_model) + " d_ff " + std::to_string(cfg.model.d_ff) + ": fwd " +
+          fmt(fw * 1e3) + " ms, bwd " + fmt(bw * 1e3) + " ms, " + fmt(rm) +
+          " GFLOP/s per rank (mean, all ranks at once)");
+    }
+    gflops = rates[1];
+    double s = 0;
+    for (double r : rates) s += (r - gflops) * (r - gflops) / (gflops * gflops);
+    spread = std::sqrt(s / static_cast<double>(rates.size()));
+    double fw = 0, bw = 0;
+    comm.barrier();
+    gflops64 =
+        comm.allreduce(expert_gflops<double>(cfg, typical, 9, fw, bw), comm::ReduceOp::sum) / P;
+    say("expert GEMMs float64 rows " + std::to_string(typical) + ": " + fmt(gflops64) +
+        " GFLOP/s per rank");
+  }
+
+  // Router work per token x expert (softmax, rule, drop policy), the router's own code.
+  double route_ns = 0;
+  {
+    RoutingConfig rc = cfg.routing;
+    const std::int64_t S = rc.group_size > 0 ? rc.group_size : 1024;
+    const routing::Router router(rc, S);
+    std::vector<double> logits(static_cast<std::size_t>(S * E)), probs(logits.size());
+    const CounterRng rng(3, Stream::data_train, 5);
+    for (std::size_t i = 0; i < logits.size(); ++i) logits[i] = rng.normal(i);
+    routing::GroupRouting gr;
+    std::vector<double> ts;
+    for (int i = -2; i < 20; ++i) {
+      const auto t0 = Clock::now();
+      router.route(logits, probs, true, gr);
+      if (i >= 0) ts.push_back(since(t0));
+    }
+    std::sort(ts.begin(), ts.end());
+    route_ns = comm.allreduce(ts[ts.size() / 2], comm::ReduceOp::sum) / P /
+               static_cast<double>(S * E) * 1e9;
+    say("router " + std::string(to_string(rc.rule)) + " S " + std::to_string(S) + " E " +
+        std::to_string(E) + ": " + fmt(route_ns) + " ns per token x expert");
+  }
+
+  if (comm.rank() == 0) {
+    const bool has_a2a = a2a.b > 0;
+    const double intra_alpha = has_a2a ? a2a.a / a2a_msgs : pp_intra.a;
+    const double intra_beta = has_a2a ? 1.0 / a2a.b : (pp_intra.b > 0 ? 1.0 / pp_intra.b : 10e9);
+    std::ostringstream ini;
+    ini << "# Machine file written by `moesim calibrate` (the measurements are below).\n";
+    ini << "# intra level: alltoallv fit (busiest endpoint bytes) when >= 2 ranks share a node,\n"
+           "# else ping-pong. inter level: ping-pong between rank 0 and the first rank on\n"
+           "# another node (one flow: a lower bound of the NIC's per-node bandwidth);\n"
+           "# without a second node the inter keys repeat the intra fit (not measured).\n";
+    ini << notes.str();
+    ini << "\n[cluster]\n";
+    ini << "name = " << hostname() << "\n";
+    ini << "measured = moesim calibrate " << utc() << " on " << P << " ranks, " << nodes
+        << " node(s)\n";
+    ini << "ranks_per_node = " << R << "\n";
+    ini << "intra_latency_us = " << fmt(intra_alpha * 1e6) << "\n";
+    ini << "intra_bandwidth_GBps = " << fmt(intra_beta / 1e9) << "\n";
+    if (peers[1] > 0) {
+      ini << "inter_latency_us = " << fmt(pp_inter.a * 1e6) << "\n";
+      ini << "inter_bandwidth_GBps = " << fmt(1e-9 / pp_inter.b) << "\n";
+      ini << "inter_fit_rel_rms = " << fmt(pp_inter.rel_rms) << "\n";
+    } else {
+      ini << "inter_latency_us = " << fmt(intra_alpha * 1e6) << "\n";
+      ini << "inter_bandwidth_GBps = " << fmt(intra_beta / 1e9) << "\n";
+    }
+    ini << "gemm_GFLOPs = " << fmt(gflops) << "\n";
+    ini << "gemm_GFLOPs_float64 = " << fmt(gflops64) << "\n";
+    ini << "memory_bandwidth_GBps = " << fmt(mem_bw / 1e9) << "\n";
+    ini << "route_ns_per_score = " << fmt(route_ns) << "\n";
+    ini << "intra_fit_rel_rms = " << fmt(has_a2a ? a2a.rel_rms : pp_intra.rel_rms) << "\n";
+    ini << "gemm_fit_rel_rms = " << fmt(spread) << "\n";
+    std::ofstream out(cfg.cluster.output, std::ios::trunc);
+    out << ini.str();
+    out.close();
+    if (!out) throw ConfigError("cluster.output", cfg.cluster.output, "a writable file path");
+    std::printf("wrote %s\n", cfg.cluster.output.c_str());
+  }
+  comm.barrier();
+  return 0;
+}
+
+}  // namespace moesim::cli

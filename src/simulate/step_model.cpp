@@ -1,0 +1,160 @@
+// The step model's terms (step_model.hpp; formulas also in docs/simulate_model.md).
+#include "moesim/simulate/step_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace moesim::simulate {
+
+Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t ranks_per_node) {
+  Machine m;
+  m.ranks_per_node = ranks_per_node > 0 ? ranks_per_node : c.ranks_per_node;
+  m.alpha_intra = c.intra_latency_us * 1e-6;
+  m.beta_intra = c.intra_bandwidth_GBps * 1e9;
+  m.alpha_inter = c.inter_latency_us * 1e-6;
+  m.beta_inter = c.inter_bandwidth_GBps * 1e9;
+  const double f64 = c.gemm_GFLOPs_float64 > 0 ? c.gemm_GFLOPs_float64 : 0.5 * c.gemm_GFLOPs;
+  m.flops = (precision == Precision::float64 ? f64 : c.gemm_GFLOPs) * 1e9;
+  m.mem_bw = c.memory_bandwidth_GBps * 1e9;
+  m.route_per_score = c.route_ns_per_score * 1e-9;
+  m.step_overhead = c.step_overhead_us * 1e-6;
+  return m;
+}
+
+double gemm_time(double m, double n, double k, double elem, const Machine& M) {
+  if (m <= 0 || n <= 0 || k <= 0) return 0.0;
+  const double compute = 2.0 * m * n * k / M.flops;
+  const double memory = (m * k + k * n + m * n) * elem / M.mem_bw;
+  return std::max(compute, memory);
+}
+
+double stream_time(double bytes, const Machine& M) { return bytes / M.mem_bw; }
+
+double gate_forward_time(double n, double d, double E, double elem, const Machine& M) {
+  return gemm_time(n, E, d, elem, M) + n * E * M.route_per_score;
+}
+
+double gate_backward_time(double n, double d, double E, double elem, const Machine& M) {
+  return gemm_time(d, E, n, elem, M) + gemm_time(n, d, E, elem, M) + n * E * M.route_per_score;
+}
+
+double expert_forward_time(double rows, double d, double f, double elem, const Machine& M) {
+  if (rows <= 0) return 0.0;
+  return gemm_time(rows, f, d, elem, M) + gemm_time(rows, d, f, elem, M) +
+         stream_time(2.0 * rows * f * elem, M);
+}
+
+double expert_backward_time(double rows, double d, double f, double elem, const Machine& M) {
+  if (rows <= 0) return 0.0;
+  return gemm_time(f, d, rows, elem, M) + gemm_time(rows, f, d, elem, M) +
+         gemm_time(d, f, rows, elem, M) + gemm_time(rows, d, f, elem, M) +
+         stream_time(3.0 * rows * f * elem, M);
+}
+
+double level_time(double messages, double bytes, double alpha, double beta) {
+  return messages * alpha + bytes / beta;
+}
+
+double exchange_time(const ExchangeLoad& x, const Machine& M) {
+  const double intra = level_time(x.intra_messages, x.intra_bytes, M.alpha_intra, M.beta_intra);
+  const double inter = level_time(x.inter_messages, x.inter_bytes, M.alpha_inter, M.beta_inter);
+  return std::max(intra, inter);
+}
+
+ExchangeLoad uniform_exchange_load(std::int64_t P, std::int64_t R, double block) {
+  const std::int64_t Rn = std::min(R, P);
+  ExchangeLoad x;
+  x.intra_messages = static_cast<double>(Rn - 1);
+  x.intra_bytes = static_cast<double>(Rn - 1) * block;
+  x.inter_messages = static_cast<double>(P - Rn);
+  x.inter_bytes = static_cast<double>(Rn) * static_cast<double>(P - Rn) * block;
+  return x;
+}
+
+namespace {
+double ceil_log2(std::int64_t P) {
+  double r = 0;
+  for (std::int64_t v = 1; v < P; v *= 2) r += 1;
+  return r;
+}
+}  // namespace
+
+double counts_exchange_time(std::int64_t P, std::int64_t R, double bytes_per_peer,
+                            const Machine& M) {
+  if (P <= 1) return 0.0;
+  const bool inter = P > R;
+  const double alpha = inter ? M.alpha_inter : M.alpha_intra;
+  const double beta =
+      inter ? std::min(M.beta_intra, M.beta_inter / static_cast<double>(R)) : M.beta_intra;
+  return ceil_log2(P) * (alpha + 0.5 * static_cast<double>(P) * bytes_per_peer / beta);
+}
+
+double allreduce_ring_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M) {
+  if (P <= 1 || bytes <= 0) return 0.0;
+  const double alpha = spans_nodes ? M.alpha_inter : M.alpha_intra;
+  const double beta = spans_nodes ? std::min(M.beta_intra, M.beta_inter) : M.beta_intra;
+  const double p = static_cast<double>(P);
+  return 2.0 * (p - 1.0) * alpha + 2.0 * (p - 1.0) / p * bytes / beta;
+}
+
+double allreduce_tree_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M) {
+  if (P <= 1 || bytes <= 0) return 0.0;
+  const double alpha = spans_nodes ? M.alpha_inter : M.alpha_intra;
+  const double beta =
+      spans_nodes ? std::min(M.beta_intra, M.beta_inter / static_cast<double>(M.ranks_per_node))
+                  : M.beta_intra;
+  return ceil_log2(P) * (alpha + bytes / beta);
+}
+
+double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M) {
+  return std::min(allreduce_ring_time(P, bytes, spans_nodes, M),
+                  allreduce_tree_time(P, bytes, spans_nodes, M));
+}
+
+double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M) {
+  const double accesses = opt == OptimizerKind::adam ? 7.0 : 5.0;
+  return stream_time(params * elem * accesses, M);
+}
+
+LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
+  auto solve = [&](const std::vector<bool>& use) {
+    double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (!use[i]) continue;
+      const double w = 1.0 / (y[i] * y[i]);
+      sw += w;
+      sx += w * x[i];
+      sy += w * y[i];
+      sxx += w * x[i] * x[i];
+      sxy += w * x[i] * y[i];
+    }
+    LineFit f;
+    const double den = sw * sxx - sx * sx;
+    f.b = den != 0 ? (sw * sxy - sx * sy) / den : 0;
+    f.a = sw > 0 ? (sy - f.b * sx) / sw : 0;
+    if (f.a < 0) {  // a negative latency is unphysical: refit through the origin
+      f.a = 0;
+      f.b = sxx > 0 ? sxy / sxx : 0;
+    }
+    return f;
+  };
+  std::vector<bool> use(x.size(), true);
+  LineFit f = solve(use);
+  std::vector<double> rel(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) rel[i] = std::abs((f.a + f.b * x[i] - y[i]) / y[i]);
+  std::vector<double> sorted = rel;
+  std::sort(sorted.begin(), sorted.end());
+  const double med = sorted[sorted.size() / 2];
+  for (std::size_t i = 0; i < x.size(); ++i) use[i] = rel[i] <= 3.0 * med + 1e-12;
+  f = solve(use);
+  double r = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
+    r += e * e;
+  }
+  f.rel_rms = std::sqrt(r / static_cast<double>(x.size()));
+  return f;
+}
+
+}  // namespace moesim::simulate

@@ -1,0 +1,385 @@
+// moesim simulate: each step-model term against its closed form, the traffic of hand-made
+// loads, capacity drops against hand cases, and the workload generators' statistics against
+// their definitions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "moesim/routing/router.hpp"
+#include "moesim/simulate/projection.hpp"
+#include "moesim/simulate/step_model.hpp"
+#include "moesim/simulate/workload.hpp"
+
+namespace moesim::simulate {
+namespace {
+
+Machine test_machine() {
+  Machine M;
+  M.ranks_per_node = 4;
+  M.alpha_intra = 2e-6;
+  M.beta_intra = 5e9;
+  M.alpha_inter = 7e-6;
+  M.beta_inter = 12e9;
+  M.flops = 1e11;
+  M.mem_bw = 2e10;
+  M.route_per_score = 3e-9;
+  return M;
+}
+
+TEST(StepModel, GemmIsComputeBoundForLargeAndMemoryBoundForSmallM) {
+  const Machine M = test_machine();
+  // 1024^3: 2 * 2^30 FLOP / 1e11 = 21.47 ms vs 3 * 2^20 * 4 B / 2e10 = 0.63 ms.
+  EXPECT_DOUBLE_EQ(gemm_time(1024, 1024, 1024, 4, M), 2.0 * 1073741824.0 / 1e11);
+  // m = 1: 2 * 2^20 / 1e11 = 21 us vs (1024 + 2^20 + 1024) * 4 / 2e10 = 210 us.
+  EXPECT_DOUBLE_EQ(gemm_time(1, 1024, 1024, 4, M), (1024.0 + 1048576.0 + 1024.0) * 4.0 / 2e10);
+  EXPECT_EQ(gemm_time(0, 1024, 1024, 4, M), 0.0);
+}
+
+TEST(StepModel, ExpertTermsAreTwoForwardAndFourBackwardGemms) {
+  Machine M = test_machine();
+  M.mem_bw = 1e30;  // pure compute: closed forms 4 r d f / F and 8 r d f / F
+  const double r = 512, d = 256, f = 1024;
+  EXPECT_NEAR(expert_forward_time(r, d, f, 4, M), 4 * r * d * f / M.flops, 1e-15);
+  EXPECT_NEAR(expert_backward_time(r, d, f, 4, M), 8 * r * d * f / M.flops, 1e-15);
+  EXPECT_EQ(expert_forward_time(0, d, f, 4, M), 0.0);
+}
+
+TEST(StepModel, GateIsGemmPlusRouterWorkPerScore) {
+  Machine M = test_machine();
+  M.mem_bw = 1e30;
+  EXPECT_NEAR(gate_forward_time(4096, 512, 8, 4, M), 2.0 * 4096 * 512 * 8 / 1e11 + 4096 * 8 * 3e-9,
+              1e-15);
+}
+
+TEST(StepModel, UniformExchangeOnOneNodeIsAlphaPlusBytesOverBeta) {
+  const Machine M = test_machine();
+  const double b = 1 << 20;
+  // Two ranks on one node: one message of b bytes each way.
+  EXPECT_DOUBLE_EQ(exchange_time(uniform_exchange_load(2, 4, b), M), 2e-6 + b / 5e9);
+  // Four ranks on one node: 3 messages, 3 b bytes per rank.
+  EXPECT_DOUBLE_EQ(exchange_time(uniform_exchange_load(4, 4, b), M), 3 * 2e-6 + 3 * b / 5e9);
+}
+
+TEST(StepModel, UniformExchangeAcrossNodesIsSetByTheNicShare) {
+  const Machine M = test_machine();
+  const double b = 1 << 16;
+  // 16 ranks, 4 per node: per rank 12 inter-node messages; per node 4 * 12 blocks through the
+  // NIC; intra: 3 messages of b. The inter level dominates here.
+  const double inter = 12 * 7e-6 + 4.0 * 12.0 * b / 12e9;
+  const double intra = 3 * 2e-6 + 3 * b / 5e9;
+  ASSERT_GT(inter, intra);
+  EXPECT_DOUBLE_EQ(exchange_time(uniform_exchange_load(16, 4, b), M), inter);
+}
+
+TEST(StepModel, AllreduceRingAndTreeClosedForms) {
+  const Machine M = test_machine();
+  const double bytes = 8e6;
+  EXPECT_DOUBLE_EQ(allreduce_ring_time(8, bytes, false, M),
+                   2 * 7 * 2e-6 + 2.0 * 7.0 / 8.0 * bytes / 5e9);
+  EXPECT_DOUBLE_EQ(allreduce_tree_time(8, bytes, false, M), 3 * (2e-6 + bytes / 5e9));
+  // Large messages take the ring, tiny ones the tree.
+  EXPECT_DOUBLE_EQ(allreduce_time(8, bytes, false, M), allreduce_ring_time(8, bytes, false, M));
+  EXPECT_DOUBLE_EQ(allreduce_time(8, 64, false, M), allreduce_tree_time(8, 64, false, M));
+  // Across nodes: inter alpha, ring beta = min(beta_intra, beta_inter).
+  EXPECT_DOUBLE_EQ(allreduce_ring_time(16, bytes, true, M),
+                   2 * 15 * 7e-6 + 2.0 * 15.0 / 16.0 * bytes / 5e9);
+  EXPECT_EQ(allreduce_time(1, bytes, false, M), 0.0);
+}
+
+TEST(StepModel, OptimizerIsMemoryBound) {
+  const Machine M = test_machine();
+  EXPECT_DOUBLE_EQ(optimizer_time(1e6, 4, OptimizerKind::adam, M), 1e6 * 4 * 7 / 2e10);
+  EXPECT_DOUBLE_EQ(optimizer_time(1e6, 4, OptimizerKind::sgd, M), 1e6 * 4 * 5 / 2e10);
+}
+
+TEST(StepModel, MachineFromClusterConvertsUnits) {
+  ClusterConfig c;
+  c.intra_latency_us = 1.5;
+  c.intra_bandwidth_GBps = 20;
+  c.gemm_GFLOPs = 80;
+  c.gemm_GFLOPs_float64 = 0;
+  const Machine m32 = machine_from(c, Precision::float32);
+  const Machine m64 = machine_from(c, Precision::float64, 3);
+  EXPECT_DOUBLE_EQ(m32.alpha_intra, 1.5e-6);
+  EXPECT_DOUBLE_EQ(m32.beta_intra, 20e9);
+  EXPECT_DOUBLE_EQ(m32.flops, 80e9);
+  EXPECT_DOUBLE_EQ(m64.flops, 40e9);
+  EXPECT_EQ(m64.ranks_per_node, 3);
+}
+
+// A hand-made load source: every group routes `counts[e]` to expert e.
+class HandSource final : public LoadSource {
+ public:
+  explicit HandSource(std::vector<std::int32_t> c) : counts(std::move(c)) {}
+  void begin_layer(std::int64_t, std::int64_t) override {}
+  void group_routed(std::int64_t, std::int64_t, std::int64_t, std::vector<std::int32_t>& routed,
+                    std::vector<std::int32_t>& touched) override {
+    for (std::size_t e = 0; e < counts.size(); ++e)
+      if (counts[e] > 0) {
+        routed[e] = counts[e];
+        touched.push_back(static_cast<std::int32_t>(e));
+      }
+  }
+  std::vector<std::int32_t> counts;
+};
+
+Config small_config() {
+  Config cfg;
+  cfg.model.d_model = 64;
+  cfg.model.d_ff = 256;
+  cfg.model.layers = 1;
+  cfg.routing.num_experts = 4;
+  cfg.routing.k = 2;
+  cfg.routing.capacity_factor = Rational{1, 1};
+  cfg.routing.group_size = 8;
+  cfg.data.tokens_per_step = 32;
+  cfg.simulate.scaling = "strong";
+  return cfg;
+}
+
+TEST(Projection, CapacityDropsMatchAHandCase) {
+  // S = 8, E = 4, k = 2, cf = 1: C = ceil(2 * 8 * 1 / 4) = 4 (routing's own function).
+  const Config cfg = small_config();
+  ASSERT_EQ(routing::capacity(2, 8, 4, cfg.routing.capacity_factor, 0), 4);
+  const Scenario sc = make_scenario(cfg, 2, 2);
+  EXPECT_EQ(sc.capacity, 4);
+  HandSource src({6, 2, 4, 4});  // 16 assignments per group, expert 0 over by 2
+  const Projection p = project(cfg, sc, test_machine(), src, 1);
+  EXPECT_DOUBLE_EQ(p.dropped_fraction, 2.0 / 16.0);
+}
+
+TEST(Projection, TrafficMatrixFollowsThePlacement) {
+  // 32 tokens, groups of 8 -> 4 groups; P = 2: ranks own groups {0,1} and {2,3}; experts
+  // {0,1} on rank 0, {2,3} on rank 1. Kept per group: {4,2,4,4} -> to rank 0: 6, to rank 1: 8.
+  const Config cfg = small_config();
+  const Scenario sc = make_scenario(cfg, 2, 2);
+  HandSource src({6, 2, 4, 4});
+  std::vector<std::int64_t> traffic;
+  project(cfg, sc, test_machine(), src, 1, &traffic);
+  ASSERT_EQ(traffic.size(), 4u);
+  EXPECT_EQ(traffic[0], 12);  // 2 groups x 6 rows, rank 0 -> rank 0
+  EXPECT_EQ(traffic[1], 16);
+  EXPECT_EQ(traffic[2], 12);
+  EXPECT_EQ(traffic[3], 16);
+  // E < P: 2 experts on 4 ranks -> replica groups {0,1}, {2,3}; rank 2's rows stay in {2,3}.
+  Config c2 = cfg;
+  c2.routing.num_experts = 2;
+  c2.routing.k = 1;
+  const Scenario s2 = make_scenario(c2, 4, 4);
+  HandSource src2({3, 4});  // C = ceil(1 * 8 * 1 / 2) = 4: nothing dropped
+  project(c2, s2, test_machine(), src2, 1, &traffic);
+  ASSERT_EQ(traffic.size(), 16u);
+  EXPECT_EQ(traffic[2 * 4 + 2], 3);
+  EXPECT_EQ(traffic[2 * 4 + 3], 4);
+  EXPECT_EQ(traffic[2 * 4 + 0], 0);
+  EXPECT_EQ(traffic[0 * 4 + 1], 4);
+}
+
+TEST(Projection, DispatchOfABalancedExchangeIsItsClosedForm) {
+  // Every group sends 2 rows to each of 4 experts (no drops): each rank holds one group and
+  // sends 4 rows to each other rank; P = 4 on one node.
+  Config cfg = small_config();
+  cfg.data.tokens_per_step = 32;
+  const Scenario sc = make_scenario(cfg, 4, 4);
+  HandSource src({4, 4, 4, 4});  // per group of 8 tokens, k = 2: 16 assignments, C = 4
+  const Machine M = test_machine();
+  const Projection p = project(cfg, sc, M, src, 1);
+  const double rb = 64 * 4;  // bytes per row
+  // Each rank: 4 rows to itself, 4 rows to each of 3 peers; receives the same.
+  const double exch = 3 * M.alpha_intra + 3 * 4 * rb / M.beta_intra;
+  const double pack = 2.0 * (16 + 16) * rb / M.mem_bw;
+  const double counts = 2 * (M.alpha_intra + 0.5 * 4 * 4.0 / M.beta_intra);  // log2(4) rounds
+  EXPECT_NEAR(p.time_dispatch, pack + counts + exch, 1e-15);
+  EXPECT_DOUBLE_EQ(p.load_imbalance, 1.0);
+  EXPECT_DOUBLE_EQ(p.bytes_inter_node, 0.0);
+  EXPECT_DOUBLE_EQ(p.bytes_intra_node, 4.0 * 4 * 3 * 4 * rb);  // 4 exchanges x 4 ranks x 12 rows
+  // Expert phase: 16 rows on the one local expert of each rank.
+  EXPECT_NEAR(p.time_expert, expert_forward_time(16, 64, 256, 4, M), 1e-15);
+}
+
+TEST(Projection, PaddedExchangeSendsCapacityBlocks) {
+  Config cfg = small_config();
+  cfg.simulate.algorithm = "padded";
+  const Scenario sc = make_scenario(cfg, 2, 2);
+  HandSource src({1, 0, 0, 0});
+  const Machine M = test_machine();
+  const Projection p = project(cfg, sc, M, src, 1);
+  // Block per (src, dst) = C * local experts * local groups = 4 * 2 * 2 = 16 rows.
+  const double rb = 64 * 4;
+  EXPECT_DOUBLE_EQ(p.bytes_intra_node, 4.0 * 2 * 16 * rb);
+}
+
+TEST(Projection, HierarchicalUsesOneInterNodeMessagePerNode) {
+  // 8 ranks, 2 per node, uniform: flat sends 6 inter-node messages per rank, hierarchical 3.
+  Config cfg = small_config();
+  cfg.routing.num_experts = 8;
+  cfg.routing.k = 8;
+  cfg.routing.capacity_factor = Rational{0, 1};
+  cfg.data.tokens_per_step = 64;
+  Machine M = test_machine();
+  M.beta_inter = 1e30;
+  M.beta_intra = 1e30;
+  M.mem_bw = 1e30;
+  HandSource src({1, 1, 1, 1, 1, 1, 1, 1});
+  Scenario flat = make_scenario(cfg, 8, 2);
+  Scenario hier = flat;
+  hier.algorithm = Algorithm::hierarchical;
+  const Projection pf = project(cfg, flat, M, src, 1);
+  const Projection ph = project(cfg, hier, M, src, 1);
+  const double counts = counts_exchange_time(8, 2, 4.0, M);
+  EXPECT_NEAR(pf.time_dispatch - counts, std::max(6 * M.alpha_inter, 1 * M.alpha_intra), 1e-15);
+  EXPECT_NEAR(ph.time_dispatch - counts, 3 * M.alpha_inter + 1 * M.alpha_intra, 1e-15);
+}
+
+TEST(Projection, ScenarioErrorsNameTheRankCount) {
+  Config cfg = small_config();
+  EXPECT_THROW(make_scenario(cfg, 3, 1), ConfigError);  // 4 experts on 3 ranks
+  try {
+    make_scenario(cfg, 64, 1);  // 32 tokens on 64 ranks
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key(), "simulate.ranks");
+    EXPECT_EQ(e.value(), "64");
+  }
+  cfg.simulate.scaling = "weak";
+  cfg.simulate.base_ranks = 2;
+  const Scenario sc = make_scenario(cfg, 16, 4);
+  EXPECT_EQ(sc.tokens, 32 * 8);
+  EXPECT_EQ(sc.experts, 4 * 8);
+  EXPECT_EQ(sc.group_size, 8);
+  EXPECT_THROW(parse_ranks("16,x"), ConfigError);
+  EXPECT_EQ(parse_ranks("1, 16,256"), (std::vector<std::int64_t>{1, 16, 256}));
+}
+
+TEST(Workload, ParseAcceptsTheContractNamesAndRejectsOthers) {
+  EXPECT_EQ(parse_workload("uniform").kind, WorkloadKind::uniform);
+  EXPECT_EQ(parse_workload("zipf:1.2").kind, WorkloadKind::zipf);
+  EXPECT_DOUBLE_EQ(parse_workload("zipf:1.2").param, 1.2);
+  EXPECT_EQ(parse_workload("lognormal:0.5").kind, WorkloadKind::lognormal);
+  EXPECT_EQ(parse_workload("hot:0.3").kind, WorkloadKind::hot);
+  EXPECT_TRUE(parse_workload("rotate").rotate);
+  EXPECT_TRUE(parse_workload("hot:0.3+rotate").rotate);
+  EXPECT_EQ(parse_workload("run:x.h5").file, "x.h5");
+  for (const char* bad : {"zipf", "zipf:-1", "hot:1.5", "lognormal:x", "gauss:1", "run:", ""}) {
+    try {
+      parse_workload(bad);
+      ADD_FAILURE() << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.key(), "simulate.workload");
+    }
+  }
+}
+
+TEST(Workload, PopularityVectorsMatchTheirDefinitions) {
+  const std::int64_t E = 4096;
+  // zipf: sorted p_e = r^-S / H_{E,S}.
+  const auto pz = expert_probabilities(parse_workload("zipf:1.5"), E, 7, 0, 0);
+  std::vector<double> sorted = pz;
+  std::sort(sorted.rbegin(), sorted.rend());
+  double H = 0;
+  for (std::int64_t r = 1; r <= E; ++r) H += std::pow(static_cast<double>(r), -1.5);
+  EXPECT_NEAR(sorted[0], 1.0 / H, 1e-12);
+  EXPECT_NEAR(sorted[9], std::pow(10.0, -1.5) / H, 1e-12);
+  // lognormal: log p_e has standard deviation SIGMA (sample of E experts).
+  const auto pl = expert_probabilities(parse_workload("lognormal:0.8"), E, 7, 0, 0);
+  double m = 0, v = 0;
+  for (double p : pl) m += std::log(p);
+  m /= static_cast<double>(E);
+  for (double p : pl) v += (std::log(p) - m) * (std::log(p) - m);
+  EXPECT_NEAR(std::sqrt(v / static_cast<double>(E - 1)), 0.8, 0.04);
+  // hot: one expert F, the rest equal.
+  const auto ph = expert_probabilities(parse_workload("hot:0.25"), 16, 7, 0, 0);
+  EXPECT_NEAR(*std::max_element(ph.begin(), ph.end()), 0.25, 1e-12);
+  EXPECT_NEAR(*std::min_element(ph.begin(), ph.end()), 0.75 / 15, 1e-12);
+  // rotate: the popularity moves by one expert per step.
+  const auto r0 = expert_probabilities(parse_workload("zipf:1+rotate"), 16, 7, 0, 0);
+  const auto r1 = expert_probabilities(parse_workload("zipf:1+rotate"), 16, 7, 0, 1);
+  for (int e = 0; e < 16; ++e)
+    EXPECT_DOUBLE_EQ(r1[static_cast<std::size_t>((e + 1) % 16)], r0[static_cast<std::size_t>(e)]);
+}
+
+// Routed counts of `groups` groups, summed per expert.
+std::vector<double> sample_totals(const std::string& w, std::int64_t E, std::int64_t S,
+                                  std::int64_t k, std::int64_t groups, std::uint64_t seed = 3) {
+  auto src = make_synthetic_source(parse_workload(w), E, S, k, seed);
+  std::vector<std::int32_t> routed(static_cast<std::size_t>(E), 0), touched;
+  std::vector<double> total(static_cast<std::size_t>(E), 0.0);
+  src->begin_layer(0, 0);
+  for (std::int64_t g = 0; g < groups; ++g) {
+    touched.clear();
+    src->group_routed(0, 0, g, routed, touched);
+    std::int64_t sum = 0;
+    for (std::int32_t e : touched) {
+      EXPECT_LE(routed[static_cast<std::size_t>(e)], S);  // k distinct experts per token
+      sum += routed[static_cast<std::size_t>(e)];
+      total[static_cast<std::size_t>(e)] += routed[static_cast<std::size_t>(e)];
+      routed[static_cast<std::size_t>(e)] = 0;
+    }
+    EXPECT_EQ(sum, S * k);  // every token makes exactly k choices
+  }
+  return total;
+}
+
+TEST(Workload, GeneratorsReproduceTheirMeansAndSkew) {
+  // uniform: mean per (group, expert) is S k / E exactly; spread is binomial-like.
+  const std::int64_t E = 16, S = 256, G = 400;
+  const auto u = sample_totals("uniform", E, S, 2, G);
+  for (double t : u) EXPECT_NEAR(t / G, S * 2.0 / E, 1.0);
+  // hot:F with k = 1: the hot expert receives the fraction F of all assignments.
+  const auto h = sample_totals("hot:0.4", E, S, 1, G);
+  const double all = std::accumulate(h.begin(), h.end(), 0.0);
+  EXPECT_NEAR(*std::max_element(h.begin(), h.end()) / all, 0.4, 0.005);
+  // zipf:1 with k = 1: the top expert's share is 1 / H_E.
+  const auto z = sample_totals("zipf:1", E, S, 1, G);
+  double H = 0;
+  for (int r = 1; r <= E; ++r) H += 1.0 / r;
+  EXPECT_NEAR(*std::max_element(z.begin(), z.end()) / (S * G), 1.0 / H, 0.005);
+  // k distinct choices even when one expert is very hot (sampling without replacement).
+  sample_totals("hot:0.95", 4, 64, 3, 20);
+}
+
+TEST(Workload, LoadsDoNotDependOnTheRankCount) {
+  // Strong scaling with a fixed group size: drops and bytes per step come from the same
+  // per-group loads on 2 and 4 ranks.
+  Config cfg = small_config();
+  cfg.data.tokens_per_step = 256;
+  cfg.routing.num_experts = 4;
+  const Workload w = parse_workload("zipf:1.2");
+  const Scenario s2 = make_scenario(cfg, 2, 4), s4 = make_scenario(cfg, 4, 4);
+  auto a = make_source(cfg, s2, w, nullptr);
+  auto b = make_source(cfg, s4, w, nullptr);
+  const Projection p2 = project(cfg, s2, test_machine(), *a, 2);
+  const Projection p4 = project(cfg, s4, test_machine(), *b, 2);
+  EXPECT_GT(p2.dropped_fraction, 0.0);
+  EXPECT_DOUBLE_EQ(p2.dropped_fraction, p4.dropped_fraction);
+  // Same seed, same result (bitwise).
+  auto c = make_source(cfg, s4, w, nullptr);
+  const Projection p4b = project(cfg, s4, test_machine(), *c, 2);
+  EXPECT_EQ(p4.time_step, p4b.time_step);
+}
+
+}  // namespace
+}  // namespace moesim::simulate
+
+namespace moesim::simulate {
+namespace {
+
+TEST(Calibration, FitRecoversAlphaBetaAndRejectsAnOutlier) {
+  // t = 2 us + bytes / 5 GB/s exactly.
+  std::vector<double> x{8, 512, 4096, 32768, 262144, 1048576, 4194304}, y;
+  for (double b : x) y.push_back(2e-6 + b / 5e9);
+  LineFit f = fit_line(x, y);
+  EXPECT_NEAR(f.a, 2e-6, 1e-12);
+  EXPECT_NEAR(1.0 / f.b, 5e9, 1e3);
+  EXPECT_LT(f.rel_rms, 1e-9);
+  // One preempted measurement (100x) must not move the fit.
+  y[2] *= 100;
+  f = fit_line(x, y);
+  EXPECT_NEAR(f.a, 2e-6, 1e-10);
+  EXPECT_NEAR(1.0 / f.b, 5e9, 5e6);
+  EXPECT_NEAR(f.rel_rms, 0.99 / std::sqrt(7.0), 1e-6);  // the residual still reports it
+}
+
+}  // namespace
+}  // namespace moesim::simulate
