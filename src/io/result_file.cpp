@@ -167,8 +167,12 @@ void write_pending(hid_t root, std::string_view file, const std::string& key, Pe
   const std::string full = "/" + key;
   const std::size_t slash = key.find('/');
   const std::string group_name = key.substr(0, slash), name = key.substr(slash + 1);
-  h5::Group group(check(H5Gopen2(root, group_name.c_str(), H5P_DEFAULT), file, "/" + group_name,
-                        "opening the group"));
+  h5::Group group(link_exists(root, group_name.c_str())
+                      ? check(H5Gopen2(root, group_name.c_str(), H5P_DEFAULT), file,
+                              "/" + group_name, "opening the group")
+                      : check(H5Gcreate2(root, group_name.c_str(), H5P_DEFAULT, H5P_DEFAULT,
+                                         H5P_DEFAULT),
+                              file, "/" + group_name, "creating the group"));
   h5::Dataset ds;
   if (link_exists(group.get(), name.c_str()))
     ds = h5::Dataset(check(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), file, full,
@@ -445,7 +449,6 @@ void create_skeleton(hid_t root, std::string_view f, std::array<hsize_t, 2> load
     (void)create_extendible(eval.get(), f, "/eval", field.name, Elem<double>::file(), scalar_row,
                             kRowChunk, field.description);
   (void)create_group(root, f, "/attempts", "attempts");
-  (void)create_group(root, f, "/loads", "loads");
 }
 }  // namespace
 
@@ -533,8 +536,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
     for (const std::string& name : children(g.get()))
       resize_rows(root, f, "/eval/" + name, keep_evals);
   }
-  if (!link_exists(root, "loads")) (void)create_group(root, f, "/loads", "loads");
-  {  // sampled loads: keep the samples of steps before the checkpoint
+  if (link_exists(root, "loads")) {  // sampled loads: keep the samples of steps before it
     const std::vector<std::int64_t> sampled = read_all<std::int64_t>(root, f, "/loads/step");
     hsize_t keep = 0;
     while (keep < sampled.size() && sampled[keep] < resume_step) ++keep;
