@@ -2,9 +2,9 @@
 #include "moesim/train/trainer.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <chrono>
 #include <filesystem>
 #include <span>
 
@@ -20,7 +20,6 @@ namespace moesim::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
 
 // A flat buffer of doubles reduced in one collective, addressed by named slots laid out once.
 class ReductionSlots {
@@ -98,8 +97,8 @@ class Trainer {
   RunResult run(std::int64_t resume_from) {
     RunResult res;
     const std::int64_t steps = cfg_.training.steps;
-    res.start_step = resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_)
-                                     : 0;
+    res.start_step =
+        resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_) : 0;
     if (res.start_step == 0) evaluate(0, res);
     const std::int64_t every_ckpt = cfg_.checkpoint.every;
     for (std::int64_t step = res.start_step; step < steps; ++step) {
@@ -327,7 +326,7 @@ class Trainer {
   std::int64_t global_groups_ = 1;
   data::ClusterTask task_;
   dispatch::Placement placement_;  // where experts live (the one owner of the replica layout)
-  comm::Comm replica_comm_;  // the ranks holding the same experts (size 1 unless E < P)
+  comm::Comm replica_comm_;        // the ranks holding the same experts (size 1 unless E < P)
   model::Model<T> model_;
   Optimizer<T> opt_;
   AlignedVector<T> x_, xe_;
@@ -337,8 +336,8 @@ class Trainer {
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {
     std::size_t ce, aux, z, aux_gshard, importance, load, dropped, assignments, bytes;
-    std::size_t routed, kept;                           // [L*E] each
-    std::size_t phase, stop, local_step, nonfinite;     // MAX reduction
+    std::size_t routed, kept;                        // [L*E] each
+    std::size_t phase, stop, local_step, nonfinite;  // MAX reduction
   } slot_{};
   ReductionSlots sums_, maxes_;
   bool stop_all_ = false;  // some rank was asked to stop (signal)
