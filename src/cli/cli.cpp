@@ -286,7 +286,7 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
         lock = FileLock::try_acquire(cfg.output.file, &holder);
       } catch (const std::exception& e) {
         throw ConfigError("output.file", cfg.output.file,
-                          std::string("a path whose lock file can be created (") + e.what() + ")");
+                          std::string("a writable path (") + e.what() + ")");
       }
       if (!lock)
         throw ConfigError("output.file", cfg.output.file,
