@@ -55,7 +55,8 @@ constexpr const char* kUsage =
     "  moesim --version\n"
     "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
     "Exit codes: 0 success (or already complete), 1 runtime failure, 2 bad parameters or input\n"
-    "files, 3 training diverged (non-finite loss/gradient), 75 stopped on a signal (resume later).\n";
+    "files, 3 training diverged (non-finite loss/gradient), 75 stopped on a signal (resume "
+    "later).\n";
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -107,8 +108,8 @@ class RunReporter final : public train::Observer {
     if (every > 0 && (done % every == 0 || done == cfg_.training.steps)) {
       // Rates and ETA from this attempt's steps only (a resumed run starts mid-way).
       const auto here = static_cast<double>(done - start_step_);
-      const double tps = static_cast<double>(cfg_.data.tokens_per_step) * here /
-                         std::max(elapsed_, 1e-12);
+      const double tps =
+          static_cast<double>(cfg_.data.tokens_per_step) * here / std::max(elapsed_, 1e-12);
       const double eta =
           elapsed_ / std::max(here, 1.0) * static_cast<double>(cfg_.training.steps - done);
       std::printf(
@@ -347,7 +348,7 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
         lock = FileLock::try_acquire(cfg.output.file, &holder);
       } catch (const std::exception& e) {
         throw ConfigError("output.file", cfg.output.file,
-                          std::string("a path whose lock file can be created (") + e.what() + ")");
+                          std::string("a writable path (") + e.what() + ")");
       }
       if (!lock)
         throw ConfigError("output.file", cfg.output.file,
@@ -393,10 +394,10 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
                    ? std::make_unique<io::ResultWriter>(cfg.output.file, meta, start.step)
                    : std::make_unique<io::ResultWriter>(cfg.output.file, meta);
       io::AttemptInfo attempt;
-      attempt.job_id = env_or_empty("SLURM_ARRAY_JOB_ID").empty()
-                           ? env_or_empty("SLURM_JOB_ID")
-                           : env_or_empty("SLURM_ARRAY_JOB_ID") + "_" +
-                                 env_or_empty("SLURM_ARRAY_TASK_ID");
+      attempt.job_id =
+          env_or_empty("SLURM_ARRAY_JOB_ID").empty()
+              ? env_or_empty("SLURM_JOB_ID")
+              : env_or_empty("SLURM_ARRAY_JOB_ID") + "_" + env_or_empty("SLURM_ARRAY_TASK_ID");
       attempt.start_utc = meta.created_utc;
       attempt.first_step = start.kind == train::StartKind::resume ? start.step : 0;
       attempt.ranks = comm.size();
@@ -449,14 +450,13 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   if (comm.rank() == 0) {
     writer->end_attempt("complete", reporter->wall_seconds());
     const io::ResultWriter::Summary s = writer->finish();
-    const io::EvalRecord last = res.evals.empty() ? io::EvalRecord{} : res.evals.back();
     std::printf(
         "summary: %lld steps on %d ranks in %.2f s wall (%lld attempt%s) | loss %.5f -> %.5f | "
         "eval accuracy %.4f (macro-F1 %.4f) | dropped %.2f%% | %.0f tokens/s | median step %.2f "
         "ms | result %s\n",
         static_cast<long long>(s.steps), comm.size(), s.wall_seconds,
         static_cast<long long>(s.attempts), s.attempts == 1 ? "" : "s", s.first_loss, s.last_loss,
-        last.accuracy, last.macro_f1, 100.0 * s.dropped_fraction_mean, s.tokens_per_second,
+        s.eval_accuracy, s.eval_macro_f1, 100.0 * s.dropped_fraction_mean, s.tokens_per_second,
         1e3 * s.step_time_median, cfg.output.file.c_str());
     std::fflush(stdout);
   }

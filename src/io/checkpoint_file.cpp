@@ -176,17 +176,18 @@ void CheckpointReader::verify() const {
     static_cast<std::vector<std::string>*>(data)->push_back(name);
     return 0;
   };
-  check(H5Lvisit(impl_->file.get(), H5_INDEX_NAME, H5_ITER_NATIVE, +visit, &names), impl_->path,
-        "", "listing the tensors");
+  check(H5Lvisit(impl_->file.get(), H5_INDEX_NAME, H5_ITER_NATIVE, +visit, &names), impl_->path, "",
+        "listing the tensors");
   std::vector<double> buf;
   for (const std::string& name : names) {
     h5::Object obj(check(H5Oopen(impl_->file.get(), name.c_str(), H5P_DEFAULT), impl_->path, name,
                          "opening the object"));
     if (H5Iget_type(obj.get()) != H5I_DATASET) continue;
-    h5::Dataset ds(check(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), impl_->path,
-                         name, "opening the dataset"));
+    h5::Dataset ds(check(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), impl_->path, name,
+                         "opening the dataset"));
     h5::Space space(check(H5Dget_space(ds.get()), impl_->path, name, "reading the dataspace"));
-    buf.resize(static_cast<std::size_t>(std::max<hssize_t>(H5Sget_simple_extent_npoints(space.get()), 0)));
+    buf.resize(
+        static_cast<std::size_t>(std::max<hssize_t>(H5Sget_simple_extent_npoints(space.get()), 0)));
     read(name, buf);
   }
 }

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <cstddef>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -77,7 +77,6 @@ constexpr std::array<EvalF64, 4> kEvalF64{{
      "dropped assignments / all assignments during evaluation"},
 }};
 
-
 // A column of buffered rows: one HDF5 dataset "<group>/<name>" of shape [rows, tail...].
 // Rank-shaped columns (rank_axes) may grow along their tail axes when a run resumes on more
 // ranks; their fill value -1 marks cells of ranks a step did not have.
@@ -145,15 +144,16 @@ h5::Dataset create_column(hid_t group, std::string_view file, const std::string&
   if (p.fill_negative || p.rank_axes) {
     if (p.mem_type == H5T_NATIVE_DOUBLE) {
       const double fill = std::numeric_limits<double>::quiet_NaN();
-      check(H5Pset_fill_value(dcpl.get(), H5T_NATIVE_DOUBLE, &fill), file, full, "setting the fill");
+      check(H5Pset_fill_value(dcpl.get(), H5T_NATIVE_DOUBLE, &fill), file, full,
+            "setting the fill");
     } else {
       const std::int64_t fill = -1;
       check(H5Pset_fill_value(dcpl.get(), H5T_NATIVE_INT64, &fill), file, full, "setting the fill");
     }
   }
-  h5::Dataset ds(check(
-      H5Dcreate2(group, name, p.file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), file,
-      full, "creating the dataset"));
+  h5::Dataset ds(
+      check(H5Dcreate2(group, name, p.file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+            file, full, "creating the dataset"));
   describe(ds.get(), file, full, p.description.c_str(),
            p.units.empty() ? nullptr : p.units.c_str());
   for (const auto& [attr, value] : p.int_attrs)
@@ -175,14 +175,14 @@ void write_pending(hid_t root, std::string_view file, const std::string& key, Pe
                               file, "/" + group_name, "creating the group"));
   h5::Dataset ds;
   if (link_exists(group.get(), name.c_str()))
-    ds = h5::Dataset(check(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), file, full,
-                           "opening the dataset"));
+    ds = h5::Dataset(
+        check(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), file, full, "opening the dataset"));
   else
     ds = create_column(group.get(), file, full, name.c_str(), p);
   std::vector<hsize_t> dims = extent(ds.get(), file, full);
   if (dims.size() != p.tail.size() + 1)
-    throw std::runtime_error("result file '" + std::string(file) + "': dataset " + full +
-                             " has " + std::to_string(dims.size()) + " axes; this run writes " +
+    throw std::runtime_error("result file '" + std::string(file) + "': dataset " + full + " has " +
+                             std::to_string(dims.size()) + " axes; this run writes " +
                              std::to_string(p.tail.size() + 1));
   for (std::size_t i = 0; i < p.tail.size(); ++i) {
     if (dims[i + 1] == p.tail[i]) continue;
@@ -296,7 +296,7 @@ double median_of(std::vector<double> v) {
 struct ResultWriter::Impl {
   std::string path;
   RunMetadata meta;
-  std::array<hsize_t, 2> load_tail{};  // {L, E}
+  std::array<hsize_t, 2> load_tail{};    // {L, E}
   hsize_t step_rows = 0, eval_rows = 0;  // rows so far (on disk + buffered)
   hsize_t loads_rows = 0;                // /loads samples so far
   hsize_t step_rows_disk = 0;
@@ -422,8 +422,8 @@ namespace {
 void create_skeleton(hid_t root, std::string_view f, std::array<hsize_t, 2> load_tail) {
   h5::Group steps = create_group(root, f, "/steps", "steps");
   const std::span<const hsize_t> scalar_row{};
-  (void)create_extendible(steps.get(), f, "/steps", "step", Elem<std::int64_t>::file(),
-                          scalar_row, kRowChunk, "step index");
+  (void)create_extendible(steps.get(), f, "/steps", "step", Elem<std::int64_t>::file(), scalar_row,
+                          kRowChunk, "step index");
   for (const auto& field : kStepF64)
     (void)create_extendible(steps.get(), f, "/steps", field.name, Elem<double>::file(), scalar_row,
                             kRowChunk, field.description, field.units);
@@ -431,7 +431,8 @@ void create_skeleton(hid_t root, std::string_view f, std::array<hsize_t, 2> load
                           scalar_row, kRowChunk,
                           "bytes sent through all-to-all by all ranks in the step", "bytes");
   (void)create_extendible(steps.get(), f, "/steps", "ranks", Elem<std::int64_t>::file(), scalar_row,
-                          kRowChunk, "MPI ranks the step ran on (changes when a run resumes on "
+                          kRowChunk,
+                          "MPI ranks the step ran on (changes when a run resumes on "
                           "another rank count)");
   const hsize_t row_bytes = load_tail[0] * load_tail[1] * sizeof(std::int64_t);
   const hsize_t load_chunk_rows = std::clamp<hsize_t>(kMaxChunkBytes / row_bytes, 1, 16);
@@ -503,8 +504,8 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
   h5::File file = impl->open_rw();
   const hid_t root = file.get();
   {  // the load datasets must have this run's [L, E]
-    h5::Dataset ds(check(H5Dopen2(root, "/steps/expert_load", H5P_DEFAULT), f,
-                         "/steps/expert_load", "opening the dataset (resume)"));
+    h5::Dataset ds(check(H5Dopen2(root, "/steps/expert_load", H5P_DEFAULT), f, "/steps/expert_load",
+                         "opening the dataset (resume)"));
     const std::vector<hsize_t> dims = extent(ds.get(), f, "/steps/expert_load");
     if (dims.size() != 3 || dims[1] != impl->load_tail[0] || dims[2] != impl->load_tail[1])
       throw std::runtime_error(
@@ -524,8 +525,7 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
     throw ResumeGap("result file '" + path + "' has rows for steps 0.." +
                     std::to_string(static_cast<std::int64_t>(keep_steps) - 1) +
                     " only, but the checkpoint continues after step " +
-                    std::to_string(resume_step - 1) +
-                    ": resuming would leave steps without rows");
+                    std::to_string(resume_step - 1) + ": resuming would leave steps without rows");
   {
     h5::Group g(check(H5Gopen2(root, "steps", H5P_DEFAULT), f, "/steps", "opening the group"));
     for (const std::string& name : children(g.get()))
@@ -559,7 +559,8 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
         for (hsize_t r = 0; r < dims[0]; ++r)
           if (std::strncmp(cells.data() + r * kTextCell, "running", kTextCell) == 0) {
             const std::array<char, kTextCell> c = text_cell("interrupted");
-            std::copy(c.begin(), c.end(), cells.begin() + static_cast<std::ptrdiff_t>(r * kTextCell));
+            std::copy(c.begin(), c.end(),
+                      cells.begin() + static_cast<std::ptrdiff_t>(r * kTextCell));
           }
         check(H5Dwrite(ds.get(), str.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, cells.data()), f,
               "/attempts/end", "writing");
@@ -620,8 +621,8 @@ void ResultWriter::append_step(const StepRecord& rec) {
   auto require_size = [&](const char* what, std::size_t n, hsize_t want) {
     if (n != 0 && n != want)
       throw std::runtime_error("result file '" + m.path + "': step " + std::to_string(rec.step) +
-                               " " + what + " row has " + std::to_string(n) +
-                               " values; expected " + std::to_string(want));
+                               " " + what + " row has " + std::to_string(n) + " values; expected " +
+                               std::to_string(want));
   };
   require_size("load_imbalance", rec.load_imbalance.size(), L);
   require_size("traffic_tokens", rec.traffic_tokens.size(), P * P);
@@ -709,11 +710,11 @@ void ResultWriter::append_eval(const EvalRecord& rec) {
                   "expert [eval, layer]",
                   nullptr, false, true);
   if (!rec.cluster_expert.empty())
-    m.add<std::int64_t>("eval/cluster_expert", row,
-                        std::span<const std::int64_t>(rec.cluster_expert),
-                        {L, static_cast<hsize_t>(m.meta.num_clusters), E},
-                        "first-choice assignments of held-out tokens [eval, layer, cluster, expert]",
-                        nullptr, false, true);
+    m.add<std::int64_t>(
+        "eval/cluster_expert", row, std::span<const std::int64_t>(rec.cluster_expert),
+        {L, static_cast<hsize_t>(m.meta.num_clusters), E},
+        "first-choice assignments of held-out tokens [eval, layer, cluster, expert]", nullptr,
+        false, true);
   m.eval_rows = row + 1;
 }
 
@@ -777,13 +778,16 @@ ResultWriter::Summary ResultWriter::finish() {
   sum.attempts = static_cast<std::int64_t>(wall.size());
   sum.first_loss = loss.empty() ? 0.0 : loss.front();
   sum.last_loss = loss.empty() ? 0.0 : loss.back();
+  const std::vector<double> acc = read_all<double>(root, f, "/eval/accuracy");
+  const std::vector<double> f1 = read_all<double>(root, f, "/eval/macro_f1");
+  sum.eval_accuracy = acc.empty() ? 0.0 : acc.back();
+  sum.eval_macro_f1 = f1.empty() ? 0.0 : f1.back();
   {
     h5::Group group = create_group(root, f, "/summary", "summary");
     const hid_t g = group.get();
     write_scalar_attr<double>(g, f, "/summary", "tokens_per_second", sum.tokens_per_second);
     write_scalar_attr<double>(g, f, "/summary", "step_time_median", sum.step_time_median);
-    write_scalar_attr<double>(g, f, "/summary", "dropped_fraction_mean",
-                              sum.dropped_fraction_mean);
+    write_scalar_attr<double>(g, f, "/summary", "dropped_fraction_mean", sum.dropped_fraction_mean);
     write_scalar_attr<double>(g, f, "/summary", "train_seconds", train_seconds);
     write_scalar_attr<double>(g, f, "/summary", "wall_seconds", wall_seconds);
     write_scalar_attr<std::int64_t>(g, f, "/summary", "steps", static_cast<std::int64_t>(t.size()));
@@ -835,8 +839,7 @@ ResultFileState probe_result_file(const std::string& path) {
   if (!st.exists) return st;
   h5::ErrorSilencer quiet;
   try {
-    if (!std::filesystem::is_regular_file(path, ec))
-      throw std::runtime_error("not a regular file");
+    if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("not a regular file");
     const hid_t fid = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     if (fid < 0) throw std::runtime_error("not a readable HDF5 file (" + h5::last_error() + ")");
     h5::File file(fid);

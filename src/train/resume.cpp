@@ -81,8 +81,9 @@ StartDecision decide_start(const Config& now, const CheckpointState& ckpt,
     try {
       diffs = trajectory_differences(ini, now);
     } catch (const ConfigError& e) {
-      throw ConfigError(what, path, std::string("a file whose stored config this build can read (") +
-                                        e.what() + ")");
+      throw ConfigError(
+          what, path,
+          std::string("a file whose stored config this build can read (") + e.what() + ")");
     }
     if (!diffs.empty())
       throw ConfigError(what, path,
@@ -91,8 +92,8 @@ StartDecision decide_start(const Config& now, const CheckpointState& ckpt,
                         "run without --resume to start afresh):" +
                             join(diffs));
   };
-  const bool result_done = result.readable && result.complete && result.rows == steps &&
-                           result.contiguous;
+  const bool result_done =
+      result.readable && result.complete && result.rows == steps && result.contiguous;
   if (!ckpt.exists) {
     if (result_done) {
       same_trajectory(result.config_ini, "output.file", out);
@@ -108,9 +109,9 @@ StartDecision decide_start(const Config& now, const CheckpointState& ckpt,
     return d;
   }
   if (!ckpt.readable)
-    throw ConfigError("checkpoint.file", ckpt_path,
-                      "a readable, intact checkpoint (" + ckpt.problem +
-                          "); remove it to start afresh");
+    throw ConfigError(
+        "checkpoint.file", ckpt_path,
+        "a readable, intact checkpoint (" + ckpt.problem + "); remove it to start afresh");
   same_trajectory(ckpt.config_ini, "checkpoint.file", ckpt_path);
   if (ckpt.step < 0)
     throw ConfigError("checkpoint.file", ckpt_path,
@@ -143,8 +144,7 @@ StartDecision decide_start(const Config& now, const CheckpointState& ckpt,
     if (result.rows < ckpt.step || !result.contiguous)
       throw ConfigError("output.file", out,
                         "a result file with rows for every step before the checkpoint's step " +
-                            std::to_string(ckpt.step) + " (it has " +
-                            std::to_string(result.rows) +
+                            std::to_string(ckpt.step) + " (it has " + std::to_string(result.rows) +
                             (result.contiguous ? "" : ", not contiguous") +
                             "): resuming would leave steps without rows; remove the checkpoint "
                             "to start afresh");

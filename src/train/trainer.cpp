@@ -2,9 +2,9 @@
 #include "moesim/train/trainer.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <chrono>
 #include <filesystem>
 #include <span>
 
@@ -20,7 +20,6 @@ namespace moesim::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
 
 // A flat buffer of doubles reduced in one collective, addressed by named slots laid out once.
 class ReductionSlots {
@@ -101,8 +100,8 @@ class Trainer {
   RunResult run(std::int64_t resume_from) {
     RunResult res;
     const std::int64_t steps = cfg_.training.steps;
-    res.start_step = resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_)
-                                     : 0;
+    res.start_step =
+        resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_) : 0;
     if (res.start_step == 0) evaluate(0, res);
     const std::int64_t every_ckpt = cfg_.checkpoint.every;
     for (std::int64_t step = res.start_step; step < steps; ++step) {
@@ -381,7 +380,7 @@ class Trainer {
   std::int64_t global_groups_ = 1;
   data::ClusterTask task_;
   dispatch::Placement placement_;  // where experts live (the one owner of the replica layout)
-  comm::Comm replica_comm_;  // the ranks holding the same experts (size 1 unless E < P)
+  comm::Comm replica_comm_;        // the ranks holding the same experts (size 1 unless E < P)
   model::Model<T> model_;
   Optimizer<T> opt_;
   AlignedVector<T> x_, xe_;

@@ -1,6 +1,5 @@
 // Start decisions of a run (train/resume.hpp) and exclusive output ownership (util/file_lock.hpp).
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -84,8 +83,7 @@ TEST(Resume, RefusesLostRowsAMissingFileAndStepsOutOfRange) {
   ResultState broken;
   broken.exists = true;
   broken.problem = "not a readable HDF5 file";
-  EXPECT_NE(refusal(c, ckpt_at(40, c), broken).find("not a readable HDF5 file"),
-            std::string::npos);
+  EXPECT_NE(refusal(c, ckpt_at(40, c), broken).find("not a readable HDF5 file"), std::string::npos);
   const std::string past = refusal(cfg(true, 20), ckpt_at(40, c), result_rows(40, c));
   EXPECT_NE(past.find("training.steps"), std::string::npos) << past;
   EXPECT_NE(past.find("40"), std::string::npos) << past;

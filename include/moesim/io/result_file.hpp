@@ -25,9 +25,9 @@ struct RunMetadata {
   std::int64_t ranks = 1;
   std::int64_t nodes = 1;  // nodes (shared-memory domains) the ranks ran on
   std::uint64_t seed = 0;
-  std::int64_t layers = 1;        // L (shape of expert_load)
-  std::int64_t num_experts = 1;   // E
-  std::int64_t num_clusters = 0;  // K (cluster-task metrics; 0 = none)
+  std::int64_t layers = 1;           // L (shape of expert_load)
+  std::int64_t num_experts = 1;      // E
+  std::int64_t num_clusters = 0;     // K (cluster-task metrics; 0 = none)
   std::int64_t tokens_per_step = 0;  // global tokens per step (for /summary tokens_per_second)
 };
 
@@ -68,8 +68,8 @@ struct EvalRecord {
 
 // One attempt of a run (a job, or a requeue / resubmission of it): /attempts/* rows.
 struct AttemptInfo {
-  std::string job_id;          // SLURM_JOB_ID (with array index) or "" outside Slurm
-  std::string start_utc;       // ISO 8601
+  std::string job_id;           // SLURM_JOB_ID (with array index) or "" outside Slurm
+  std::string start_utc;        // ISO 8601
   std::int64_t first_step = 0;  // the step it started from (0, or a checkpoint's step)
   std::int64_t ranks = 1;
 };
@@ -78,13 +78,13 @@ struct AttemptInfo {
 // whether a run may resume into it, is already complete, or must start afresh.
 struct ResultFileState {
   bool exists = false;
-  bool readable = false;    // opened and has the /steps skeleton of a result file
-  std::string problem;      // why not readable
-  bool complete = false;    // root attribute complete == 1
-  std::int64_t rows = 0;    // /steps rows
+  bool readable = false;        // opened and has the /steps skeleton of a result file
+  std::string problem;          // why not readable
+  bool complete = false;        // root attribute complete == 1
+  std::int64_t rows = 0;        // /steps rows
   std::int64_t last_step = -1;  // /steps/step of the last row (-1: none)
-  bool contiguous = true;   // /steps/step == 0, 1, ..., rows - 1
-  std::string config_ini;   // root attribute config
+  bool contiguous = true;       // /steps/step == 0, 1, ..., rows - 1
+  std::string config_ini;       // root attribute config
 };
 ResultFileState probe_result_file(const std::string& path);
 
@@ -125,6 +125,7 @@ class ResultWriter {
     double train_seconds = 0, wall_seconds = 0;
     std::int64_t steps = 0, attempts = 0;
     double first_loss = 0, last_loss = 0;
+    double eval_accuracy = 0, eval_macro_f1 = 0;  // the last /eval row (0 when none)
   };
   Summary finish();
   [[nodiscard]] std::int64_t rows_written() const;  // /steps rows on disk

@@ -28,8 +28,8 @@ struct ResultState {
   bool readable = false;
   std::string problem;
   bool complete = false;
-  std::int64_t rows = 0;     // /steps rows
-  bool contiguous = true;    // rows are steps 0, 1, ...
+  std::int64_t rows = 0;   // /steps rows
+  bool contiguous = true;  // rows are steps 0, 1, ...
   std::string config_ini;
 };
 
@@ -41,8 +41,8 @@ enum class StartKind {
 
 struct StartDecision {
   StartKind kind = StartKind::fresh;
-  std::int64_t step = 0;    // resume: the checkpoint's step
-  std::string note;         // one line for the user (rank 0 prints it)
+  std::int64_t step = 0;                 // resume: the checkpoint's step
+  std::string note;                      // one line for the user (rank 0 prints it)
   bool remove_stale_checkpoint = false;  // fresh run over an old checkpoint of this output
 };
 

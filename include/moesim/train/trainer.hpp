@@ -28,11 +28,11 @@ class Observer {
 struct RunResult {
   std::vector<double> loss;  // per step of this attempt (identical on every rank)
   std::vector<double> task_loss, aux_loss, z_loss, dropped_fraction;  // per step, likewise
-  std::vector<io::EvalRecord> evals;  // evaluations of this attempt
-  std::int64_t start_step = 0;        // > 0 when resumed from a checkpoint
-  bool preempted = false;             // stopped early on a signal (checkpoint written)
-  bool diverged = false;              // stopped at a non-finite loss or gradient (no checkpoint)
-  std::string diverged_reason;        // "training diverged at step N: loss nan ..."
+  std::vector<io::EvalRecord> evals;                                  // evaluations of this attempt
+  std::int64_t start_step = 0;  // > 0 when resumed from a checkpoint
+  bool preempted = false;       // stopped early on a signal (checkpoint written)
+  bool diverged = false;        // stopped at a non-finite loss or gradient (no checkpoint)
+  std::string diverged_reason;  // "training diverged at step N: loss nan ..."
 };
 
 // Runs cfg.training.steps steps at the precision cfg.model.precision selects; with

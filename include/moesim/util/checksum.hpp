@@ -10,8 +10,7 @@ namespace moesim {
 
 inline constexpr std::uint64_t kFnvOffset = 14695981039346656037ull;
 
-inline std::uint64_t fnv1a64(const void* data, std::size_t bytes,
-                             std::uint64_t hash = kFnvOffset) {
+inline std::uint64_t fnv1a64(const void* data, std::size_t bytes, std::uint64_t hash = kFnvOffset) {
   const auto* p = static_cast<const unsigned char*>(data);
   for (std::size_t i = 0; i < bytes; ++i) {
     hash ^= p[i];

@@ -1,7 +1,8 @@
 // Exclusive ownership of an output file for the lifetime of a run: a POSIX record lock
-// (fcntl F_OFD_SETLK: owned by the open file, so two runs in one process exclude each other too; NFS maps it to a POSIX lock) on "<path>.lock". The kernel drops the
-// lock when the process ends, however it ends, so a killed run never leaves a stale lock; the
-// lock file itself stays (its content names the last owner, for the message of a refused run).
+// (fcntl F_OFD_SETLK: owned by the open file, so two runs in one process exclude each other too;
+// NFS maps it to a POSIX lock) on "<path>.lock". The kernel drops the lock when the process ends,
+// however it ends, so a killed run never leaves a stale lock; the lock file itself stays (its
+// content names the last owner, for the message of a refused run).
 #pragma once
 
 #include <optional>
