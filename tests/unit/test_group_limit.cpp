@@ -220,7 +220,7 @@ TEST(GroupLimit, RouterBackwardMatchesFiniteDifferences) {
       std::vector<double> coef(r.cands.size());
       for (std::size_t i = 0; i < coef.size(); ++i)
         coef[i] = r.cands[i].kept ? crng.normal(i) : 0.0;
-      const LossScales scales{0.7, 0.4, 0.5, 0.6, 0.3};
+      const LossScales scales{0.7, 0.4, 0.5, 0.6, 0.3, {}};
       router.backward(RouteContext{}, h, p, r, coef, scales, dprobs, dl, std::span<double>{});
       const auto J = [&](const std::vector<double>& hh) {
         std::vector<double> pp(n);
