@@ -4,7 +4,7 @@
 # Idempotent: a machine that has everything is left untouched.
 set -euo pipefail
 
-PACKAGES=(build-essential cmake git openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
+PACKAGES=(build-essential cmake git clang-format openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libeigen3-dev libboost-program-options-dev libgtest-dev libgmock-dev
           python3-h5py python3-numpy python3-matplotlib
           # Slurm for the job scripts and the `slurm` test tier (scripts/slurm/local_slurm.sh);

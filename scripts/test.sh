@@ -8,6 +8,9 @@ root=$(cd "$(dirname "$(realpath "$0")")/.." && pwd)
 "$root/scripts/install_deps.sh"
 jobs=$(nproc)
 
+echo "== format (clang-format --dry-run --Werror, the repository's .clang-format) =="
+(cd "$root" && git ls-files -z -- '*.cpp' '*.hpp' | xargs -0 clang-format --dry-run --Werror)
+
 echo "== build (Release, -Werror) =="
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DMOESIM_WERROR=ON >/dev/null
 cmake --build "$root/build" -j "$jobs"
