@@ -235,6 +235,16 @@ res = R.serial(["route", "--trace.input=" + R.path("trace.h5"), "--trace.output=
 R.check(res.rc == 0, f"exit code 0 (got {res.rc})", res.describe)
 R.check("routing.num_experts = 6 taken from the trace" in res.err, "stderr says E came from the trace",
         res.describe)
+res = R.serial(["route", "--trace.input=" + R.path("trace.h5"), "--trace.output=" + R.path("r.h5"),
+                "--routing.k=5"])
+R.check(res.rc == 0, "k = 5 is checked against the trace's E = 6, not the default num_experts = 4",
+        res.describe)
+if os.path.exists(R.path("r.h5")):
+    os.remove(R.path("r.h5"))
+res = R.serial(["route", "--trace.input=" + R.path("trace.h5"), "--trace.output=" + R.path("r.h5"),
+                "--routing.k=7"])
+R.check(res.rc == 2 and "routing.k = 7" in res.err and "routing.num_experts = 6" in res.err,
+        "k = 7 > the trace's E = 6 is refused naming both", res.describe)
 if os.path.exists(R.path("r.h5")):
     os.remove(R.path("r.h5"))
 

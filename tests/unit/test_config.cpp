@@ -771,6 +771,18 @@ TEST(ConfigReport, ParseAndValidateReportTogether) {
   EXPECT_NO_THROW(parse_and_validate("", "p.ini", {"--routing.rule=switch"}, Mode::run, 2));
 }
 
+TEST(ConfigReport, RouteChecksKAgainstATraceWidthNotYetKnown) {
+  // num_experts not given: route takes it from the trace, so k is not held to the default E.
+  const Config c =
+      parse_config("", "x", {"--routing.k=6", "--trace.input=a.h5", "--trace.output=b.h5"});
+  EXPECT_NO_THROW(validate(c, Mode::route, 1));
+  EXPECT_THROW(validate(c, Mode::run, 1), ConfigError);
+  const Config g = parse_config(
+      "", "x",
+      {"--routing.k=6", "--routing.num_experts=4", "--trace.input=a.h5", "--trace.output=b.h5"});
+  EXPECT_THROW(validate(g, Mode::route, 1), ConfigError);
+}
+
 TEST(ConfigReport, RequireOutsideValidateThrows) {
   EXPECT_NO_THROW(require(true, "a.b", "1", "x"));
   EXPECT_EQ(config_error([] { require(false, "a.b", "1", "must be 2"); }),
