@@ -417,6 +417,7 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
                      static_cast<long long>(trace.experts));
       }
       cfg.routing.num_experts = trace.experts;
+      cfg.given.insert("routing.num_experts");  // known now: validate checks k <= E
       validate(cfg, Mode::route, 1);
       const routing::ReplayResult r =
           routing::replay(cfg, trace.logits, trace.tokens, trace.experts, trace.token_id);

@@ -319,8 +319,8 @@ std::vector<ConfigProblem> check_memory(const Config& cfg, int ranks, int ranks_
              " rank" + (share == 1 ? "" : "s") + " assumed on this node); parameters " +
              format_bytes(est.parameters) + ", optimizer " + format_bytes(est.optimizer) +
              ", activations " + format_bytes(est.activations) + ", exchange " +
-             format_bytes(est.exchange) + ", data " + format_bytes(est.data) +
-             " (docs/memory.md)"});
+             format_bytes(est.exchange) + ", data " + format_bytes(est.data) + ", allowance " +
+             format_bytes(est.allowance) + " (docs/memory.md)"});
   }
   return problems;
 }
