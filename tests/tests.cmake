@@ -9,6 +9,7 @@ moesim_add_test(NAME test_routing_rules SOURCES unit/test_routing_rules.cpp)
 moesim_add_test(NAME test_routing_config SOURCES unit/test_routing_config.cpp)
 moesim_add_test(NAME test_routing_base SOURCES unit/test_routing_base.cpp)
 moesim_add_test(NAME test_routing_trace SOURCES unit/test_routing_trace.cpp)
+moesim_add_test(NAME test_paths SOURCES unit/test_paths.cpp)
 
 moesim_add_test(NAME test_dispatch SOURCES mpi/test_dispatch.cpp RANKS 1 2 4 TIMEOUT 60)
 moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 300)
@@ -85,3 +86,5 @@ add_test(NAME regression_simulate_cli
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_simulate_cli PROPERTIES TIMEOUT 600 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+# Per-rank memory estimate vs the real allocation of small runs (issue 7 item 9).
+moesim_add_test(NAME test_memory_estimate SOURCES mpi/test_memory_estimate.cpp RANKS 1 2 TIMEOUT 120)

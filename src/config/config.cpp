@@ -268,7 +268,7 @@ const std::vector<Field>& fields() {
         "routing.num_experts", "integer >= 1; run: divisible by the number of MPI ranks",
         "E, experts per MoE layer over all ranks"));
     t.push_back(make_field<&C::routing, &RoutingConfig::rule>("routing.rule", rule.c_str(),
-                                                              "routing rule (routing.md)"));
+                                                              "routing rule (docs/routing.md)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::score>(
         "routing.score", enum_list<ScoreKind>(" | ").c_str(),
         "router score: softmax, or sigmoid s = 1/(1+e^-h) (topk/switch; weights = selected s, "
@@ -1033,7 +1033,10 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
                 ") or divide it (fewer experts than ranks: each expert is replicated on ranks / "
                 "num_experts ranks)");
   }
-  require(r.k >= 1 && r.k <= r.num_experts, "routing.k", std::to_string(r.k),
+  // moesim route takes E from the trace when routing.num_experts is not given: k <= E is then
+  // checked once the trace's width is known (cli replay_trace validates again).
+  const bool e_known = mode != Mode::route || cfg.given.count("routing.num_experts") != 0;
+  require(r.k >= 1 && (!e_known || r.k <= r.num_experts), "routing.k", std::to_string(r.k),
           "must be an integer in [1, routing.num_experts = " + E + "]");
   // A k that was not given already follows the rule (parse_config); say so when it was given.
   const std::string k_given = cfg.given.count("routing.k") != 0
@@ -1327,6 +1330,8 @@ std::string to_table(const Config& cfg) {
 std::string help_text() {
   const Config defaults;
   std::string out =
+      "Definitions: docs/routing.md (routing rules, capacity), docs/outputs.md (files, keys),\n"
+      "docs/memory.md (the per-rank memory estimate of `moesim validate`).\n"
       "Parameters: INI `[section]` + `key = value` lines (comments start with '#'), or\n"
       "--section.key=VALUE / --section.key VALUE on the command line (the command line wins).\n";
   std::string section;

@@ -3,12 +3,15 @@
 // message naming the key, the value and what is allowed. No MPI.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "moesim/config/config.hpp"
+#include "moesim/routing/replay.hpp"
 
 namespace moesim {
 namespace {
@@ -138,6 +141,65 @@ TEST(RoutingConfigDefaults, KFollowsTheRuleOnlyWhenNotGiven) {
   EXPECT_EQ(back.routing.k, 1);
   EXPECT_EQ(to_ini(back), to_ini(sw));
   EXPECT_NO_THROW(validate(sw, Mode::run, 1));
+}
+
+}  // namespace moesim
+
+namespace moesim {
+
+// routing::replay (moved out of the CLI): a hand-computed case. topk k=1, E=2, cf=1, one group
+// of S=4: C = ceil(1*4*1/2) = 2. Tokens 0, 2, 3 prefer expert 0, token 1 expert 1; the position
+// policy keeps tokens 0 and 2 at expert 0 (slots 0, 1) and drops token 3.
+TEST(RoutingReplay, HandComputedTrace) {
+  Config cfg = parse_config(
+      "", "t.ini", {"--routing.k=1", "--routing.capacity_factor=1", "--routing.num_experts=2"});
+  const std::vector<double> logits = {2, 0, 0, 2, 1, 0, 3, 0};
+  const routing::ReplayResult r = routing::replay(cfg, logits, 4, 2, {});
+  EXPECT_EQ(r.capacity, 2);
+  EXPECT_EQ(r.groups, 1);
+  EXPECT_EQ(r.token, (std::vector<std::int64_t>{0, 1, 2}));
+  EXPECT_EQ(r.expert, (std::vector<std::int32_t>{0, 1, 0}));
+  EXPECT_EQ(r.slot, (std::vector<std::int32_t>{0, 0, 1}));
+  ASSERT_EQ(r.weight.size(), 3u);
+  EXPECT_NEAR(r.weight[0], std::exp(2.0) / (std::exp(2.0) + 1.0), 1e-15);
+  EXPECT_NEAR(r.weight[2], std::exp(1.0) / (std::exp(1.0) + 1.0), 1e-15);
+  EXPECT_EQ(r.dropped_token, (std::vector<std::int64_t>{3}));
+  EXPECT_EQ(r.dropped_expert, (std::vector<std::int32_t>{0}));
+  EXPECT_EQ(r.load_routed, (std::vector<std::int64_t>{3, 1}));
+  EXPECT_EQ(r.load_kept, (std::vector<std::int64_t>{2, 1}));
+  EXPECT_DOUBLE_EQ(r.dropped_fraction, 0.25);
+  // Two groups of 2: C = ceil(1*2*1/2) = 1 per group; group 1 = tokens 2, 3 both prefer
+  // expert 0, so token 3 is dropped again and token 2 takes slot 0 of its group.
+  cfg.routing.group_size = 2;
+  const routing::ReplayResult g = routing::replay(cfg, logits, 4, 2, {});
+  EXPECT_EQ(g.groups, 2);
+  EXPECT_EQ(g.capacity, 1);
+  EXPECT_EQ(g.dropped_token, (std::vector<std::int64_t>{3}));
+  EXPECT_EQ(g.slot, (std::vector<std::int32_t>{0, 0, 0}));
+}
+
+TEST(RoutingReplay, TraceShapeIsCheckedBeforeAllocating) {
+  Config cfg;
+  cfg.trace.input = "big.h5";
+  cfg.routing.group_size = 1;
+  try {
+    routing::check_trace_shape(cfg, (std::int64_t{1} << 62) + 1, 4);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key(), "trace.input");
+    EXPECT_NE(std::string(e.what()).find("4611686018427387905"), std::string::npos) << e.what();
+  }
+  cfg.routing.group_size = 3;
+  try {
+    routing::check_trace_shape(cfg, 8, 4);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key(), "routing.group_size");
+  }
+  cfg.routing.group_size = 4;
+  EXPECT_NO_THROW(routing::check_trace_shape(cfg, 8, 4));
+  EXPECT_EQ(routing::replay_memory_bytes(cfg, std::int64_t{1} << 62, 1 << 20),
+            std::numeric_limits<std::int64_t>::max());
 }
 
 }  // namespace moesim
