@@ -7,6 +7,7 @@ target_link_libraries(test_io PRIVATE ${HDF5_C_LIBRARIES})
 moesim_add_test(NAME test_routing SOURCES unit/test_routing.cpp)
 moesim_add_test(NAME test_routing_rules SOURCES unit/test_routing_rules.cpp)
 moesim_add_test(NAME test_routing_config SOURCES unit/test_routing_config.cpp)
+moesim_add_test(NAME test_paths SOURCES unit/test_paths.cpp)
 
 moesim_add_test(NAME test_dispatch SOURCES mpi/test_dispatch.cpp RANKS 1 2 4 TIMEOUT 60)
 moesim_add_test(NAME test_model SOURCES mpi/test_model.cpp RANKS 1 2 4 TIMEOUT 300)
@@ -40,6 +41,8 @@ add_test(NAME regression_routing_rules
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+# Per-rank memory estimate vs the real allocation of small runs (issue 7 item 9).
+moesim_add_test(NAME test_memory_estimate SOURCES mpi/test_memory_estimate.cpp RANKS 1 2 TIMEOUT 120)
 
 # Lifecycle tier, job-script side (tests/lifecycle/*.py): signals through the launcher path of
 # jobscripts/lib.sh (mpirun), sweeps (validation, dry run, resubmit, seeds, figures).

@@ -18,9 +18,11 @@
 #include "moesim/build_info.hpp"  // generated: MOESIM_VERSION, MOESIM_GIT_COMMIT
 #include "moesim/io/checkpoint_file.hpp"
 #include "moesim/io/result_file.hpp"
-#include "moesim/routing/router.hpp"
+#include "moesim/model/memory_estimate.hpp"
+#include "moesim/routing/replay.hpp"
 #include "moesim/train/checkpoint.hpp"
 #include "moesim/train/trainer.hpp"
+#include "moesim/util/paths.hpp"
 
 namespace moesim::cli {
 namespace {
@@ -197,6 +199,17 @@ int print_help(const Invocation& inv, const comm::Comm& comm) {
 }
 
 namespace {
+// Paths (same file by identity, writable directories) and the per-rank memory estimate.
+std::vector<ConfigProblem> preflight_problems(const Config& cfg, Mode mode,
+                                              const std::string& param_file, int ranks) {
+  std::vector<ConfigProblem> problems = util::check_paths(cfg, mode, param_file);
+  if (mode == Mode::run) {
+    // All ranks are assumed to share one node (the conservative case).
+    for (auto& p : model::check_memory(cfg, ranks, ranks)) problems.push_back(std::move(p));
+  }
+  return problems;
+}
+
 // Why the parameter file cannot be used, or "" (rank 0 only).
 std::string read_param_file(const std::string& path, std::string& text) {
   namespace fs = std::filesystem;
@@ -225,8 +238,26 @@ Config load_config(const Invocation& inv, const comm::Comm& comm, Mode mode) {
         "must be an existing, readable, non-empty regular INI file (it " + problem + ")");
   comm.bcast(text, 0);
   const int ranks = inv.command == Command::validate ? inv.ranks : comm.size();
-  return parse_and_validate(text, inv.param_file.empty() ? "<defaults>" : inv.param_file,
-                            inv.overrides, mode, ranks);
+  Config cfg = parse_and_validate(text, inv.param_file.empty() ? "<defaults>" : inv.param_file,
+                                  inv.overrides, mode, ranks);
+  // Filesystem and machine checks on rank 0 (it writes the files), before any work; the
+  // problems travel as text so that every rank throws the same ConfigError.
+  std::string found;
+  if (comm.rank() == 0) {
+    for (const ConfigProblem& p : preflight_problems(cfg, mode, inv.param_file, ranks))
+      found += p.key + '\x1f' + p.value + '\x1f' + p.allowed + '\x1e';
+  }
+  comm.bcast(found, 0);
+  std::vector<ConfigProblem> problems;
+  for (std::size_t at = 0; at < found.size();) {
+    const std::size_t a = found.find('\x1f', at), b = found.find('\x1f', a + 1),
+                      e = found.find('\x1e', b + 1);
+    problems.push_back(
+        {found.substr(at, a - at), found.substr(a + 1, b - a - 1), found.substr(b + 1, e - b - 1)});
+    at = e + 1;
+  }
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+  return cfg;
 }
 
 int print_validation(const Invocation& inv, const Config& cfg, const comm::Comm& comm) {
@@ -234,6 +265,21 @@ int print_validation(const Invocation& inv, const Config& cfg, const comm::Comm&
   // Everything but the resolved file is a '#' comment, so stdout is itself a parameter file.
   std::printf("# moesim validate: %s is valid for `moesim run` on %d MPI rank%s\n",
               inv.param_file.c_str(), inv.ranks, inv.ranks == 1 ? "" : "s");
+  std::printf("# paths: checked (same-file pairs by identity, output directories writable)\n");
+  const model::MemoryEstimate est = model::estimate_memory(cfg, inv.ranks);
+  const model::MemoryAvailable avail = model::memory_available();
+  std::printf(
+      "# memory per rank (estimate, docs/memory.md): %s = parameters %s + optimizer %s + "
+      "activations %s + exchange %s + data %s + allowance %s\n",
+      model::format_bytes(est.total).c_str(), model::format_bytes(est.parameters).c_str(),
+      model::format_bytes(est.optimizer).c_str(), model::format_bytes(est.activations).c_str(),
+      model::format_bytes(est.exchange).c_str(), model::format_bytes(est.data).c_str(),
+      model::format_bytes(est.allowance).c_str());
+  if (avail.bytes >= 0)
+    std::printf("# memory available: %s (%s), %s per rank with %d rank%s on one node\n",
+                model::format_bytes(avail.bytes).c_str(), avail.source.c_str(),
+                model::format_bytes(avail.bytes / inv.ranks).c_str(), inv.ranks,
+                inv.ranks == 1 ? "" : "s");
   std::printf("%s", to_ini(cfg).c_str());
   std::fflush(stdout);
   return 0;
@@ -333,87 +379,68 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
   std::int64_t code = 0;
   if (comm.rank() == 0) {
     try {
+      Config cfg = cfg_in;
+      const bool e_given = cfg.given.count("routing.num_experts") != 0;
+      // The trace's shape is checked before its data is read (nothing allocated yet): an
+      // explicit routing.num_experts must match its width; otherwise the width is taken.
+      const auto check_shape = [&](std::int64_t T, std::int64_t E) {
+        if (e_given && cfg.routing.num_experts != E)
+          throw ConfigError("routing.num_experts", std::to_string(cfg.routing.num_experts),
+                            "must equal the trace's /logits width E = " + std::to_string(E) +
+                                " (trace.input = " + cfg.trace.input +
+                                "), or be left out to take it from the trace");
+        Config shaped = cfg;
+        shaped.routing.num_experts = E;
+        routing::check_trace_shape(shaped, T, E);
+        const std::int64_t need = routing::replay_memory_bytes(shaped, T, E);
+        const model::MemoryAvailable avail = model::memory_available();
+        if (avail.bytes >= 0 && need > avail.bytes)
+          throw ConfigError("trace.input", cfg.trace.input,
+                            "a trace that fits in memory: /logits [" + std::to_string(T) + ", " +
+                                std::to_string(E) + "] needs about " + model::format_bytes(need) +
+                                " to replay, " + model::format_bytes(avail.bytes) + " available (" +
+                                avail.source + ")");
+      };
       io::Trace trace;
       try {
-        trace = io::read_trace(cfg_in.trace.input);
+        trace = io::read_trace(cfg.trace.input, check_shape);
+      } catch (const ConfigError&) {
+        throw;
       } catch (const std::exception& e) {
-        throw ConfigError("trace.input", cfg_in.trace.input,
+        throw ConfigError("trace.input", cfg.trace.input,
                           std::string("a readable trace file: ") + e.what());
       }
-      Config cfg = cfg_in;
-      // The trace defines E; routing.num_experts is taken from it (and recorded).
-      if (cfg.routing.num_experts != trace.experts) {
-        std::fprintf(
-            stderr,
-            "moesim route: routing.num_experts set to %lld from the trace's /logits width\n",
-            static_cast<long long>(trace.experts));
-        cfg.routing.num_experts = trace.experts;
+      if (!e_given && cfg.routing.num_experts != trace.experts) {
+        std::fprintf(stderr,
+                     "moesim route: routing.num_experts = %lld taken from the trace's /logits "
+                     "width\n",
+                     static_cast<long long>(trace.experts));
       }
+      cfg.routing.num_experts = trace.experts;
       validate(cfg, Mode::route, 1);
-      const std::int64_t T = trace.tokens, E = trace.experts;
-      const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : T;
-      if (T % S != 0)
-        throw ConfigError("routing.group_size", std::to_string(cfg.routing.group_size),
-                          "a divisor of the trace's token count (" + std::to_string(T) + ")");
-      const routing::Router router(cfg.routing, S);
+      const routing::ReplayResult r =
+          routing::replay(cfg, trace.logits, trace.tokens, trace.experts, trace.token_id);
       io::RouteOutput out;
-      out.load_routed.assign(static_cast<std::size_t>(E), 0);
-      out.load_kept.assign(static_cast<std::size_t>(E), 0);
-      out.capacity = router.capacity(true);
-      std::vector<double> probs(static_cast<std::size_t>(S * E));
-      routing::GroupRouting r;
-      double aux = 0, z = 0;
-      std::int64_t dropped = 0, total = 0;
-      for (std::int64_t g = 0; g < T / S; ++g) {
-        const auto off = static_cast<std::size_t>(g * S * E);
-        // Keys of the random rules and hash routing: the trace's token ids (or positions),
-        // training.seed, step 0, layer 0.
-        routing::RouteContext ctx;
-        ctx.training = true;
-        ctx.seed = cfg.training.seed;
-        ctx.first_token = g * S;
-        if (!trace.token_id.empty())
-          ctx.token_ids =
-              std::span<const std::int64_t>(trace.token_id)
-                  .subspan(static_cast<std::size_t>(g * S), static_cast<std::size_t>(S));
-        router.route(
-            std::span<const double>(trace.logits).subspan(off, static_cast<std::size_t>(S * E)),
-            probs, ctx, r);
-        aux += r.aux;
-        z += r.z;
-        dropped += r.dropped;
-        total += static_cast<std::int64_t>(r.cands.size());
-        std::vector<routing::Candidate> sorted = r.cands;
-        std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
-          return a.token != b.token ? a.token < b.token : a.expert < b.expert;
-        });
-        for (const routing::Candidate& c : sorted) {
-          const std::int64_t tok = g * S + c.token;
-          ++out.load_routed[static_cast<std::size_t>(c.expert)];
-          if (c.kept) {
-            ++out.load_kept[static_cast<std::size_t>(c.expert)];
-            out.token.push_back(tok);
-            out.expert.push_back(c.expert);
-            out.slot.push_back(c.slot);
-            out.weight.push_back(c.weight);
-          } else {
-            out.dropped_token.push_back(tok);
-            out.dropped_expert.push_back(c.expert);
-          }
-        }
-      }
-      const double groups = static_cast<double>(T / S);
-      out.aux_loss = aux / groups;
-      out.z_loss = z / groups;
-      out.dropped_fraction =
-          total > 0 ? static_cast<double>(dropped) / static_cast<double>(total) : 0.0;
+      out.token = r.token;
+      out.expert = r.expert;
+      out.slot = r.slot;
+      out.weight = r.weight;
+      out.dropped_token = r.dropped_token;
+      out.dropped_expert = r.dropped_expert;
+      out.load_routed = r.load_routed;
+      out.load_kept = r.load_kept;
+      out.capacity = r.capacity;
+      out.aux_loss = r.aux_loss;
+      out.z_loss = r.z_loss;
+      out.dropped_fraction = r.dropped_fraction;
       out.config_ini = to_ini(cfg);
       io::write_route_output(cfg.trace.output, out);
       std::printf(
           "route: %lld tokens, %lld experts, %lld group%s of %lld, capacity %lld, kept %zu, "
           "dropped %zu (%.2f%%), aux %.6f, z %.6f -> %s\n",
-          static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(T / S),
-          T / S == 1 ? "" : "s", static_cast<long long>(S), static_cast<long long>(out.capacity),
+          static_cast<long long>(r.tokens), static_cast<long long>(r.experts),
+          static_cast<long long>(r.groups), r.groups == 1 ? "" : "s",
+          static_cast<long long>(r.group_size), static_cast<long long>(out.capacity),
           out.token.size(), out.dropped_token.size(), 100.0 * out.dropped_fraction, out.aux_loss,
           out.z_loss, cfg.trace.output.c_str());
     } catch (const ConfigError& e) {

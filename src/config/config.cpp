@@ -259,7 +259,7 @@ const std::vector<Field>& fields() {
         "routing.num_experts", "integer >= 1; run: divisible by the number of MPI ranks",
         "E, experts per MoE layer over all ranks"));
     t.push_back(make_field<&C::routing, &RoutingConfig::rule>("routing.rule", rule.c_str(),
-                                                              "routing rule (routing.md)"));
+                                                              "routing rule (docs/routing.md)"));
     t.push_back(make_field<&C::routing, &RoutingConfig::k>(
         "routing.k",
         "integer in [1, min(routing.num_experts, 64)]; 1 for switch and hash, 2 for gshard; "
@@ -1106,6 +1106,8 @@ std::string to_table(const Config& cfg) {
 std::string help_text() {
   const Config defaults;
   std::string out =
+      "Definitions: docs/routing.md (routing rules, capacity), docs/outputs.md (files, keys),\n"
+      "docs/memory.md (the per-rank memory estimate of `moesim validate`).\n"
       "Parameters: INI `[section]` + `key = value` lines (comments start with '#'), or\n"
       "--section.key=VALUE / --section.key VALUE on the command line (the command line wins).\n";
   std::string section;

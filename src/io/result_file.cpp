@@ -762,7 +762,8 @@ std::vector<hsize_t> dataset_dims(hid_t ds, std::string_view path, const char* n
 
 }  // namespace
 
-Trace read_trace(const std::string& path) {
+Trace read_trace(const std::string& path,
+                 const std::function<void(std::int64_t, std::int64_t)>& check_shape) {
   h5::ErrorSilencer quiet;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
@@ -796,8 +797,13 @@ Trace read_trace(const std::string& path) {
       trace_error(path, "dataset '/logits' has shape " + shape_text(dims) +
                             "; needs at least one token and one expert");
     }
+    constexpr auto kMax = static_cast<hsize_t>(std::numeric_limits<std::int64_t>::max());
+    if (dims[0] > kMax || dims[1] > kMax)
+      trace_error(path, "dataset '/logits' has shape " + shape_text(dims) +
+                            "; each extent must be below 2^63");
     trace.tokens = static_cast<std::int64_t>(dims[0]);
     trace.experts = static_cast<std::int64_t>(dims[1]);
+    if (check_shape) check_shape(trace.tokens, trace.experts);
     trace.logits.resize(dims[0] * dims[1]);
     // HDF5 converts float32 to double on the fly (exactly).
     check(H5Dread(logits.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT,

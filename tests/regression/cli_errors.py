@@ -177,6 +177,67 @@ if os.path.isfile(out_h5):
             "the stored config shows the resolved k = 1", cfg_text)
     os.remove(out_h5)
 
+# issue 7 item 6: paths naming the same file (by identity, not spelling); directories first
+error_case("checkpoint.file names the result file",
+           ["run", base, "--checkpoint.file=" + os.path.join(R.tmp, ".", "out.h5")],
+           ["checkpoint.file", "output.file = " + out_h5, "same file"])
+os.symlink(base, R.path("base_link.ini"))
+error_case("checkpoint.file is the parameter file through a symlink",
+           ["run", base, "--checkpoint.file=" + R.path("base_link.ini")],
+           ["checkpoint.file", "parameter file", "same file"])
+error_case("checkpoint.file in a missing directory fails before any step",
+           ["run", base, "--checkpoint.file=" + R.path("no_such_dir", "ck.h5"), "--checkpoint.every=1"],
+           ["checkpoint.file", "no_such_dir", "does not exist"])
+import numpy as np
+import h5py
+with h5py.File(R.path("trace.h5"), "w") as f:
+    f["logits"] = np.zeros((8, 6))
+error_case("route: trace.output is trace.input spelled ./name",
+           ["route", "--trace.input=" + R.path("trace.h5"),
+            "--trace.output=" + os.path.join(R.tmp, ".", "trace.h5")],
+           ["trace.output", "trace.input", "same file"])
+
+# issue 7 item 9: sizes checked before allocating (memory estimate, overflow-safe arithmetic)
+error_case("1e8 tokens per step: refused by the memory estimate before any allocation",
+           ["run", base, "--data.tokens_per_step=100000000"],
+           ["memory per rank", "data.tokens_per_step", "estimate", "available"])
+error_case("routing.min_capacity near INT64_MAX with capacity padding",
+           ["run", base, "--routing.min_capacity=9223372036854775000",
+            "--routing.dispatch=alltoall_padded"],
+           ["routing.min_capacity", "64-bit"])
+error_case("routing.min_capacity near INT64_MAX (expert buffer rows)",
+           ["run", base, "--routing.min_capacity=9223372036854775000"],
+           ["routing.min_capacity", "64-bit"])
+R.section("MOESIM_MEMORY_LIMIT: the estimate is compared with the given limit")
+env_res = R.run(["env", "MOESIM_MEMORY_LIMIT=1000000", R.moesim, "validate", base])
+R.check(env_res.rc == 2 and "MOESIM_MEMORY_LIMIT" in env_res.err and "memory per rank" in env_res.err,
+        "a 1 MB limit refuses the tiny run (exit 2, names the limit)", env_res.describe)
+
+# issue 7 items 9 + 11 in `moesim route`: the trace's shape is checked before reading it
+with h5py.File(R.path("trace_huge.h5"), "w") as f:
+    f.create_dataset("logits", shape=(2**62 + 1, 4), dtype="f8", chunks=(1024, 4))  # no data
+with h5py.File(R.path("trace_wide.h5"), "w") as f:
+    f.create_dataset("logits", shape=(2**30, 64), dtype="f4", chunks=(1024, 64))  # 512 GiB
+error_case("route: a [2^62+1, 4] trace with group_size 1 (segfaulted before)",
+           ["route", "--trace.input=" + R.path("trace_huge.h5"), "--trace.output=" + R.path("r.h5"),
+            "--routing.group_size=1"],
+           ["trace.input", "2^63", "4611686018427387905"])
+error_case("route: a trace too large for memory",
+           ["route", "--trace.input=" + R.path("trace_wide.h5"), "--trace.output=" + R.path("r.h5")],
+           ["trace.input", "needs about", "available"])
+error_case("route: an explicit routing.num_experts that contradicts the trace's width",
+           ["route", "--trace.input=" + R.path("trace.h5"), "--trace.output=" + R.path("r.h5"),
+            "--routing.num_experts=8"],
+           ["routing.num_experts = 8", "width E = 6"])
+R.section("route: routing.num_experts not given is taken from the trace, and said so")
+res = R.serial(["route", "--trace.input=" + R.path("trace.h5"), "--trace.output=" + R.path("r.h5"),
+                "--routing.k=1", "--routing.rule=switch"])
+R.check(res.rc == 0, f"exit code 0 (got {res.rc})", res.describe)
+R.check("routing.num_experts = 6 taken from the trace" in res.err, "stderr says E came from the trace",
+        res.describe)
+if os.path.exists(R.path("r.h5")):
+    os.remove(R.path("r.h5"))
+
 # moesim validate: no MPI peers, exit 0 / 2, every problem, resolved file on stdout
 R.section("moesim validate on a valid file (a single process, no mpiexec)")
 before = listing()
@@ -213,8 +274,14 @@ for args in (["--help"], ["run", "--help"]):
     for key in ["routing.capacity_factor", "routing.drop_policy", "routing.group_size", "output.file",
                 "model.d_model", "training.steps"]:
         R.check(key in res.out, f"stdout lists {key}", res.describe)
-    R.check("topk" in res.out and "position" in res.out and "probs" in res.out,
-            "stdout lists allowed values (topk, position, probs)", res.describe)
+    R.check("allowed: dense | topk | noisy_topk | switch | gshard | expert_choice | hash\n" in res.out,
+            "stdout lists the accepted routing rules exactly", res.describe)
+    R.check("| base" not in res.out, "stdout does not list the refused rule base", res.describe)
+    R.check("allowed: position | choice_position | probs | priority\n" in res.out,
+            "stdout lists the drop policies exactly", res.describe)
+    R.check("moesim validate PARAMS.ini" in res.out, "stdout lists moesim validate", res.describe)
+    R.check("shared/spec" not in res.out and "docs/routing.md" in res.out,
+            "stdout points to docs/*.md, not shared/spec", res.describe)
     R.check("routing.capacity_factor = 1.25" in res.out, "stdout shows the default 'routing.capacity_factor = 1.25'",
             res.describe)
     R.check(res.out.count("routing.capacity_factor =") == 1, "printed once (rank 0 only), not once per rank",

@@ -835,17 +835,59 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
 
+// Exact lines, not substrings: ".file = " would also match checkpoint.file when output.file is
+// missing, and "topk | switch" matched inside "noisy_topk | switch" (issue 7: help-text
+// assertions that passed by accident).
 TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
   const std::string help = help_text();
-  for (const std::string& line : value_lines(to_ini(Config{}))) {
+  std::istringstream ini(to_ini(Config{}));
+  std::string line, section;
+  int keys = 0;
+  while (std::getline(ini, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] == '[') {
+      section = line.substr(1, line.size() - 2);
+      continue;
+    }
     const std::string name = line.substr(0, line.find(' '));
-    EXPECT_NE(help.find("." + name + " = "), std::string::npos) << name;
+    std::string value =
+        line.find(" = ") == std::string::npos ? "" : line.substr(line.find(" = ") + 3);
+    if (value.empty()) value = "\"\"";
+    const std::string want = "\n  " + section + "." + name + " = " + value + "\n      ";
+    EXPECT_NE(help.find(want), std::string::npos) << want;
+    ++keys;
   }
-  EXPECT_NE(help.find("routing.capacity_factor = 1.25"), std::string::npos);
-  EXPECT_NE(help.find("topk | switch"), std::string::npos);
-  EXPECT_NE(help.find("position | probs"), std::string::npos);
-  EXPECT_NE(help.find("training capacity factor"), std::string::npos);
-  EXPECT_NE(help.find("[trace]"), std::string::npos);
+  EXPECT_EQ(keys, 54);
+  EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
+                      "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
+            std::string::npos);
+  EXPECT_NE(help.find("; allowed: position | choice_position | probs | priority\n"),
+            std::string::npos);
+  EXPECT_NE(help.find("\n[trace]\n"), std::string::npos);
+}
+
+// --help lists exactly the rules validate() accepts: base is refused, so it is not listed.
+TEST(ConfigPrint, HelpListsOnlyAcceptedRules) {
+  const std::string help = help_text();
+  const std::string rules = accepted_rules(" | ");
+  EXPECT_EQ(rules, "dense | topk | noisy_topk | switch | gshard | expert_choice | hash");
+  EXPECT_NE(help.find("; allowed: " + rules + "\n"), std::string::npos) << help;
+  EXPECT_EQ(help.find("| base"), std::string::npos);
+  for (const char* name :
+       {"dense", "topk", "noisy_topk", "switch", "gshard", "expert_choice", "hash", "base"}) {
+    Config c = parse_config("", "x", {std::string("--routing.rule=") + name});
+    c.routing.aux_loss_coef = 0;  // hash needs the router losses off
+    bool accepted = true;
+    try {
+      validate(c, Mode::route, 1);
+    } catch (const ConfigError& e) {
+      for (const auto& p : e.problems())
+        if (p.key == "routing.rule") accepted = false;
+    }
+    const std::string listed = " | " + rules + " | ";
+    EXPECT_EQ(accepted, listed.find(std::string(" | ") + name + " | ") != std::string::npos)
+        << name;
+  }
 }
 
 TEST(ConfigPrint, EnumNames) {

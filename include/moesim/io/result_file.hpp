@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,7 +90,11 @@ struct Trace {
   std::vector<double> logits;          // [T*E] row-major
   std::vector<std::int64_t> token_id;  // [T] or empty
 };
-Trace read_trace(const std::string& path);
+// `check_shape(T, E)` (optional) runs once the shape is known, before the data is read and
+// anything is allocated; it may throw to refuse the shape.
+Trace read_trace(
+    const std::string& path,
+    const std::function<void(std::int64_t tokens, std::int64_t experts)>& check_shape = {});
 
 // `moesim route` output (outputs.md).
 struct RouteOutput {
