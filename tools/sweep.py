@@ -319,7 +319,8 @@ def validate_one(sweep_dir, params, ranks, moesim):
                            capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as e:
         return -1, f"could not run `{moesim} validate`: {e}"
-    return r.returncode, (r.stderr + r.stdout)
+    # The report of problems is on stderr (stdout holds the resolved config and the memory estimate).
+    return r.returncode, (r.stderr.strip() or r.stdout)
 
 
 def validate_points(sweep_dir, rows, spec_keys, moesim, points=None):
@@ -337,7 +338,7 @@ def validate_points(sweep_dir, rows, spec_keys, moesim, points=None):
                             "pass --no-validate to submit without validating the points")
         values = ", ".join(f"{k}={v}" for k, v in zip(["ranks", *spec_keys], row[1:2] + row[5:]))
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        shown = [ln for ln in lines if "error" in ln.lower()] or lines[-5:]
+        shown = lines[:20] + ([f"... ({len(lines) - 20} more lines)"] if len(lines) > 20 else [])
         what = "bad parameters (exit code 2)" if rc == 2 else f"moesim validate exit code {rc}"
         bad.append(f"  point {row[0]} ({values}), {row[2]}: {what}\n"
                    + "\n".join(f"      {ln}" for ln in shown))

@@ -133,12 +133,12 @@ if want signals; then
 # by tests/lifecycle/launcher_signals.py and regression_signal_resume).
 job_field() { scontrol show job --oneliner "$1" 2>/dev/null | grep --only-matching --perl-regexp "(?<= $2=)\S+" || true; }
 start_long_job() {  # start_long_job NAME -> job id once its run is writing results
-  local name=$1 id i
+  local name=$1 id
   id=$(sbatch --parsable --ntasks=1 --output="$tmp/$name-%j.out" "$repo/jobscripts/run.sbatch" "$here/tiny.ini" \
        --training.steps=5000000 --training.eval_every=0 --output.log_every=0 --checkpoint.every=0 \
        --output.file="$tmp/$name.h5" </dev/null)
   id=${id%%;*}
-  for i in $(seq 1 600); do
+  for _ in $(seq 1 600); do
     [[ $(job_field "$id" JobState) == RUNNING && -s $tmp/$name.h5.ckpt.tmp || -s $tmp/$name.h5 ]] && break
     sleep 0.1
   done
@@ -146,8 +146,8 @@ start_long_job() {  # start_long_job NAME -> job id once its run is writing resu
   echo "$id"
 }
 wait_job_left_running() {  # wait_job_left_running ID: until the job's first run has ended
-  local i st
-  for i in $(seq 1 300); do
+  local st
+  for _ in $(seq 1 300); do
     st=$(job_field "$1" JobState)
     [[ $st != RUNNING && $st != COMPLETING && $st != CONFIGURING ]] && break
     sleep 0.1
@@ -175,7 +175,7 @@ t0=$SECONDS
 job=$(start_long_job sig-usr1)
 scancel --signal=USR1 --batch "$job"
 wait_job_left_running "$job"
-for i in $(seq 1 50); do [[ $(job_field "$job" Restarts) == 1 ]] && break; sleep 0.1; done
+for _ in $(seq 1 50); do [[ $(job_field "$job" Restarts) == 1 ]] && break; sleep 0.1; done
 state=$(job_field "$job" JobState) restarts=$(job_field "$job" Restarts)
 echo "     USR1: job $job state=$state restarts=$restarts ($((SECONDS - t0))s)"
 check "SIGUSR1 (the pre-timeout warning): the job requeues itself (state=$state restarts=$restarts)" \
