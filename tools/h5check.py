@@ -156,6 +156,15 @@ def check_run(c, allow_incomplete):
         c.problem("/steps/bytes_alltoall: negative values")
     check_loss_sum(c, cols)
     check_base_epsilon(c, steps, complete)
+    if "/steps/rank_rows" in c.f:  # written by MoESim: rows each rank's experts computed
+        rows = c.dataset("/steps/rank_rows", "i", 8, 3)
+        if rows is not None and kept is not None and ranks is not None:
+            if rows.shape != (kept.shape[0], kept.shape[1], ranks):
+                c.problem(f"/steps/rank_rows: shape {rows.shape}, expected "
+                          f"({kept.shape[0]}, {kept.shape[1]}, {ranks}) [steps, layers, ranks]")
+            elif not np.array_equal(rows.sum(axis=2), kept.sum(axis=2)):
+                s, l = np.argwhere(rows.sum(axis=2) != kept.sum(axis=2))[0]
+                c.problem(f"/steps/rank_rows: rows over ranks != kept assignments at row {s}, layer {l}")
 
     # /eval
     ev = {"step": c.dataset("/eval/step", "i", 8, 1),

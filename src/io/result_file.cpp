@@ -615,6 +615,11 @@ void ResultWriter::append_step(const StepRecord& rec) {
                 "tokens dispatched from rank r (row) to rank s (column) in the step, all layers "
                 "[step, r, s]");
   }
+  if (!rec.rank_rows.empty())
+    write_extra(m.extra, m.steps.get(), f, "steps", "rank_rows",
+                {m.load_tail[0], static_cast<hsize_t>(m.ranks)}, row, rec.rank_rows,
+                "rows (token-expert assignments) each rank's routed experts computed in the "
+                "step's forward [step, layer, rank]");
   if (!rec.base_epsilon.empty())
     write_extra(m.extra, m.steps.get(), f, "steps", "base_epsilon", {m.load_tail[0]}, row,
                 rec.base_epsilon,
