@@ -157,6 +157,18 @@ def check_run(c, allow_incomplete):
         c.problem("/steps/bytes_alltoall: negative values")
     check_loss_sum(c, cols)
     check_base_epsilon(c, steps, complete)
+    if "/steps/rank_rows" in c.f:  # written by MoESim: rows each rank's experts computed
+        rows = c.dataset("/steps/rank_rows", "i", 8, 3)
+        # A run resumed on more ranks grows the rank axis; cells of absent ranks read -1.
+        prow = int(c.f["/steps/ranks"][:].max()) if "/steps/ranks" in c.f and len(c.f["/steps/ranks"]) else ranks
+        if rows is not None and kept is not None and prow is not None:
+            rows = np.where(rows < 0, 0, rows)
+            if rows.shape != (kept.shape[0], kept.shape[1], prow):
+                c.problem(f"/steps/rank_rows: shape {rows.shape}, expected "
+                          f"({kept.shape[0]}, {kept.shape[1]}, {prow}) [steps, layers, ranks]")
+            elif not np.array_equal(rows.sum(axis=2), kept.sum(axis=2)):
+                s, l = np.argwhere(rows.sum(axis=2) != kept.sum(axis=2))[0]
+                c.problem(f"/steps/rank_rows: rows over ranks != kept assignments at row {s}, layer {l}")
 
     # /eval
     ev = {"step": c.dataset("/eval/step", "i", 8, 1),

@@ -42,7 +42,8 @@ def prov():
 
 # Display order and labels (run.sh's VARIANTS).
 ORDER = ["dense", "topk", "topk_renorm", "topk_noaux", "topk_bias", "noisy_topk", "switch", "gshard",
-         "expert_choice", "expert_choice_ev125", "expert_choice_cf2", "hash"]
+         "expert_choice", "expert_choice_ev125", "expert_choice_cf2", "hash", "base",
+         "topk_sigmoid_bias", "topk_shared", "topk_aux_batch"]
 LABEL = {
     "dense": "dense (all 8)",
     "topk": "top-2",
@@ -56,6 +57,10 @@ LABEL = {
     "expert_choice_ev125": "expert choice cf1.25, eval 1.25",
     "expert_choice_cf2": "expert choice cf2",
     "hash": "hash",
+    "base": "base (balanced, no aux)",
+    "topk_sigmoid_bias": "top-2 sigmoid + bias",
+    "topk_shared": "top-2 + 1 shared",
+    "topk_aux_batch": "top-2, batch aux",
 }
 LAST = 50  # "end of training" window for the per-step router losses and imbalance
 ROUTER_LOSSES = ("aux_loss", "aux_gshard_loss", "importance_loss", "load_loss", "z_loss")
@@ -80,6 +85,7 @@ def read_run(path):
         if seed != int(m.group(2)):
             raise SystemExit(f"{path}: file name says seed {m.group(2)}, config says {seed}")
         expected_rule = {"topk_renorm": "topk", "topk_noaux": "topk", "topk_bias": "topk",
+                         "topk_sigmoid_bias": "topk", "topk_shared": "topk", "topk_aux_batch": "topk",
                          "expert_choice_cf2": "expert_choice",
                          "expert_choice_ev125": "expert_choice"}.get(variant, variant)
         if r["rule"] != expected_rule:
@@ -206,7 +212,7 @@ def main():
               "spec. step 0 | MI step 0 | eval drop % | eval unrouted % | step ms p10 |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     trained = {"aux_loss": {"dense", "topk", "topk_renorm", "switch", "expert_choice", "expert_choice_ev125",
-                            "expert_choice_cf2"},
+                            "expert_choice_cf2", "topk_shared", "topk_aux_batch"},
                "aux_gshard_loss": {"gshard"}, "importance_loss": {"noisy_topk"}, "load_loss": {"noisy_topk"}}
     for s in summary:
         cells = []

@@ -11,6 +11,7 @@
 #   MPIRUN=mpirun    MPI launcher; MPIRUN_FLAGS extra launcher flags
 #   PLOT_ONLY=1      skip the runs, re-aggregate results/runs/*.h5
 #   EXTRA="--training.steps=20 ..."  extra overrides for every run (e.g. a smoke test)
+#   RESULTS=dir      where results go                  [experiments/routing_rules/results]
 # Writes results/runs/*.h5 + *.log + *.check (not committed), results/summary.csv,
 # results/runs.csv, results/summary.md, results/*.png and results/run_info.txt.
 set -euo pipefail
@@ -28,7 +29,10 @@ MPIRUN=${MPIRUN:-mpirun}
 # topk_noaux is the control for topk_bias; expert_choice_ev125 trains exactly like
 # expert_choice (bitwise, checked by plot.py) but evaluates at the training capacity, to show
 # how many tokens expert choice leaves without any expert; expert_choice_cf2 gives expert
-# choice the 2 expert slots per token of top-2.
+# choice the 2 expert slots per token of top-2. 2025-26 recipes: base (BASE layers: balanced
+# assignment, no aux loss, as Lewis et al.), topk_sigmoid_bias (DeepSeek-V3: sigmoid scores +
+# expert bias, no aux loss), topk_shared (one always-on shared expert beside the routed top-2),
+# topk_aux_batch (the Switch aux loss over the global batch instead of each group).
 VARIANTS=(
   "dense             --routing.rule=dense"
   "topk              --routing.rule=topk --routing.k=2"
@@ -42,9 +46,13 @@ VARIANTS=(
   "expert_choice_ev125 --routing.rule=expert_choice --routing.eval_capacity_factor=1.25"
   "expert_choice_cf2 --routing.rule=expert_choice --routing.capacity_factor=2.0"
   "hash              --routing.rule=hash --routing.k=1 --routing.aux_loss_coef=0 --routing.z_loss_coef=0"
+  "base              --routing.rule=base --routing.k=1 --routing.aux_loss_coef=0"
+  "topk_sigmoid_bias --routing.rule=topk --routing.k=2 --routing.score=sigmoid --routing.aux_loss_coef=0 --routing.bias_update_rate=0.001"
+  "topk_shared       --routing.rule=topk --routing.k=2 --routing.shared_experts=1"
+  "topk_aux_batch    --routing.rule=topk --routing.k=2 --routing.aux_scope=batch"
 )
 
-results=$here/results
+results=${RESULTS:-$here/results}
 runs=$results/runs
 mkdir -p "$runs"
 
@@ -89,7 +97,7 @@ if [[ -z ${PLOT_ONLY:-} ]]; then
   {
     echo "date_utc: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "moesim: $("$MOESIM" --version 2>&1 | head -n 1)"
-    echo "command: RANKS=$RANKS SEEDS=\"$SEEDS\"${ONLY:+ ONLY=\"$ONLY\"}${EXTRA:+ EXTRA=\"$EXTRA\"} experiments/routing_rules/run.sh"
+    echo "command: RANKS=$RANKS SEEDS=\"$SEEDS\"${ONLY:+ ONLY=\"$ONLY\"}${EXTRA:+ EXTRA=\"$EXTRA\"}${RESULTS:+ RESULTS=$RESULTS} experiments/routing_rules/run.sh"
     echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     echo "load_average_before: $load_before"
     echo "load_average_after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -398,8 +398,11 @@ const std::vector<Field>& fields() {
         "record the per-(layer, group, expert) routed and kept counts (/loads/*, for moesim "
         "simulate's run: workload) every N steps (0 = never)"));
     // trace
-    t.push_back(make_field<&C::trace, &TraceConfig::input>(
-        "trace.input", "path (route: required)", "moesim route: input trace (/logits [T,E])"));
+    t.push_back(
+        make_field<&C::trace, &TraceConfig::input>("trace.input", "path (route: required)",
+                                                   "moesim route: input trace: HDF5 with /logits "
+                                                   "[T,E], or a Megatron-Core router trace *.jsonl "
+                                                   "(docs/routing_traces.md)"));
     t.push_back(make_field<&C::trace, &TraceConfig::output>(
         "trace.output", "path (route: required, not trace.input)", "moesim route: output file"));
     // checkpoint
@@ -1221,7 +1224,8 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
 
   } else if (mode == Mode::route) {
     require(!cfg.trace.input.empty(), "trace.input", cfg.trace.input,
-            "must name the input trace file (an HDF5 file with /logits [T,E]) for moesim route");
+            "must name the input trace file (an HDF5 file with /logits [T,E], or a router-choice "
+            "trace *.jsonl) for moesim route");
     require(!cfg.trace.output.empty(), "trace.output", cfg.trace.output,
             "must name the output file for moesim route");
     require(cfg.trace.output != cfg.trace.input, "trace.output", cfg.trace.output,

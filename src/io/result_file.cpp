@@ -627,6 +627,7 @@ void ResultWriter::append_step(const StepRecord& rec) {
   require_size("load_imbalance", rec.load_imbalance.size(), L);
   require_size("traffic_tokens", rec.traffic_tokens.size(), P * P);
   require_size("base_epsilon", rec.base_epsilon.size(), L);
+  require_size("rank_rows", rec.rank_rows.size(), L * P);
   const hsize_t row = m.step_rows;
   auto one_i64 = [](const std::int64_t& v) { return std::span<const std::int64_t>(&v, 1); };
   m.add<std::int64_t>("steps/step", row, one_i64(rec.step), {}, "step index");
@@ -660,6 +661,12 @@ void ResultWriter::append_step(const StepRecord& rec) {
                         "layers [step, r, s]; -1: a rank the step did not have",
                         nullptr, true, true);
   }
+  if (!rec.rank_rows.empty())
+    m.add<std::int64_t>("steps/rank_rows", row, std::span<const std::int64_t>(rec.rank_rows),
+                        {L, P},
+                        "rows (token-expert assignments) each rank's routed experts computed in "
+                        "the step's forward [step, layer, rank]; -1: a rank the step did not have",
+                        nullptr, true, true);
   if (!rec.base_epsilon.empty())
     m.add<double>("steps/base_epsilon", row, std::span<const double>(rec.base_epsilon), {L},
                   "routing.rule = base: final auction epsilon, largest over the layer's groups "

@@ -266,6 +266,7 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
     plan_.padded_rows =
         std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
     dispatcher_->exchange_counts(plan_);
+    stats_.rows_computed = plan_.total_recv;
     ensure(ex_in_, plan_.total_recv * d_);
     // Forward rows are token copies: the hierarchical exchange sends each once per node.
     dispatcher_->to_experts_token_rows(plan_, send_.data(), ex_in_.data(), d_);

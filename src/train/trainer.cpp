@@ -255,6 +255,19 @@ class Trainer {
     if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
     comm_.gather(std::span<const std::int64_t>(step_sent_),
                  std::span<std::int64_t>(rec.traffic_tokens), 0);
+    // Rows each rank's routed experts computed, per layer: gathered [P, L], written [L, P].
+    rows_local_.assign(static_cast<std::size_t>(L_), 0);
+    for (int l = 0; l < L_; ++l)
+      rows_local_[static_cast<std::size_t>(l)] = model_.layer(l).stats().rows_computed;
+    if (comm_.rank() == 0) rows_all_.assign(static_cast<std::size_t>(P_ * L_), 0);
+    comm_.gather(std::span<const std::int64_t>(rows_local_), std::span<std::int64_t>(rows_all_), 0);
+    if (comm_.rank() == 0) {
+      rec.rank_rows.resize(static_cast<std::size_t>(L_ * P_));
+      for (int l = 0; l < L_; ++l)
+        for (int p = 0; p < P_; ++p)
+          rec.rank_rows[static_cast<std::size_t>(l * P_ + p)] =
+              rows_all_[static_cast<std::size_t>(p * L_ + l)];
+    }
     if (cfg_.output.loads_every > 0 && step % cfg_.output.loads_every == 0) record_loads(rec);
     return rec;
   }
@@ -387,6 +400,9 @@ class Trainer {
   std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
+  std::vector<double> sum_, max_;      // per-step reduction buffers
+  std::vector<std::int64_t> rows_local_, rows_all_;  // rank_rows gather buffers
+  bool stop_all_ = false;                            // some rank was asked to stop (signal)
   std::vector<std::int64_t> loads_local_, loads_all_;  // record_loads scratch (sampled steps)
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {

@@ -107,6 +107,51 @@ TEST(BaseAuction, MatchesExhaustiveSearchOnSmallInstances) {
   EXPECT_EQ(cases, 250);
 }
 
+// The certificate behind the S * eps bound: at the end every token's slot is worth (score minus
+// slot price) at least the best slot of any expert minus eps (eps-complementary slackness),
+// every slot is held, and the holder of a slot is assigned to that slot's expert.
+TEST(BaseAuction, FinalPricesSatisfyEpsilonComplementarySlackness) {
+  BalancedAssignment solver;
+  int checked = 0;
+  for (const auto& [S, E] : std::vector<std::pair<std::int64_t, std::int64_t>>{
+           {8, 2}, {12, 3}, {64, 4}, {256, 16}, {96, 8}}) {
+    for (std::uint64_t seed = 0; seed < 10; ++seed) {
+      std::vector<double> h = normal_scores(seed + 500, static_cast<std::size_t>(S * E));
+      if (seed % 2 == 1)  // skewed: every token prefers expert 0
+        for (std::int64_t t = 0; t < S; ++t) h[static_cast<std::size_t>(t * E)] += 3.0;
+      for (const double tol : {1e-6, 0.05}) {
+        std::vector<std::int32_t> a(static_cast<std::size_t>(S));
+        const double eps = solver.solve(h, S, E, tol, a);
+        const std::int64_t m = S / E;
+        const auto price = solver.slot_prices();
+        const auto owner = solver.slot_owners();
+        ASSERT_EQ(price.size(), static_cast<std::size_t>(S));
+        std::vector<double> own(static_cast<std::size_t>(S), -1e300);
+        for (std::int64_t e = 0; e < E; ++e)
+          for (std::int64_t j = 0; j < m; ++j) {
+            const std::int32_t t = owner[static_cast<std::size_t>(e * m + j)];
+            ASSERT_GE(t, 0) << "a free slot at the end";
+            ASSERT_EQ(a[static_cast<std::size_t>(t)], e);
+            own[static_cast<std::size_t>(t)] =
+                h[static_cast<std::size_t>(t * E + e)] - price[static_cast<std::size_t>(e * m + j)];
+          }
+        for (std::int64_t t = 0; t < S; ++t) {
+          double best = -1e300;
+          for (std::int64_t s = 0; s < S; ++s) {
+            const std::int64_t e = s / m;
+            best = std::max(
+                best, h[static_cast<std::size_t>(t * E + e)] - price[static_cast<std::size_t>(s)]);
+          }
+          EXPECT_GE(own[static_cast<std::size_t>(t)], best - eps - 1e-12)
+              << "S=" << S << " E=" << E << " seed=" << seed << " tol=" << tol << " token " << t;
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 100);
+}
+
 // Integer scores: eps below 1/S makes the auction exact (Bertsekas), here with many ties.
 TEST(BaseAuction, IntegerScoresWithTiesAreOptimal) {
   BalancedAssignment solver;

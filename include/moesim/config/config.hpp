@@ -118,7 +118,7 @@ struct OutputConfig {
 };
 
 struct TraceConfig {
-  std::string input;   // moesim route: input trace (/logits [T,E])
+  std::string input;   // moesim route: input trace (/logits [T,E] HDF5, or router-choice *.jsonl)
   std::string output;  // moesim route: output file
 };
 

@@ -46,6 +46,8 @@ struct StepRecord {
   // Research metrics, written as /steps/<name> when non-empty:
   std::vector<double> load_imbalance;        // [L] max/mean of expert_load per layer
   std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
+  std::vector<std::int64_t> rank_rows;       // [L*P] rows each rank's routed experts computed
+                                             //     (layer, rank) this step
   std::vector<double> base_epsilon;          // [L] routing.rule = base: final auction epsilon
                                              //     (largest over the layer's groups and ranks)
   // Sampled per-group loads (output.loads_every), written as /loads/* when non-empty:

@@ -41,6 +41,7 @@ struct LayerStats {
   std::vector<std::int64_t> kept;     // [E] after capacity
   std::vector<std::int64_t> sent_to;  // [P] rows this rank dispatched to each rank
   double base_epsilon = 0;            // base rule: largest final auction epsilon of the groups
+  std::int64_t rows_computed = 0;     // rows this rank's routed experts computed in the pass
 };
 
 // Which tokens a pass holds: keys the routing randomness and hash experts (random.hpp).

@@ -31,6 +31,10 @@ class BalancedAssignment {
                std::span<std::int32_t> assign);
   // Bids made by the last solve (all phases): the work it did.
   [[nodiscard]] std::int64_t last_bids() const { return bids_; }
+  // The final slot prices [E * S/E] (expert-major) and the token holding each slot: the
+  // dual certificate of the last solve (tests check epsilon-complementary slackness on it).
+  [[nodiscard]] std::span<const double> slot_prices() const { return price_; }
+  [[nodiscard]] std::span<const std::int32_t> slot_owners() const { return owner_; }
 
  private:
   void run_phase(std::span<const double> scores, std::int64_t S, std::int64_t E, double eps,
