@@ -44,3 +44,17 @@ set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 
 # nodes, the node map, the byte split by level (docs/multinode_cluster.md).
 moesim_add_test(NAME test_hierarchical SOURCES mpi/test_hierarchical.cpp RANKS 1 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_group_limit SOURCES unit/test_group_limit.cpp)
+
+# Cluster tier: 2 emulated nodes (network namespaces, scripts/cluster/emulate.sh), the hierarchical
+# exchange and node-limited routing through the real program across them. Needs root; fails (never
+# skips) when namespaces cannot be created. Also the same checks on one machine with fake nodes.
+add_test(NAME cluster_multinode
+         COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_cluster.sh --moesim $<TARGET_FILE:moesim>)
+set_tests_properties(cluster_multinode PROPERTIES TIMEOUT 180 LABELS cluster PROCESSORS 2
+                     RUN_SERIAL TRUE)
+add_test(NAME regression_multinode
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/multinode.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_multinode PROPERTIES TIMEOUT 300 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")

@@ -408,8 +408,9 @@ int run_bench(const Config& cfg, const comm::Comm& comm) {
         r.phase_ms[0], r.phase_ms[1], r.phase_ms[2], r.phase_ms[3], r.phase_ms[4]);
     std::printf(
         "bench exchange (bytes per fwd+bwd iteration, all ranks): dispatch %s nodes %d "
-        "inter-node %.0f intra-node %.0f\n",
-        to_string(cfg.routing.dispatch), r.nodes, r.bytes_inter_node, r.bytes_intra_node);
+        "inter-node %.0f intra-node %.0f (forward token dispatch inter-node %.0f)\n",
+        to_string(cfg.routing.dispatch), r.nodes, r.bytes_inter_node, r.bytes_intra_node,
+        r.bytes_token_dispatch_inter_node);
     std::fflush(stdout);
   }
   return r.deterministic ? 0 : kExitRuntime;

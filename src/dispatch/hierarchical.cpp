@@ -177,8 +177,8 @@ void HierarchicalDispatcher<T>::to_experts(Plan& plan, const T* send_order, T* e
 }
 
 template <typename T>
-void HierarchicalDispatcher<T>::to_experts_token_rows(Plan& plan, const T* send_order,
-                                                      T* expert_major, std::int64_t width) {
+void HierarchicalDispatcher<T>::token_rows(Plan& plan, const T* send_order, T* expert_major,
+                                           std::int64_t width) {
   dispatch(plan, send_order, expert_major, width, true);
 }
 
