@@ -15,10 +15,17 @@ void prefix(const std::vector<int>& count, std::vector<int>& displ) {
   for (std::size_t i = 1; i < count.size(); ++i) displ[i] = displ[i - 1] + count[i - 1];
 }
 
+// Resizes with 50 % headroom, so that sizes that wander from step to step stop allocating
+// after the first steps (allocation once per run, tests/mpi/test_alloc.cpp).
+void fit(std::vector<int>& v, std::size_t n) {
+  if (v.capacity() < n) v.reserve(n + n / 2);
+  v.resize(n);
+}
+
 template <typename T>
 void grow(AlignedVector<T>& v, std::int64_t rows, std::int64_t width) {
   const auto n = static_cast<std::size_t>(rows * width);
-  if (v.size() < n) v.resize(n);
+  if (v.size() < n) v.resize(n + n / 2);
 }
 
 template <typename T>
@@ -75,12 +82,13 @@ void HierarchicalDispatcher<T>::exchange_counts(Plan& plan) {
   // --- send side per target node: rows in (local rank, expert, order), unique tokens ---
   int max_token = -1;
   for (std::int32_t t : plan.send_token) max_token = std::max(max_token, static_cast<int>(t));
-  mark_.assign(static_cast<std::size_t>(max_token + 1), -1);
-  pos_.resize(mark_.size());
+  fit(mark_, static_cast<std::size_t>(max_token + 1));
+  std::fill(mark_.begin(), mark_.end(), -1);
+  fit(pos_, mark_.size());
   node_rows_.assign(N, 0);
   node_uniq_.assign(N, 0);
-  row_uniq_.resize(static_cast<std::size_t>(plan.total_send));
-  uniq_row_.resize(static_cast<std::size_t>(plan.total_send));
+  fit(row_uniq_, static_cast<std::size_t>(plan.total_send));
+  fit(uniq_row_, static_cast<std::size_t>(plan.total_send));
   cross_send_counts_.assign(N * K, 0);
   int rows_total = 0, uniq_total = 0;
   for (std::size_t n = 0; n < N; ++n) {
@@ -113,7 +121,7 @@ void HierarchicalDispatcher<T>::exchange_counts(Plan& plan) {
   a_recv_cnt_.assign(N, 0);
   for (std::size_t n = 0; n < N; ++n) a_recv_cnt_[n] = cross_counts_[n * K + L * per];
   prefix(a_recv_cnt_, relay_idx_displ_);
-  relay_idx_.resize(static_cast<std::size_t>(relay_idx_displ_.back() + a_recv_cnt_.back()));
+  fit(relay_idx_, static_cast<std::size_t>(relay_idx_displ_.back() + a_recv_cnt_.back()));
   cross_comm_.alltoallv_rows(row_uniq_.data(), std::span<const int>(node_rows_),
                              std::span<const int>(node_rows_displ_), relay_idx_.data(),
                              std::span<const int>(a_recv_cnt_),
