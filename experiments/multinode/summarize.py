@@ -82,7 +82,7 @@ for (tag, disp), b in sorted(bench.items(), key=lambda kv: (tag_parts(kv[0][0]),
     lines.append(f"| {n} | {bw} | {disp} | {b['fwd']:.2f} | {b['fwdbwd']:.2f} | "
                  f"{b['dispatch'] + b['combine']:.2f} | {b['expert']:.2f} | {b['inter']} | {b['intra']} | "
                  f"{b['tok_inter']} | {ratio} |")
-    rows.append(dict(kind="bench", nodes=n, link=bw, variant=disp, **b))
+    rows.append({**b, "kind": "bench", "nodes": n, "link": bw, "variant": disp})
 lines += ["", "## 3. Training (train.ini, hierarchical exchange), node-limited routing", "",
           "| nodes | link | group_limit M | median step (ms) | median exchange (ms) | inter-node bytes/step | "
           "intra-node bytes/step | drop rate | eval accuracy | eval loss |",
@@ -91,7 +91,7 @@ for (tag, m), t in sorted(train.items(), key=lambda kv: (tag_parts(kv[0][0]), kv
     n, bw = tag_parts(tag)
     lines.append(f"| {n} | {bw} | {m if m else 'unlimited'} | {t['step_ms']:.1f} | {t['exch_ms']:.1f} | "
                  f"{t['inter']:.0f} | {t['intra']:.0f} | {100 * t['drop']:.2f} % | {t['acc']:.4f} | {t['loss']:.4f} |")
-    rows.append(dict(kind="train", nodes=n, link=bw, variant=f"M{m}", **t))
+    rows.append({**t, "kind": "train", "nodes": n, "link": bw, "variant": f"M{m}"})
 open(os.path.join(out, "results.md"), "w").write("\n".join(lines) + "\n")
 keys = sorted({k for r in rows for k in r})
 with open(os.path.join(out, "results.csv"), "w", newline="") as f:
