@@ -15,6 +15,7 @@
 
 #include "moesim/bench/layer_bench.hpp"
 #include "moesim/build_info.hpp"  // generated: MOESIM_VERSION, MOESIM_GIT_COMMIT
+#include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/io/checkpoint_file.hpp"
 #include "moesim/io/result_file.hpp"
 #include "moesim/routing/router.hpp"
@@ -206,7 +207,10 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   // every rank) and must be found before any training time is spent.
   std::unique_ptr<io::ResultWriter> writer;
   std::string problem;
-  const int nodes = comm.node_map().nodes;  // collective (MPI_Comm_split_type)
+  const comm::NodeMap node_map = comm.node_map();  // collective (MPI_Comm_split_type)
+  // Bad input found from the node layout: before any work and before the result file.
+  if (cfg.routing.dispatch == DispatchKind::hierarchical) dispatch::require_equal_nodes(node_map);
+  const int nodes = node_map.nodes;
   if (comm.rank() == 0) {
     io::RunMetadata meta;
     meta.nodes = nodes;

@@ -35,6 +35,18 @@ void copy_rows(T* dst, const T* src, std::int64_t rows, std::int64_t width) {
 
 }  // namespace
 
+void require_equal_nodes(const comm::NodeMap& m) {
+  if (m.uniform()) return;
+  std::string sizes;
+  for (int s : m.node_size) {
+    if (!sizes.empty()) sizes.push_back(',');
+    sizes.append(std::to_string(s));
+  }
+  throw ConfigError(
+      "routing.dispatch", "hierarchical",
+      "the same number of ranks on every node (found ranks per node " + sizes + "; use alltoallv)");
+}
+
 template <typename T>
 HierarchicalDispatcher<T>::HierarchicalDispatcher(const comm::Comm& comm, Placement placement)
     : HierarchicalDispatcher(comm, placement, comm.node_map()) {}
@@ -49,16 +61,7 @@ HierarchicalDispatcher<T>::HierarchicalDispatcher(const comm::Comm& comm, Placem
   const comm::NodeMap& m = this->nodes_;
   if (placement_.ranks != comm.size() || static_cast<int>(m.node_of.size()) != comm.size())
     throw std::invalid_argument("dispatcher: placement rank count differs from the communicator");
-  if (!m.uniform()) {
-    std::string sizes;
-    for (int s : m.node_size) {
-      if (!sizes.empty()) sizes.push_back(',');
-      sizes.append(std::to_string(s));
-    }
-    throw ConfigError("routing.dispatch", "hierarchical",
-                      "the same number of ranks on every node (found ranks per node " + sizes +
-                          "; use alltoallv)");
-  }
+  require_equal_nodes(m);
   N_ = m.nodes;
   L_ = m.local_size;
   rank_at_.assign(static_cast<std::size_t>(N_ * L_), -1);

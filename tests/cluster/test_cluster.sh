@@ -52,6 +52,22 @@ else
   fail=1
 fi
 
+# Bad input from the node layout: 3 ranks on 2 nodes (2 + 1) cannot use the hierarchical exchange:
+# exit 2 on every rank, a message naming the key, and no result file.
+work=$(mktemp -d)
+msg=$(cd "$work" && timeout 120 mpirun -n 3 "$moesim" run "$root/experiments/quickstart.ini" \
+  --routing.dispatch=hierarchical --routing.num_experts=6 --data.tokens_per_step=768 \
+  --data.eval_tokens=768 --routing.group_size=128 --training.steps=2 --output.file=uneq.h5 2>&1)
+rc=$?
+if [[ $rc -eq 2 && $msg == *"routing.dispatch = hierarchical"*"same number of ranks on every node"* && ! -e $work/uneq.h5 ]]; then
+  echo "  ok    unequal nodes: exit 2, message names routing.dispatch, no result file"
+else
+  echo "  FAIL  unequal nodes: rc=$rc, result file $(ls "$work")"
+  echo "$msg" | head -5
+  fail=1
+fi
+rm -rf "$work"
+
 /usr/bin/python3 "$root/tests/regression/multinode.py" --moesim "$moesim" --mpiexec mpirun \
   --h5check "$root/tools/h5check.py" -- --bind-to none || fail=1
 echo "cluster tier: $((SECONDS - t0)) s"

@@ -171,6 +171,10 @@ class AlltoallPaddedDispatcher final : public Dispatcher<T> {
   std::vector<int> block_rows_;                 // [P] padded_rows each (byte counts)
 };
 
+// Throws ConfigError (routing.dispatch = hierarchical) unless every node holds the same
+// number of ranks. Called by the driver before any work, and by the dispatcher.
+void require_equal_nodes(const comm::NodeMap& nodes);
+
 // The two-level exchange (routing.dispatch = hierarchical; docs/multinode_cluster.md).
 // Nodes hold L ranks each (the same L on every node). A row from rank (node a, local l) to
 // rank (node b, local m) travels
