@@ -24,5 +24,5 @@ if [[ "${SKIP_SANITIZERS:-0}" != 1 ]]; then
   cmake --build "$root/build-asan" -j "$jobs"
   echo "== tests (ASan + UBSan) =="
   # The slurm tier ran above; it drives the job scripts, which do not change with sanitizers.
-  ctest --test-dir "$root/build-asan" --output-on-failure -j "$jobs" -LE slurm
+  ctest --test-dir "$root/build-asan" --output-on-failure -j "$jobs" -LE "slurm|cluster"
 fi

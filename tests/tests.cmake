@@ -88,3 +88,17 @@ set_tests_properties(regression_simulate_cli PROPERTIES TIMEOUT 600 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
 # Per-rank memory estimate vs the real allocation of small runs (issue 7 item 9).
 moesim_add_test(NAME test_memory_estimate SOURCES mpi/test_memory_estimate.cpp RANKS 1 2 TIMEOUT 120)
+
+# Cluster tier: 2 emulated nodes (network namespaces, scripts/cluster/emulate.sh), the hierarchical
+# exchange and node-limited routing through the real program across them. Needs root; fails (never
+# skips) when namespaces cannot be created. Also the same checks on one machine with fake nodes.
+add_test(NAME cluster_multinode
+         COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_cluster.sh --moesim $<TARGET_FILE:moesim>)
+set_tests_properties(cluster_multinode PROPERTIES TIMEOUT 180 LABELS cluster PROCESSORS 2
+                     RUN_SERIAL TRUE)
+add_test(NAME regression_multinode
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/multinode.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_multinode PROPERTIES TIMEOUT 300 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")

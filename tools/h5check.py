@@ -112,6 +112,9 @@ def check_run(c, allow_incomplete):
     ranks = c.attr_num("/", "ranks", "i")
     if ranks is not None and ranks < 1:
         c.problem(f"/ attribute ranks: {ranks}, expected >= 1")
+    nodes = c.attr_num("/", "nodes", "i")
+    if nodes is not None and ranks is not None and not 1 <= nodes <= ranks:
+        c.problem(f"/ attribute nodes: {nodes}, expected 1..ranks ({ranks})")
     seed = c.attr_num("/", "seed", "i")
     if seed is not None and seed < 0:
         c.problem(f"/ attribute seed: {seed}, expected >= 0")
@@ -122,7 +125,9 @@ def check_run(c, allow_incomplete):
 
     # /steps
     cols = {"step": c.dataset("/steps/step", "i", 8, 1),
-            "bytes_alltoall": c.dataset("/steps/bytes_alltoall", "i", 8, 1)}
+            "bytes_alltoall": c.dataset("/steps/bytes_alltoall", "i", 8, 1),
+            "bytes_inter_node": c.dataset("/steps/bytes_inter_node", "i", 8, 1),
+            "bytes_intra_node": c.dataset("/steps/bytes_intra_node", "i", 8, 1)}
     for name in STEP_F64:
         cols[name] = c.dataset(f"/steps/{name}", "f", 8, 1)
     for name in STEP_F64_EXTRA:  # written by MoESim, not required by the contract
@@ -155,6 +160,15 @@ def check_run(c, allow_incomplete):
             c.problem(f"/steps/{name}: negative or non-finite seconds")
     if cols["bytes_alltoall"] is not None and (cols["bytes_alltoall"] < 0).any():
         c.problem("/steps/bytes_alltoall: negative values")
+    inter, intra = cols["bytes_inter_node"], cols["bytes_intra_node"]
+    if inter is not None and intra is not None:
+        if (inter < 0).any() or (intra < 0).any():
+            c.problem("/steps/bytes_inter_node or bytes_intra_node: negative values")
+        elif cols["bytes_alltoall"] is not None and len(inter) == len(cols["bytes_alltoall"]) \
+                and not np.array_equal(inter + intra, cols["bytes_alltoall"]):
+            c.problem("/steps: bytes_inter_node + bytes_intra_node != bytes_alltoall")
+        elif nodes == 1 and (inter != 0).any():
+            c.problem("/steps/bytes_inter_node: nonzero on a single node")
     check_loss_sum(c, cols)
     check_base_epsilon(c, steps, complete)
     if "/steps/rank_rows" in c.f:  # written by MoESim: rows each rank's experts computed

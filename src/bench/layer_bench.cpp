@@ -136,10 +136,12 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
     layer.forward(x.data(), y.data(), N, true, nullptr);
     layer.backward(dy.data(), dx.data(), 1e-2, 0.0);
     std::vector<double> b{static_cast<double>(layer.bytes_inter_node()),
-                          static_cast<double>(layer.bytes_intra_node())};
+                          static_cast<double>(layer.bytes_intra_node()),
+                          static_cast<double>(layer.bytes_token_dispatch_inter_node())};
     comm.allreduce(std::span<double>(b), comm::ReduceOp::sum);
     res.bytes_inter_node = b[0];
     res.bytes_intra_node = b[1];
+    res.bytes_token_dispatch_inter_node = b[2];
     res.nodes = layer.nodes();
   }
   std::vector<double> ph(times.seconds.begin(), times.seconds.end());

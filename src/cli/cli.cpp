@@ -19,6 +19,7 @@
 
 #include "moesim/bench/layer_bench.hpp"
 #include "moesim/build_info.hpp"  // generated: MOESIM_VERSION, MOESIM_GIT_COMMIT
+#include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/io/checkpoint_file.hpp"
 #include "moesim/io/result_file.hpp"
 #include "moesim/io/routing_trace.hpp"
@@ -385,7 +386,10 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   // Every refusal is a ConfigError on every rank (exit 2) before any work.
   std::optional<FileLock> lock;
   std::unique_ptr<io::ResultWriter> writer;
-  const int nodes = comm.node_map().nodes;  // collective (MPI_Comm_split_type)
+  const comm::NodeMap node_map = comm.node_map();  // collective (MPI_Comm_split_type)
+  // Bad input found from the node layout: before any work and before the result file.
+  if (cfg.routing.dispatch == DispatchKind::hierarchical) dispatch::require_equal_nodes(node_map);
+  const int nodes = node_map.nodes;
   train::StartDecision start;
   std::optional<ConfigError> refused;
   const std::string ckpt = train::checkpoint_path(cfg);
@@ -745,8 +749,9 @@ int run_bench(const Config& cfg, const comm::Comm& comm) {
         r.phase_ms[0], r.phase_ms[1], r.phase_ms[2], r.phase_ms[3], r.phase_ms[4]);
     std::printf(
         "bench exchange (bytes per fwd+bwd iteration, all ranks): dispatch %s nodes %d "
-        "inter-node %.0f intra-node %.0f\n",
-        to_string(cfg.routing.dispatch), r.nodes, r.bytes_inter_node, r.bytes_intra_node);
+        "inter-node %.0f intra-node %.0f (forward token dispatch inter-node %.0f)\n",
+        to_string(cfg.routing.dispatch), r.nodes, r.bytes_inter_node, r.bytes_intra_node,
+        r.bytes_token_dispatch_inter_node);
     std::fflush(stdout);
   }
   return r.deterministic ? 0 : kExitRuntime;

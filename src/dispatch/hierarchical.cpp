@@ -15,10 +15,17 @@ void prefix(const std::vector<int>& count, std::vector<int>& displ) {
   for (std::size_t i = 1; i < count.size(); ++i) displ[i] = displ[i - 1] + count[i - 1];
 }
 
+// Resizes with 50 % headroom, so that sizes that wander from step to step stop allocating
+// after the first steps (allocation once per run, tests/mpi/test_alloc.cpp).
+void fit(std::vector<int>& v, std::size_t n) {
+  if (v.capacity() < n) v.reserve(n + n / 2);
+  v.resize(n);
+}
+
 template <typename T>
 void grow(AlignedVector<T>& v, std::int64_t rows, std::int64_t width) {
   const auto n = static_cast<std::size_t>(rows * width);
-  if (v.size() < n) v.resize(n);
+  if (v.size() < n) v.resize(n + n / 2);
 }
 
 template <typename T>
@@ -27,6 +34,18 @@ void copy_rows(T* dst, const T* src, std::int64_t rows, std::int64_t width) {
 }
 
 }  // namespace
+
+void require_equal_nodes(const comm::NodeMap& m) {
+  if (m.uniform()) return;
+  std::string sizes;
+  for (int s : m.node_size) {
+    if (!sizes.empty()) sizes.push_back(',');
+    sizes.append(std::to_string(s));
+  }
+  throw ConfigError(
+      "routing.dispatch", "hierarchical",
+      "the same number of ranks on every node (found ranks per node " + sizes + "; use alltoallv)");
+}
 
 template <typename T>
 HierarchicalDispatcher<T>::HierarchicalDispatcher(const comm::Comm& comm, Placement placement)
@@ -42,16 +61,7 @@ HierarchicalDispatcher<T>::HierarchicalDispatcher(const comm::Comm& comm, Placem
   const comm::NodeMap& m = this->nodes_;
   if (placement_.ranks != comm.size() || static_cast<int>(m.node_of.size()) != comm.size())
     throw std::invalid_argument("dispatcher: placement rank count differs from the communicator");
-  if (!m.uniform()) {
-    std::string sizes;
-    for (int s : m.node_size) {
-      if (!sizes.empty()) sizes.push_back(',');
-      sizes.append(std::to_string(s));
-    }
-    throw ConfigError("routing.dispatch", "hierarchical",
-                      "the same number of ranks on every node (found ranks per node " + sizes +
-                          "; use alltoallv)");
-  }
+  require_equal_nodes(m);
   N_ = m.nodes;
   L_ = m.local_size;
   rank_at_.assign(static_cast<std::size_t>(N_ * L_), -1);
@@ -75,12 +85,13 @@ void HierarchicalDispatcher<T>::exchange_counts(Plan& plan) {
   // --- send side per target node: rows in (local rank, expert, order), unique tokens ---
   int max_token = -1;
   for (std::int32_t t : plan.send_token) max_token = std::max(max_token, static_cast<int>(t));
-  mark_.assign(static_cast<std::size_t>(max_token + 1), -1);
-  pos_.resize(mark_.size());
+  fit(mark_, static_cast<std::size_t>(max_token + 1));
+  std::fill(mark_.begin(), mark_.end(), -1);
+  fit(pos_, mark_.size());
   node_rows_.assign(N, 0);
   node_uniq_.assign(N, 0);
-  row_uniq_.resize(static_cast<std::size_t>(plan.total_send));
-  uniq_row_.resize(static_cast<std::size_t>(plan.total_send));
+  fit(row_uniq_, static_cast<std::size_t>(plan.total_send));
+  fit(uniq_row_, static_cast<std::size_t>(plan.total_send));
   cross_send_counts_.assign(N * K, 0);
   int rows_total = 0, uniq_total = 0;
   for (std::size_t n = 0; n < N; ++n) {
@@ -113,7 +124,7 @@ void HierarchicalDispatcher<T>::exchange_counts(Plan& plan) {
   a_recv_cnt_.assign(N, 0);
   for (std::size_t n = 0; n < N; ++n) a_recv_cnt_[n] = cross_counts_[n * K + L * per];
   prefix(a_recv_cnt_, relay_idx_displ_);
-  relay_idx_.resize(static_cast<std::size_t>(relay_idx_displ_.back() + a_recv_cnt_.back()));
+  fit(relay_idx_, static_cast<std::size_t>(relay_idx_displ_.back() + a_recv_cnt_.back()));
   cross_comm_.alltoallv_rows(row_uniq_.data(), std::span<const int>(node_rows_),
                              std::span<const int>(node_rows_displ_), relay_idx_.data(),
                              std::span<const int>(a_recv_cnt_),
@@ -177,8 +188,8 @@ void HierarchicalDispatcher<T>::to_experts(Plan& plan, const T* send_order, T* e
 }
 
 template <typename T>
-void HierarchicalDispatcher<T>::to_experts_token_rows(Plan& plan, const T* send_order,
-                                                      T* expert_major, std::int64_t width) {
+void HierarchicalDispatcher<T>::token_rows(Plan& plan, const T* send_order, T* expert_major,
+                                           std::int64_t width) {
   dispatch(plan, send_order, expert_major, width, true);
 }
 

@@ -50,6 +50,8 @@ struct AllocCase {
   DropPolicyKind policy;
   std::int64_t k = 2;
   double jitter = 0, bias_rate = 0;
+  DispatchKind dispatch = DispatchKind::alltoallv;
+  std::int64_t expert_groups = 1, group_limit = 0;
 };
 }  // namespace
 
@@ -65,6 +67,10 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
       {"dense", RoutingRuleKind::dense, DropPolicyKind::position},
       {"expert_choice", RoutingRuleKind::expert_choice, DropPolicyKind::position},
       {"hash", RoutingRuleKind::hash, DropPolicyKind::probs, 1},
+      {"topk/hierarchical", RoutingRuleKind::topk, DropPolicyKind::position, 2, 0, 0,
+       DispatchKind::hierarchical},
+      {"topk/group_limit", RoutingRuleKind::topk, DropPolicyKind::position, 1, 0, 0,
+       DispatchKind::hierarchical, 2, 1},
   };
   for (const AllocCase& ac : cases) {
     const DropPolicyKind policy = ac.policy;
@@ -78,6 +84,9 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
     cfg.routing.bias_update_rate = ac.bias_rate;
     cfg.routing.drop_policy = policy;
     cfg.routing.group_size = 16;
+    cfg.routing.dispatch = ac.dispatch;
+    cfg.routing.expert_groups = ac.expert_groups;
+    cfg.routing.group_limit = ac.group_limit;
     const std::int64_t N = 64;
     ParamStore<float> store;
     model::MoELayer<float> layer(cfg, 0, comm, store, N, N);

@@ -113,6 +113,8 @@ void compare(const comm::Comm& comm, std::int64_t E, int pattern, const Case& c)
   EXPECT_EQ(hier.bytes_inter_node(), static_cast<std::int64_t>(crossings.size()) * width *
                                          static_cast<std::int64_t>(sizeof(T)));
   EXPECT_EQ(flat.bytes_inter_node(), remote_rows * width * static_cast<std::int64_t>(sizeof(T)));
+  EXPECT_EQ(hier.bytes_token_dispatch_inter_node(), hier.bytes_inter_node());
+  EXPECT_EQ(flat.bytes_token_dispatch_inter_node(), flat.bytes_inter_node());
 
   // Gradients: different rows per assignment, undeduplicated path.
   flat.reset_bytes();

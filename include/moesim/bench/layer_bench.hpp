@@ -17,6 +17,7 @@ struct LayerBenchResult {
   bool deterministic = false;   // identical output in every timed iteration
   // Exchange bytes of one fwd+bwd iteration, all ranks, split by level (node-aware comm).
   double bytes_inter_node = 0, bytes_intra_node = 0;
+  double bytes_token_dispatch_inter_node = 0;  // of which the forward token dispatch
   int nodes = 1;
 };
 

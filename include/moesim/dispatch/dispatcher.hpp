@@ -90,9 +90,11 @@ class Dispatcher {
   // of the same plan.send_token are equal (copies of one token), so an implementation may
   // send a token once per destination node (the hierarchical exchange de-duplicates).
   // Gradients (backward) do not keep that promise and use to_experts.
-  virtual void to_experts_token_rows(Plan& plan, const T* send_order, T* expert_major,
-                                     std::int64_t width) {
-    to_experts(plan, send_order, expert_major, width);
+  // bytes_token_dispatch_inter_node() counts what these calls send across nodes.
+  void to_experts_token_rows(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) {
+    const std::int64_t before = bytes_inter_;
+    token_rows(plan, send_order, expert_major, width);
+    bytes_tokens_inter_ += bytes_inter_ - before;
   }
   // (The plan is non-const in to_experts/from_experts only for its scratch cursors.)
   // Bytes this rank handed to the all-to-all so far (all peers incl. itself), and their
@@ -100,11 +102,18 @@ class Dispatcher {
   [[nodiscard]] std::int64_t bytes_sent() const { return bytes_inter_ + bytes_intra_; }
   [[nodiscard]] std::int64_t bytes_inter_node() const { return bytes_inter_; }
   [[nodiscard]] std::int64_t bytes_intra_node() const { return bytes_intra_; }
-  void reset_bytes() { bytes_inter_ = bytes_intra_ = 0; }
+  // The part of bytes_inter_node() sent by to_experts_token_rows (the forward token dispatch,
+  // the one a token-level de-duplication and node-limited routing shrink).
+  [[nodiscard]] std::int64_t bytes_token_dispatch_inter_node() const { return bytes_tokens_inter_; }
+  void reset_bytes() { bytes_inter_ = bytes_intra_ = bytes_tokens_inter_ = 0; }
   [[nodiscard]] const comm::NodeMap& nodes() const { return nodes_; }
 
  protected:
   explicit Dispatcher(comm::NodeMap nodes) : nodes_(std::move(nodes)) {}
+  // The implementation of to_experts_token_rows (default: to_experts).
+  virtual void token_rows(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) {
+    to_experts(plan, send_order, expert_major, width);
+  }
   // Adds rows[p] * width elements per peer p of the world communicator to the byte counts.
   void count_rows(const int* rows, std::int64_t width) {
     for (std::size_t p = 0; p < nodes_.node_of.size(); ++p) {
@@ -114,7 +123,7 @@ class Dispatcher {
     }
   }
   comm::NodeMap nodes_;
-  std::int64_t bytes_inter_ = 0, bytes_intra_ = 0;
+  std::int64_t bytes_inter_ = 0, bytes_intra_ = 0, bytes_tokens_inter_ = 0;
 };
 
 // Chooses the implementation routing.dispatch names (collective: finds the nodes).
@@ -165,6 +174,10 @@ class AlltoallPaddedDispatcher final : public Dispatcher<T> {
   std::vector<int> block_rows_;                 // [P] padded_rows each (byte counts)
 };
 
+// Throws ConfigError (routing.dispatch = hierarchical) unless every node holds the same
+// number of ranks. Called by the driver before any work, and by the dispatcher.
+void require_equal_nodes(const comm::NodeMap& nodes);
+
 // The two-level exchange (routing.dispatch = hierarchical; docs/multinode_cluster.md).
 // Nodes hold L ranks each (the same L on every node). A row from rank (node a, local l) to
 // rank (node b, local m) travels
@@ -186,8 +199,6 @@ class HierarchicalDispatcher final : public Dispatcher<T> {
   const char* name() const override { return "hierarchical"; }
   void exchange_counts(Plan& plan) override;
   void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
-  void to_experts_token_rows(Plan& plan, const T* send_order, T* expert_major,
-                             std::int64_t width) override;
   void from_experts(Plan& plan, const T* expert_major, T* send_order, std::int64_t width) override;
   // Rows this rank's last forward dispatch sent across node boundaries before/after
   // de-duplication (tests and bench).
@@ -195,6 +206,7 @@ class HierarchicalDispatcher final : public Dispatcher<T> {
   [[nodiscard]] std::int64_t last_inter_unique() const { return last_inter_unique_; }
 
  private:
+  void token_rows(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
   void dispatch(Plan& plan, const T* send_order, T* expert_major, std::int64_t width, bool dedup);
   comm::Comm node_comm_, cross_comm_;
   Placement placement_;

@@ -86,6 +86,9 @@ class MoELayer {
   [[nodiscard]] std::int64_t bytes_sent() const { return dispatcher_->bytes_sent(); }
   [[nodiscard]] std::int64_t bytes_inter_node() const { return dispatcher_->bytes_inter_node(); }
   [[nodiscard]] std::int64_t bytes_intra_node() const { return dispatcher_->bytes_intra_node(); }
+  [[nodiscard]] std::int64_t bytes_token_dispatch_inter_node() const {
+    return dispatcher_->bytes_token_dispatch_inter_node();
+  }
   [[nodiscard]] int nodes() const { return dispatcher_->nodes().nodes; }
   void reset_bytes() { dispatcher_->reset_bytes(); }
   // Router probabilities [n x E] of the last forward (double), for metrics and tests.
