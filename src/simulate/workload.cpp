@@ -171,17 +171,26 @@ class RecordedSource final : public LoadSource {
   void group_routed(std::int64_t, std::int64_t, std::int64_t group,
                     std::vector<std::int32_t>& routed,
                     std::vector<std::int32_t>& touched) override {
+    // Recorded group g mod G; with E = m * E_rec experts, recorded expert e stands for the m
+    // experts e + E_rec * j, and its count c is split evenly over them (c / m each, the
+    // remainder to consecutive copies starting at a group-dependent offset), so every group
+    // keeps its size and the recorded popularity of each expert class.
     const std::int64_t g = group % l_.groups;
-    const std::int64_t copy = group / l_.groups;
-    const std::int64_t blocks = E_ / l_.experts;
-    const std::int64_t shift = l_.experts * (copy % blocks);
+    const std::int64_t m = E_ / l_.experts;
     const std::int64_t* row =
         l_.routed.data() + ((sample_ * l_.layers + layer_) * l_.groups + g) * l_.experts;
     for (std::int64_t e = 0; e < l_.experts; ++e) {
-      if (row[e] == 0) continue;
-      const auto x = static_cast<std::size_t>(e + shift);
-      if (routed[x] == 0) touched.push_back(static_cast<std::int32_t>(x));
-      routed[x] += static_cast<std::int32_t>(row[e]);
+      const std::int64_t c = row[e];
+      if (c == 0) continue;
+      const std::int64_t base = c / m, rem = c % m;
+      const std::int64_t off = (group * 7919 + e) % m;
+      const std::int64_t copies = base > 0 ? m : rem;
+      for (std::int64_t j = 0; j < copies; ++j) {
+        const std::int64_t n = base + (j < rem ? 1 : 0);
+        const auto x = static_cast<std::size_t>(e + l_.experts * ((j + off) % m));
+        if (routed[x] == 0) touched.push_back(static_cast<std::int32_t>(x));
+        routed[x] += static_cast<std::int32_t>(n);
+      }
     }
   }
 
