@@ -13,7 +13,7 @@ namespace {
 
 constexpr const char* kAllowed =
     "must be one of uniform | zipf:S (S > 0) | lognormal:SIGMA (SIGMA >= 0) | hot:F (0 < F < 1) "
-    "| rotate, optionally followed by +rotate, or run:FILE.h5";
+    "| rotate, optionally followed by +rotate, or run:FILE.h5 or trace:FILE.h5";
 
 // Stream tags of the simulator's draws (not one of the run's streams).
 constexpr std::uint64_t kTagPermutation = 0x5349'4D50'4552'4D00ULL;
@@ -228,6 +228,12 @@ bool parse_number(const std::string& s, double& out) {
 Workload parse_workload(const std::string& text) {
   Workload w;
   w.text = text;
+  if (text.rfind("trace:", 0) == 0) {
+    w.kind = WorkloadKind::trace;
+    w.file = text.substr(6);
+    if (w.file.empty()) throw ConfigError("simulate.workload", text, kAllowed);
+    return w;
+  }
   if (text.rfind("run:", 0) == 0) {
     w.kind = WorkloadKind::run;
     w.file = text.substr(4);
@@ -269,7 +275,9 @@ Workload parse_workload(const std::string& text) {
 std::vector<double> expert_probabilities(const Workload& w, std::int64_t E, std::uint64_t seed,
                                          std::int64_t layer, std::int64_t step) {
   std::vector<double> p(static_cast<std::size_t>(E), 1.0 / static_cast<double>(E));
-  if (w.kind == WorkloadKind::uniform || w.kind == WorkloadKind::run) return p;
+  if (w.kind == WorkloadKind::uniform || w.kind == WorkloadKind::run ||
+      w.kind == WorkloadKind::trace)
+    return p;
   std::vector<double> weight(static_cast<std::size_t>(E));
   if (w.kind == WorkloadKind::zipf) {
     const std::vector<std::int64_t> perm = permutation(E, seed, layer);

@@ -25,13 +25,13 @@
 
 namespace moesim::simulate {
 
-enum class WorkloadKind { uniform, zipf, lognormal, hot, run };
+enum class WorkloadKind { uniform, zipf, lognormal, hot, run, trace };
 
 struct Workload {
   WorkloadKind kind = WorkloadKind::uniform;
   double param = 0;     // S, SIGMA or F
   bool rotate = false;  // popularity moves by one expert per step
-  std::string file;     // run:FILE.h5
+  std::string file;     // run:FILE.h5 or trace:FILE.h5
   std::string text;     // as given
 };
 
