@@ -117,7 +117,7 @@ def main():
             axes[0].annotate(f"cf {xi}", (100 * q["dropped_fraction"][0], 1e3 * q["time_step"][0]), fontsize=8)
         axes[0].set_xlabel("dropped assignments (%)")
         axes[0].set_ylabel("predicted step (ms)")
-        axes[0].set_title("capacity factor, 4096 ranks, zipf:1.2")
+        axes[0].set_title("capacity factor, 4096 ranks (strong, E=8), zipf:1.2")
         print("\ncapacity factor: " + ", ".join(f"cf {xi}: {1e3 * q['time_step'][0]:.2f} ms, "
                                               f"{100 * q['dropped_fraction'][0]:.1f} % dropped" for xi, q in zip(x, d)))
     bws = sorted(glob.glob(os.path.join(res, "bw_*.h5")), key=lambda p: float(p.split("_")[-1][:-3]))

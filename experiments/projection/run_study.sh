@@ -15,24 +15,27 @@ $MPI -n 2 $B calibrate $D/validate_layer.ini --cluster.output=$D/machines/this_m
   | tee $OUT/calibrate.log
 
 # 2. Measured runs (each its own result file; loads recorded every 5 steps).
+#    SKIP_RUNS=1 reuses the result files of an earlier invocation.
 runs=()
 for ranks in 1 2; do
-  $MPI -n $ranks $B run $D/validate_layer.ini --output.file=$OUT/val_layer_np$ranks.h5
-  runs+=($OUT/val_layer_np$ranks.h5)
-  $MPI -n $ranks $B run $D/validate_layer.ini --model.d_model=128 --model.d_ff=512 \
-    --model.layers=2 --data.tokens_per_step=4096 --output.file=$OUT/val_2layer_np$ranks.h5
-  runs+=($OUT/val_2layer_np$ranks.h5)
-  $MPI -n $ranks $B run experiments/quickstart.ini --training.steps=60 --training.eval_every=0 \
-    --output.log_every=0 --output.echo_config=false --output.file=$OUT/val_quickstart_np$ranks.h5
-  runs+=($OUT/val_quickstart_np$ranks.h5)
+  for v in layer 2layer quickstart; do runs+=($OUT/val_${v}_np$ranks.h5); done
 done
-$MPI -n 2 $B run $D/validate_layer.ini --routing.dispatch=alltoall_padded \
-  --output.file=$OUT/val_layer_padded_np2.h5
 runs+=($OUT/val_layer_padded_np2.h5)
-# A recorded run of the reference layer for the run: workload (groups of 256 tokens).
-$MPI -n 2 $B run experiments/bench/reference_layer.ini --routing.group_size=256 --training.steps=20 \
-  --training.eval_every=0 --output.log_every=0 --output.loads_every=5 --data.eval_tokens=512 \
-  --output.file=$OUT/reference_np2.h5
+if [ "${SKIP_RUNS:-0}" != 1 ]; then
+  for ranks in 1 2; do
+    $MPI -n $ranks $B run $D/validate_layer.ini --output.file=$OUT/val_layer_np$ranks.h5
+    $MPI -n $ranks $B run $D/validate_layer.ini --model.d_model=128 --model.d_ff=512 \
+      --model.layers=2 --data.tokens_per_step=4096 --output.file=$OUT/val_2layer_np$ranks.h5
+    $MPI -n $ranks $B run experiments/quickstart.ini --training.steps=60 --training.eval_every=0 \
+      --output.log_every=0 --output.echo_config=false --output.file=$OUT/val_quickstart_np$ranks.h5
+  done
+  $MPI -n 2 $B run $D/validate_layer.ini --routing.dispatch=alltoall_padded \
+    --output.file=$OUT/val_layer_padded_np2.h5
+  # A recorded run of the reference layer for the run: workload (groups of 256 tokens).
+  $MPI -n 2 $B run experiments/bench/reference_layer.ini --routing.group_size=256 --training.steps=20 \
+    --training.eval_every=0 --output.log_every=0 --output.loads_every=5 --data.eval_tokens=512 \
+    --output.file=$OUT/reference_np2.h5
+fi
 
 # 3. Validation: every measured run, none hidden.
 $B simulate --cluster.file=$D/machines/this_machine.ini \
@@ -51,10 +54,11 @@ for w in uniform zipf:1.2 lognormal:1.0 run:$OUT/reference_np2.h5; do
     --simulate.ranks=16,256,4096,16384 --simulate.scaling=strong --data.tokens_per_step=4194304 \
     --simulate.workload=$w --simulate.output=$OUT/strong_$tag.h5 | tee $OUT/strong_$tag.log
 done
-# Capacity-factor trade-off and link-bandwidth what-if (weak, 4096 ranks, zipf:1.2).
+# Capacity-factor trade-off (strong, 4096 ranks, E = 8: C = 64 cf per group) and link-bandwidth
+# what-if (weak, 4096 ranks, zipf:1.2).
 for cf in 1.0 1.25 1.5 2.0 3.0; do
   $B simulate $REF --cluster.file=$D/machines/lumi_c.ini --simulate.ranks=4096 \
-    --simulate.scaling=weak --simulate.base_ranks=2 --simulate.workload=zipf:1.2 \
+    --simulate.scaling=strong --data.tokens_per_step=4194304 --simulate.workload=zipf:1.2 \
     --routing.capacity_factor=$cf --simulate.output=$OUT/cf_$cf.h5 > $OUT/cf_$cf.log
 done
 for bw in 5 10 21 50 100; do

@@ -19,6 +19,7 @@
 #include "moesim/experts/expert_ffn.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/simulate/step_model.hpp"
+#include "moesim/train/optimizer.hpp"
 #include "moesim/util/params.hpp"
 #include "moesim/util/rng.hpp"
 
@@ -361,6 +362,30 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
         std::to_string(E) + ": " + fmt(route_ns) + " ns per token x expert");
   }
 
+  // Optimizer step per parameter (train::Optimizer, the run's own code), all ranks at once.
+  double opt_ns = 0;
+  {
+    const std::int64_t n = 1 << 20;
+    ParamStore<float> store;
+    store.add("calibrate.p", ParamKind::expert, n, 0.02);
+    store.allocate();
+    store.initialize(1);
+    for (float& g : store.grads(ParamKind::expert)) g = 1e-3f;
+    train::Optimizer<float> opt(cfg.training, store);
+    std::vector<double> ts;
+    for (int i = -1; i < 9; ++i) {
+      comm.barrier();
+      const auto t0 = Clock::now();
+      opt.step(store);
+      if (i >= 0) ts.push_back(since(t0));
+    }
+    std::sort(ts.begin(), ts.end());
+    opt_ns =
+        comm.allreduce(ts[ts.size() / 2], comm::ReduceOp::sum) / P / static_cast<double>(n) * 1e9;
+    say(std::string("optimizer ") + to_string(cfg.training.optimizer) + " over " +
+        std::to_string(n) + " float32 parameters: " + fmt(opt_ns) + " ns per parameter");
+  }
+
   if (comm.rank() == 0) {
     const bool has_a2a = a2a.b > 0;
     const double intra_alpha = has_a2a ? a2a.a / a2a_msgs : pp_intra.a;
@@ -391,6 +416,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     ini << "gemm_GFLOPs_float64 = " << fmt(gflops64) << "\n";
     ini << "memory_bandwidth_GBps = " << fmt(mem_bw / 1e9) << "\n";
     ini << "route_ns_per_score = " << fmt(route_ns) << "\n";
+    ini << "optimizer_ns_per_param = " << fmt(opt_ns) << "\n";
     ini << "intra_fit_rel_rms = " << fmt(has_a2a ? a2a.rel_rms : pp_intra.rel_rms) << "\n";
     ini << "gemm_fit_rel_rms = " << fmt(spread) << "\n";
     std::ofstream out(cfg.cluster.output, std::ios::trunc);

@@ -12,6 +12,8 @@
 #include "moesim/build_info.hpp"
 #include "moesim/cli/cli.hpp"
 #include "moesim/io/projection_file.hpp"
+#include "moesim/io/result_file.hpp"
+#include "moesim/routing/router.hpp"
 #include "moesim/simulate/projection.hpp"
 
 namespace moesim::cli {
@@ -52,6 +54,56 @@ simulate::RecordedLoads to_loads(const io::MeasuredRun& r, std::int64_t group_si
   l.step = r.loads_step;
   l.routed = r.loads_routed;
   l.kept = r.loads_kept;
+  return l;
+}
+
+// trace:FILE.h5 -> one sample of per-group loads: the file's logits routed in groups of S
+// tokens with this config's routing keys (as `moesim route` does), training capacity.
+simulate::RecordedLoads loads_from_trace(const Config& cfg, const std::string& text,
+                                         const std::string& path) {
+  io::Trace trace;
+  try {
+    trace = io::read_trace(path);
+  } catch (const std::exception& e) {
+    throw ConfigError("simulate.workload", text, std::string("a readable trace file: ") + e.what());
+  }
+  const std::int64_t T = trace.tokens, E = trace.experts;
+  const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : T;
+  if (T % S != 0)
+    throw ConfigError(
+        "simulate.workload", text,
+        "a trace whose token count (" + std::to_string(T) + ") routing.group_size divides");
+  RoutingConfig rc = cfg.routing;
+  rc.num_experts = E;
+  if (rc.k > E) rc.k = E;
+  const routing::Router router(rc, S);
+  simulate::RecordedLoads l;
+  l.steps = 1;
+  l.layers = 1;
+  l.groups = T / S;
+  l.experts = E;
+  l.group_size = S;
+  l.step = {0};
+  l.routed.assign(static_cast<std::size_t>(l.groups * E), 0);
+  l.kept.assign(l.routed.size(), 0);
+  std::vector<double> probs(static_cast<std::size_t>(S * E));
+  routing::GroupRouting r;
+  for (std::int64_t g = 0; g < l.groups; ++g) {
+    routing::RouteContext ctx;
+    ctx.training = true;
+    ctx.seed = cfg.training.seed;
+    ctx.first_token = g * S;
+    if (!trace.token_id.empty())
+      ctx.token_ids = std::span<const std::int64_t>(trace.token_id)
+                          .subspan(static_cast<std::size_t>(g * S), static_cast<std::size_t>(S));
+    router.route(std::span<const double>(trace.logits)
+                     .subspan(static_cast<std::size_t>(g * S * E), static_cast<std::size_t>(S * E)),
+                 probs, ctx, r);
+    for (std::int64_t e = 0; e < E; ++e) {
+      l.routed[static_cast<std::size_t>(g * E + e)] = r.routed[static_cast<std::size_t>(e)];
+      l.kept[static_cast<std::size_t>(g * E + e)] = r.kept[static_cast<std::size_t>(e)];
+    }
+  }
   return l;
 }
 
@@ -127,6 +179,8 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
                             ? rc.routing.group_size
                             : rc.data.tokens_per_step / std::max<std::int64_t>(run.ranks, 1));
     }
+    if (workload.kind == simulate::WorkloadKind::trace)
+      recorded = loads_from_trace(cfg, workload.text, workload.file);
     std::vector<simulate::Scenario> scenarios;
     for (std::int64_t P : ranks) scenarios.push_back(simulate::make_scenario(cfg, P, R));
     const simulate::Machine M = simulate::machine_from(cfg.cluster, cfg.model.precision, R);

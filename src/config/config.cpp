@@ -456,6 +456,9 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::cluster, &CC::step_overhead_us>(
         "cluster.step_overhead_us", "number >= 0",
         "fixed time per step outside the modelled phases, microseconds"));
+    t.push_back(make_field<&C::cluster, &CC::optimizer_ns_per_param>(
+        "cluster.optimizer_ns_per_param", "number >= 0",
+        "optimizer step per parameter, nanoseconds (0 = memory-bound formula only)"));
     t.push_back(make_field<&C::cluster, &CC::intra_fit_rel_rms>(
         "cluster.intra_fit_rel_rms", "number >= 0",
         "calibrate: relative RMS residual of the intra-node alpha-beta fit"));
@@ -1252,6 +1255,7 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
       {"cluster.gemm_GFLOPs_float64", cl.gemm_GFLOPs_float64},
       {"cluster.route_ns_per_score", cl.route_ns_per_score},
       {"cluster.step_overhead_us", cl.step_overhead_us},
+      {"cluster.optimizer_ns_per_param", cl.optimizer_ns_per_param},
       {"cluster.intra_fit_rel_rms", cl.intra_fit_rel_rms},
       {"cluster.inter_fit_rel_rms", cl.inter_fit_rel_rms},
       {"cluster.gemm_fit_rel_rms", cl.gemm_fit_rel_rms}};

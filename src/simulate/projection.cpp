@@ -141,7 +141,7 @@ std::unique_ptr<LoadSource> make_source(const Config& cfg, const Scenario& sc, c
   if (rule == RoutingRuleKind::dense) return make_fixed_source(sc.experts, sc.group_size);
   if (rule == RoutingRuleKind::expert_choice)
     return make_fixed_source(sc.experts, std::min(sc.capacity, sc.group_size));
-  if (w.kind == WorkloadKind::run) {
+  if (w.kind == WorkloadKind::run || w.kind == WorkloadKind::trace) {
     if (recorded == nullptr) throw ConfigError("simulate.workload", w.text, "no recorded loads");
     if (recorded->group_size != sc.group_size)
       throw ConfigError("simulate.workload", w.text,

@@ -19,6 +19,7 @@ Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t r
   m.mem_bw = c.memory_bandwidth_GBps * 1e9;
   m.route_per_score = c.route_ns_per_score * 1e-9;
   m.step_overhead = c.step_overhead_us * 1e-6;
+  m.optimizer_per_param = c.optimizer_ns_per_param * 1e-9;
   return m;
 }
 
@@ -114,7 +115,7 @@ double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Mach
 
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M) {
   const double accesses = opt == OptimizerKind::adam ? 7.0 : 5.0;
-  return stream_time(params * elem * accesses, M);
+  return std::max(stream_time(params * elem * accesses, M), params * M.optimizer_per_param);
 }
 
 LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {

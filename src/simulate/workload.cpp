@@ -13,7 +13,7 @@ namespace {
 
 constexpr const char* kAllowed =
     "must be one of uniform | zipf:S (S > 0) | lognormal:SIGMA (SIGMA >= 0) | hot:F (0 < F < 1) "
-    "| rotate, optionally followed by +rotate, or run:FILE.h5";
+    "| rotate, optionally followed by +rotate, or run:FILE.h5 or trace:FILE.h5";
 
 // Stream tags of the simulator's draws (not one of the run's streams).
 constexpr std::uint64_t kTagPermutation = 0x5349'4D50'4552'4D00ULL;
@@ -171,17 +171,26 @@ class RecordedSource final : public LoadSource {
   void group_routed(std::int64_t, std::int64_t, std::int64_t group,
                     std::vector<std::int32_t>& routed,
                     std::vector<std::int32_t>& touched) override {
+    // Recorded group g mod G; with E = m * E_rec experts, recorded expert e stands for the m
+    // experts e + E_rec * j, and its count c is split evenly over them (c / m each, the
+    // remainder to consecutive copies starting at a group-dependent offset), so every group
+    // keeps its size and the recorded popularity of each expert class.
     const std::int64_t g = group % l_.groups;
-    const std::int64_t copy = group / l_.groups;
-    const std::int64_t blocks = E_ / l_.experts;
-    const std::int64_t shift = l_.experts * (copy % blocks);
+    const std::int64_t m = E_ / l_.experts;
     const std::int64_t* row =
         l_.routed.data() + ((sample_ * l_.layers + layer_) * l_.groups + g) * l_.experts;
     for (std::int64_t e = 0; e < l_.experts; ++e) {
-      if (row[e] == 0) continue;
-      const auto x = static_cast<std::size_t>(e + shift);
-      if (routed[x] == 0) touched.push_back(static_cast<std::int32_t>(x));
-      routed[x] += static_cast<std::int32_t>(row[e]);
+      const std::int64_t c = row[e];
+      if (c == 0) continue;
+      const std::int64_t base = c / m, rem = c % m;
+      const std::int64_t off = (group * 7919 + e) % m;
+      const std::int64_t copies = base > 0 ? m : rem;
+      for (std::int64_t j = 0; j < copies; ++j) {
+        const std::int64_t n = base + (j < rem ? 1 : 0);
+        const auto x = static_cast<std::size_t>(e + l_.experts * ((j + off) % m));
+        if (routed[x] == 0) touched.push_back(static_cast<std::int32_t>(x));
+        routed[x] += static_cast<std::int32_t>(n);
+      }
     }
   }
 
@@ -219,6 +228,12 @@ bool parse_number(const std::string& s, double& out) {
 Workload parse_workload(const std::string& text) {
   Workload w;
   w.text = text;
+  if (text.rfind("trace:", 0) == 0) {
+    w.kind = WorkloadKind::trace;
+    w.file = text.substr(6);
+    if (w.file.empty()) throw ConfigError("simulate.workload", text, kAllowed);
+    return w;
+  }
   if (text.rfind("run:", 0) == 0) {
     w.kind = WorkloadKind::run;
     w.file = text.substr(4);
@@ -260,7 +275,9 @@ Workload parse_workload(const std::string& text) {
 std::vector<double> expert_probabilities(const Workload& w, std::int64_t E, std::uint64_t seed,
                                          std::int64_t layer, std::int64_t step) {
   std::vector<double> p(static_cast<std::size_t>(E), 1.0 / static_cast<double>(E));
-  if (w.kind == WorkloadKind::uniform || w.kind == WorkloadKind::run) return p;
+  if (w.kind == WorkloadKind::uniform || w.kind == WorkloadKind::run ||
+      w.kind == WorkloadKind::trace)
+    return p;
   std::vector<double> weight(static_cast<std::size_t>(E));
   if (w.kind == WorkloadKind::zipf) {
     const std::vector<std::int64_t> perm = permutation(E, seed, layer);

@@ -37,7 +37,7 @@ bad = [
     (["simulate", LAYER, "--simulate.output=x.h5"], "cluster.file"),
     (["simulate", LAYER, f"--cluster.file={MACHINE}", "--simulate.workload=zipf:-1",
       "--simulate.output=x.h5"], "simulate.workload"),
-    (["simulate", LAYER, f"--cluster.file={MACHINE}", "--simulate.ranks=3",
+    (["simulate", LAYER, f"--cluster.file={MACHINE}", "--simulate.ranks=3", "--simulate.scaling=strong",
       "--simulate.output=x.h5"], "simulate.ranks = 3"),
     (["simulate", LAYER, f"--cluster.file={MACHINE}", "--simulate.ranks=16,abc",
       "--simulate.output=x.h5"], "simulate.ranks"),
@@ -113,11 +113,30 @@ with h5py.File(R.path("runw.h5"), "r") as f, h5py.File(run, "r") as g:
     routed = g["/loads/routed"][0].sum()
     R.check(np.allclose(d, 1 - kept / routed, rtol=0, atol=1e-15),
             f"dropped fraction = the run's first sample at every rank count ({d[0]:.4f})")
-res = R.serial(["simulate", LAYER] + SMALL + [f"--cluster.file={MACHINE}", "--simulate.ranks=2",
+res = R.serial(["simulate", LAYER] + [a for a in SMALL if "group_size" not in a]
+               + [f"--cluster.file={MACHINE}", "--simulate.ranks=2", "--simulate.scaling=strong",
                 "--routing.group_size=128", f"--simulate.workload=run:{run}",
                 "--simulate.output=x.h5"])
 R.check(res.rc == 2 and "simulate.workload" in res.err, "a different group size is refused (exit 2)",
         res.describe)
+
+R.section("trace: workload: the router's drops on a logits trace, at every rank count")
+trace = R.path("trace.h5")
+rng = np.random.default_rng(7)
+with h5py.File(trace, "w") as f:
+    f["logits"] = rng.normal(size=(2048, 8)) + np.linspace(0.0, 1.5, 8)  # skewed experts
+res = R.serial(["route", f"--trace.input={trace}", f"--trace.output={R.path('routed.h5')}",
+                "--routing.group_size=256", "--routing.k=2"])
+R.check(res.rc == 0, "moesim route on the trace", res.describe)
+res = R.serial(["simulate", LAYER, f"--cluster.file={MACHINE}", "--simulate.ranks=1,2,8",
+                "--simulate.scaling=strong", f"--simulate.workload=trace:{trace}",
+                f"--simulate.output={R.path('tr.h5')}"])
+R.check(res.rc == 0, "simulate with trace: exits 0", res.describe)
+if res.rc == 0:
+    with h5py.File(R.path("tr.h5"), "r") as f, h5py.File(R.path("routed.h5"), "r") as g:
+        d = f["/projection/dropped_fraction"][()]
+        want = float(g.attrs["dropped_fraction"])
+        R.check(want > 0 and np.all(d == want), f"dropped fraction {list(d)} == moesim route's {want:.6f}")
 
 R.section("calibrate on 2 ranks writes a machine file simulate accepts")
 m = R.path("measured.ini")

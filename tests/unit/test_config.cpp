@@ -97,6 +97,35 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.checkpoint.every, b.checkpoint.every);
   EXPECT_EQ(a.checkpoint.file, b.checkpoint.file);
   EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
+  EXPECT_EQ(a.output.loads_every, b.output.loads_every);
+  EXPECT_EQ(a.cluster.file, b.cluster.file);
+  EXPECT_EQ(a.cluster.output, b.cluster.output);
+  EXPECT_EQ(a.cluster.name, b.cluster.name);
+  EXPECT_EQ(a.cluster.measured, b.cluster.measured);
+  EXPECT_EQ(a.cluster.ranks_per_node, b.cluster.ranks_per_node);
+  EXPECT_EQ(a.cluster.intra_latency_us, b.cluster.intra_latency_us);
+  EXPECT_EQ(a.cluster.intra_bandwidth_GBps, b.cluster.intra_bandwidth_GBps);
+  EXPECT_EQ(a.cluster.inter_latency_us, b.cluster.inter_latency_us);
+  EXPECT_EQ(a.cluster.inter_bandwidth_GBps, b.cluster.inter_bandwidth_GBps);
+  EXPECT_EQ(a.cluster.gemm_GFLOPs, b.cluster.gemm_GFLOPs);
+  EXPECT_EQ(a.cluster.gemm_GFLOPs_float64, b.cluster.gemm_GFLOPs_float64);
+  EXPECT_EQ(a.cluster.memory_bandwidth_GBps, b.cluster.memory_bandwidth_GBps);
+  EXPECT_EQ(a.cluster.route_ns_per_score, b.cluster.route_ns_per_score);
+  EXPECT_EQ(a.cluster.step_overhead_us, b.cluster.step_overhead_us);
+  EXPECT_EQ(a.cluster.optimizer_ns_per_param, b.cluster.optimizer_ns_per_param);
+  EXPECT_EQ(a.cluster.intra_fit_rel_rms, b.cluster.intra_fit_rel_rms);
+  EXPECT_EQ(a.cluster.inter_fit_rel_rms, b.cluster.inter_fit_rel_rms);
+  EXPECT_EQ(a.cluster.gemm_fit_rel_rms, b.cluster.gemm_fit_rel_rms);
+  EXPECT_EQ(a.simulate.ranks, b.simulate.ranks);
+  EXPECT_EQ(a.simulate.ranks_per_node, b.simulate.ranks_per_node);
+  EXPECT_EQ(a.simulate.workload, b.simulate.workload);
+  EXPECT_EQ(a.simulate.seed, b.simulate.seed);
+  EXPECT_EQ(a.simulate.scaling, b.simulate.scaling);
+  EXPECT_EQ(a.simulate.base_ranks, b.simulate.base_ranks);
+  EXPECT_EQ(a.simulate.algorithm, b.simulate.algorithm);
+  EXPECT_EQ(a.simulate.steps, b.simulate.steps);
+  EXPECT_EQ(a.simulate.output, b.simulate.output);
+  EXPECT_EQ(a.simulate.validate, b.simulate.validate);
 }
 
 // Every field differs from its default, and doubles need all 17 digits to survive.
@@ -162,6 +191,35 @@ Config all_non_default() {
   c.checkpoint.every = 10;
   c.checkpoint.file = "ck.h5";
   c.checkpoint.resume = true;
+  c.output.loads_every = 0;
+  c.cluster.file = "m.ini";
+  c.cluster.output = "o.ini";
+  c.cluster.name = "box";
+  c.cluster.measured = "today";
+  c.cluster.ranks_per_node = 3;
+  c.cluster.intra_latency_us = 0.25;
+  c.cluster.intra_bandwidth_GBps = 7.5;
+  c.cluster.inter_latency_us = 4.5;
+  c.cluster.inter_bandwidth_GBps = 25;
+  c.cluster.gemm_GFLOPs = 123;
+  c.cluster.gemm_GFLOPs_float64 = 61;
+  c.cluster.memory_bandwidth_GBps = 33;
+  c.cluster.route_ns_per_score = 2.5;
+  c.cluster.step_overhead_us = 10;
+  c.cluster.optimizer_ns_per_param = 1.5;
+  c.cluster.intra_fit_rel_rms = 0.1;
+  c.cluster.inter_fit_rel_rms = 0.2;
+  c.cluster.gemm_fit_rel_rms = 0.3;
+  c.simulate.ranks = "4,8";
+  c.simulate.ranks_per_node = 2;
+  c.simulate.workload = "zipf:1.5";
+  c.simulate.seed = 9;
+  c.simulate.scaling = "strong";
+  c.simulate.base_ranks = 4;
+  c.simulate.algorithm = "hierarchical";
+  c.simulate.steps = 3;
+  c.simulate.output = "p.h5";
+  c.simulate.validate = "r.h5";
   return c;
 }
 
@@ -836,7 +894,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 60u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 89u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -854,7 +912,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 60u);
+  EXPECT_EQ(rows, 89u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -921,6 +979,54 @@ TEST(ConfigPrint, EnumNames) {
   EXPECT_STREQ(to_string(Precision::float64), "float64");
   EXPECT_STREQ(to_string(DropPolicyKind::probs), "probs");
   EXPECT_STREQ(to_string(OptimizerKind::sgd), "sgd");
+}
+
+}  // namespace
+}  // namespace moesim
+
+namespace moesim {
+namespace {
+
+// [cluster] and [simulate]: each bad value names its key, value and what is allowed.
+TEST(ConfigValidate, SimulateAndClusterKeys) {
+  auto err = [](const std::vector<std::string>& args, Mode mode, int ranks) {
+    try {
+      validate(parse_config("", "x.ini", args), mode, ranks);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::vector<std::string> ok{"--cluster.file=m.ini", "--simulate.output=o.h5"};
+  EXPECT_EQ(err(ok, Mode::simulate, 1), "");
+  EXPECT_NE(err({"--simulate.output=o.h5"}, Mode::simulate, 1).find("cluster.file"),
+            std::string::npos);
+  EXPECT_NE(err({"--cluster.file=m.ini"}, Mode::simulate, 1).find("simulate.output"),
+            std::string::npos);
+  EXPECT_NE(err(ok, Mode::simulate, 2).find("runs in one process"), std::string::npos);
+  auto with = [&](const std::string& a) {
+    std::vector<std::string> v = ok;
+    v.push_back(a);
+    return err(v, Mode::simulate, 1);
+  };
+  EXPECT_NE(with("--simulate.ranks=16,0").find("simulate.ranks = 16,0"), std::string::npos);
+  EXPECT_NE(with("--simulate.ranks=16,x").find("bad item 'x'"), std::string::npos);
+  EXPECT_NE(with("--simulate.ranks=2097152").find("[1, 1048576]"), std::string::npos);
+  EXPECT_NE(
+      with("--simulate.scaling=both").find("simulate.scaling = both: must be one of weak|strong"),
+      std::string::npos);
+  EXPECT_NE(with("--simulate.algorithm=ring").find("simulate.algorithm = ring"), std::string::npos);
+  EXPECT_NE(with("--simulate.base_ranks=0").find("simulate.base_ranks = 0"), std::string::npos);
+  EXPECT_NE(with("--cluster.inter_bandwidth_GBps=0").find("cluster.inter_bandwidth_GBps = 0"),
+            std::string::npos);
+  EXPECT_NE(with("--cluster.intra_latency_us=-1").find("cluster.intra_latency_us = -1"),
+            std::string::npos);
+  EXPECT_NE(with("--cluster.ranks_per_node=0").find("cluster.ranks_per_node = 0"),
+            std::string::npos);
+  EXPECT_EQ(err({"--cluster.output=m.ini"}, Mode::calibrate, 2), "");
+  EXPECT_NE(err({}, Mode::calibrate, 2).find("cluster.output"), std::string::npos);
+  EXPECT_NE(err({"--output.loads_every=-1"}, Mode::run, 1).find("output.loads_every = -1"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -91,6 +91,9 @@ TEST(StepModel, OptimizerIsMemoryBound) {
   const Machine M = test_machine();
   EXPECT_DOUBLE_EQ(optimizer_time(1e6, 4, OptimizerKind::adam, M), 1e6 * 4 * 7 / 2e10);
   EXPECT_DOUBLE_EQ(optimizer_time(1e6, 4, OptimizerKind::sgd, M), 1e6 * 4 * 5 / 2e10);
+  Machine slow = M;
+  slow.optimizer_per_param = 5e-9;  // calibrated: 5 ns per parameter beats 1.4 ns of traffic
+  EXPECT_DOUBLE_EQ(optimizer_time(1e6, 4, OptimizerKind::adam, slow), 1e6 * 5e-9);
 }
 
 TEST(StepModel, MachineFromClusterConvertsUnits) {
@@ -379,6 +382,41 @@ TEST(Calibration, FitRecoversAlphaBetaAndRejectsAnOutlier) {
   EXPECT_NEAR(f.a, 2e-6, 1e-10);
   EXPECT_NEAR(1.0 / f.b, 5e9, 5e6);
   EXPECT_NEAR(f.rel_rms, 0.99 / std::sqrt(7.0), 1e-6);  // the residual still reports it
+}
+
+}  // namespace
+}  // namespace moesim::simulate
+
+namespace moesim::simulate {
+namespace {
+
+TEST(Workload, RecordedLoadsSplitOverMoreExpertsKeepEveryClassShare) {
+  RecordedLoads l;
+  l.steps = 1;
+  l.layers = 1;
+  l.groups = 2;
+  l.experts = 2;
+  l.group_size = 4;
+  l.step = {0};
+  l.routed = {5, 2, 1, 6};  // group 0: {5, 2}; group 1: {1, 6}
+  l.kept = l.routed;
+  std::vector<std::int32_t> routed(4, 0), touched;
+  auto same = make_recorded_source(l, 2);  // E = E_rec: the recorded counts themselves
+  same->begin_layer(0, 0);
+  same->group_routed(0, 0, 3, routed, touched);  // group 3 -> recorded group 1
+  EXPECT_EQ(routed[0], 1);
+  EXPECT_EQ(routed[1], 6);
+  std::fill(routed.begin(), routed.end(), 0);
+  touched.clear();
+  auto split = make_recorded_source(l, 4);  // m = 2: expert e stands for e and e + 2
+  split->begin_layer(0, 0);
+  split->group_routed(0, 0, 0, routed, touched);
+  EXPECT_EQ(routed[0] + routed[2], 5);
+  EXPECT_EQ(routed[1] + routed[3], 2);
+  EXPECT_LE(std::abs(routed[0] - routed[2]), 1);  // split evenly
+  EXPECT_EQ(routed[1], 1);
+  EXPECT_EQ(routed[3], 1);
+  EXPECT_EQ(touched.size(), 4u);
 }
 
 }  // namespace

@@ -24,6 +24,7 @@ struct Machine {
   double mem_bw = 1;                // B/s per rank (bytes read + written)
   double route_per_score = 0;       // s of router work per token x expert
   double step_overhead = 0;         // s per step outside the modelled phases
+  double optimizer_per_param = 0;   // s per parameter of an optimizer step (0: memory bound)
 };
 
 // Machine from a [cluster] section at `precision`; ranks_per_node > 0 overrides the file's.
@@ -83,8 +84,9 @@ double allreduce_ring_time(std::int64_t P, double bytes, bool spans_nodes, const
 double allreduce_tree_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
 double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
 
-// optimizer_time = params * s * a / B_mem, a = 7 accesses for adam (read p g m v, write p m v),
-// 5 for sgd with momentum (read p g v, write p v).
+// optimizer_time = max(params * s * a / B_mem, params * t_param): memory bound with a = 7
+// accesses for adam (read p g m v, write p m v), 5 for sgd with momentum (read p g v, write
+// p v), or the calibrated time per parameter (sqrt and division make adam compute bound).
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M);
 
 // ---- calibration ------------------------------------------------------------------------------

@@ -25,13 +25,13 @@
 
 namespace moesim::simulate {
 
-enum class WorkloadKind { uniform, zipf, lognormal, hot, run };
+enum class WorkloadKind { uniform, zipf, lognormal, hot, run, trace };
 
 struct Workload {
   WorkloadKind kind = WorkloadKind::uniform;
   double param = 0;     // S, SIGMA or F
   bool rotate = false;  // popularity moves by one expert per step
-  std::string file;     // run:FILE.h5
+  std::string file;     // run:FILE.h5 or trace:FILE.h5
   std::string text;     // as given
 };
 
@@ -67,8 +67,9 @@ std::unique_ptr<LoadSource> make_synthetic_source(const Workload& w, std::int64_
                                                   std::int64_t k, std::uint64_t seed);
 
 // A recorded source: group g uses recorded group g mod G; with E = m * E_rec experts (weak
-// scaling), copy c = g / G of the recorded batch goes to expert block c mod m (experts shifted
-// by E_rec * (c mod m)). Steps cycle through the recorded samples.
+// scaling), recorded expert e stands for the m experts e + E_rec * j and its count is split
+// evenly over them (remainders to consecutive copies from a group-dependent offset). Steps
+// cycle through the recorded samples.
 std::unique_ptr<LoadSource> make_recorded_source(const RecordedLoads& loads, std::int64_t E);
 
 // Rules that fix their own counts (dense: S per expert; expert_choice: C per expert).
