@@ -39,3 +39,6 @@ add_test(NAME regression_routing_rules
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+# GEMM interface (experts/gemm.hpp) vs a naive loop; float32/bf16 layers vs float64.
+moesim_add_test(NAME test_gemm SOURCES unit/test_gemm.cpp)
+moesim_add_test(NAME test_precision SOURCES mpi/test_precision.cpp RANKS 1 2 4 TIMEOUT 120)

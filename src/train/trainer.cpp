@@ -124,6 +124,7 @@ class Trainer {
       if (replica_comm_.size() > 1)
         replica_comm_.allreduce(model_.params().grads(ParamKind::expert), comm::ReduceOp::sum);
       opt_.step(model_.params());
+      model_.refresh_low_precision();  // bf16 copies of the expert weights
     }
     const double local_step = std::chrono::duration<double>(Clock::now() - t0).count();
 
@@ -219,7 +220,9 @@ class Trainer {
     if (comm_.rank() == 0) exists = std::filesystem::exists(path) ? 1 : 0;
     comm_.bcast(std::span<std::int64_t>(&exists, 1), 0);
     if (!exists) return 0;  // nothing to resume: a fresh start (first attempt of a job)
-    return load_checkpoint(path, model_, opt_, comm_);
+    const std::int64_t step = load_checkpoint(path, model_, opt_, comm_);
+    model_.refresh_low_precision();
+    return step;
   }
 
   void evaluate(std::int64_t done, RunResult& res) {
