@@ -14,7 +14,8 @@ moesim_add_test(NAME test_alloc SOURCES mpi/test_alloc.cpp RANKS 1 2 TIMEOUT 60)
 
 # Regression tier (tests/regression/*.py, Debian's python3 with h5py + numpy): end-to-end runs of
 # the moesim program on 1-2 ranks, checked against shared/spec/outputs.md and routing.md.
-foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke signal_resume)
+foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke signal_resume
+                                            bf16_curve)
   add_test(NAME regression_${moesim_regression_script}
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/${moesim_regression_script}.py
                    --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}

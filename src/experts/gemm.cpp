@@ -232,6 +232,7 @@ CpuInfo cpu_info() {
       __get_cpuid(0x80000002u + i, &brand[4 * i], &brand[4 * i + 1], &brand[4 * i + 2],
                   &brand[4 * i + 3]);
     info.vendor_model = std::string(reinterpret_cast<const char*>(brand.data()), 48).c_str();
+    info.vendor_model.erase(info.vendor_model.find_last_not_of(' ') + 1);
   }
   dnnl_state();
   switch (dnnl::get_effective_cpu_isa()) {
