@@ -6,6 +6,7 @@ set -euo pipefail
 
 PACKAGES=(build-essential cmake git clang-format openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libeigen3-dev libboost-program-options-dev libgtest-dev libgmock-dev
+          libdnnl-dev  # oneDNN 2.6: float32 / bfloat16 GEMMs (experts/gemm.cpp)
           python3-h5py python3-numpy python3-matplotlib
           # Slurm for the job scripts and the `slurm` test tier (scripts/slurm/local_slurm.sh);
           # srun --mpi=pmix dlopens libpmix.so, which only libpmix-dev ships.

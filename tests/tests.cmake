@@ -17,7 +17,8 @@ moesim_add_test(NAME test_alloc SOURCES mpi/test_alloc.cpp RANKS 1 2 TIMEOUT 60)
 
 # Regression tier (tests/regression/*.py, Debian's python3 with h5py + numpy): end-to-end runs of
 # the moesim program on 1-2 ranks, checked against docs/outputs.md and routing.md.
-foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke signal_resume)
+foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke signal_resume
+                                            bf16_curve)
   add_test(NAME regression_${moesim_regression_script}
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/${moesim_regression_script}.py
                    --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
@@ -102,3 +103,6 @@ add_test(NAME regression_multinode
                  --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
 set_tests_properties(regression_multinode PROPERTIES TIMEOUT 300 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
+# GEMM interface (experts/gemm.hpp) vs a naive loop; float32/bf16 layers vs float64.
+moesim_add_test(NAME test_gemm SOURCES unit/test_gemm.cpp)
+moesim_add_test(NAME test_precision SOURCES mpi/test_precision.cpp RANKS 1 2 4 TIMEOUT 120)

@@ -1,13 +1,19 @@
 // One MoE layer vs pure GEMMs of its useful expert FLOPs (layer_bench.hpp).
 #include "moesim/bench/layer_bench.hpp"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <span>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "moesim/experts/gemm.hpp"
 #include "moesim/model/moe_layer.hpp"
 #include "moesim/util/eigen_maps.hpp"
 #include "moesim/util/params.hpp"
@@ -22,6 +28,10 @@ double seconds_since(Clock::time_point t0) {
 }
 
 using eigen::RowMat;
+
+// Accumulation / output type of a GEMM with inputs In (bf16 -> float).
+template <typename In>
+using Acc = std::conditional_t<std::is_same_v<In, experts::bf16>, float, In>;
 
 // Interleaved timing: every iteration times the layer, then the GEMM reference, each
 // between barriers, so both see the same machine state (this machine is shared and
@@ -57,7 +67,75 @@ std::pair<double, double> interleaved(const comm::Comm& comm, std::int64_t warmu
   return {median(tl), median(tg)};
 }
 
-template <typename T>
+// The expert GEMMs of one forward (and backward) at the layer's per-expert row counts, in
+// the layer's precision, on buffers of their own: what the GEMM library does at these
+// shapes with nothing else around it. In = the GEMM input type (double, float or bf16).
+template <typename In>
+struct GemmReference {
+  std::int64_t d, f;
+  std::vector<std::int64_t> off;  // per local expert row offsets (the layer's plan)
+  AlignedVector<In> X, W1, W2, Hin, dY, dHin;
+  AlignedVector<Acc<In>> H, Y, gW1, gW2, dH, dX;
+  GemmReference(std::int64_t d_, std::int64_t f_, std::span<const std::int64_t> offsets)
+      : d(d_), f(f_), off(offsets.begin(), offsets.end()) {
+    const std::int64_t R = off.back(), E = static_cast<std::int64_t>(off.size()) - 1;
+    const auto fill = [](auto& v, std::int64_t n, std::uint64_t key) {
+      v.resize(static_cast<std::size_t>(n));
+      const CounterRng rng(11, Stream::init, key);
+      for (std::int64_t i = 0; i < n; ++i) {
+        const double r = 0.05 * rng.normal(static_cast<std::uint64_t>(i));
+        if constexpr (std::is_same_v<std::decay_t<decltype(v[0])>, experts::bf16>)
+          v[static_cast<std::size_t>(i)] = experts::to_bf16(static_cast<float>(r));
+        else
+          v[static_cast<std::size_t>(i)] = static_cast<std::decay_t<decltype(v[0])>>(r);
+      }
+    };
+    fill(X, R * d, 1), fill(W1, E * d * f, 2), fill(W2, E * f * d, 3), fill(Hin, R * f, 4);
+    fill(dY, R * d, 5), fill(dHin, R * f, 6);
+    H.resize(static_cast<std::size_t>(R * f)), Y.resize(static_cast<std::size_t>(R * d));
+    dH.resize(H.size()), dX.resize(Y.size());
+    gW1.resize(static_cast<std::size_t>(E * d * f)), gW2.resize(gW1.size());
+  }
+  // bf16: the second GEMM reads a bf16 activation (Hin); fp32/fp64 read H itself.
+  const In* act(std::int64_t r0) const {
+    if constexpr (std::is_same_v<In, experts::bf16>)
+      return Hin.data() + r0 * f;
+    else
+      return H.data() + r0 * f;
+  }
+  const In* dact(std::int64_t r0) const {
+    if constexpr (std::is_same_v<In, experts::bf16>)
+      return dHin.data() + r0 * f;
+    else
+      return dH.data() + r0 * f;
+  }
+  void forward() {
+    using experts::Op;
+    for (std::size_t j = 0; j + 1 < off.size(); ++j) {
+      const std::int64_t r0 = off[j], n = off[j + 1] - r0, e = static_cast<std::int64_t>(j);
+      experts::gemm(Op::none, Op::none, n, f, d, Acc<In>(1), X.data() + r0 * d, d,
+                    W1.data() + e * d * f, f, Acc<In>(0), H.data() + r0 * f, f);
+      experts::gemm(Op::none, Op::none, n, d, f, Acc<In>(1), act(r0), f, W2.data() + e * f * d, d,
+                    Acc<In>(0), Y.data() + r0 * d, d);
+    }
+  }
+  void backward() {
+    using experts::Op;
+    for (std::size_t j = 0; j + 1 < off.size(); ++j) {
+      const std::int64_t r0 = off[j], n = off[j + 1] - r0, e = static_cast<std::int64_t>(j);
+      experts::gemm(Op::transpose, Op::none, f, d, n, Acc<In>(1), act(r0), f, dY.data() + r0 * d, d,
+                    Acc<In>(1), gW2.data() + e * f * d, d);
+      experts::gemm(Op::none, Op::transpose, n, f, d, Acc<In>(1), dY.data() + r0 * d, d,
+                    W2.data() + e * f * d, d, Acc<In>(0), dH.data() + r0 * f, f);
+      experts::gemm(Op::transpose, Op::none, d, f, n, Acc<In>(1), X.data() + r0 * d, d, dact(r0), f,
+                    Acc<In>(1), gW1.data() + e * d * f, f);
+      experts::gemm(Op::none, Op::transpose, n, d, f, Acc<In>(1), dact(r0), f,
+                    W1.data() + e * d * f, f, Acc<In>(0), dX.data() + r0 * d, d);
+    }
+  }
+};
+
+template <typename T, typename In>
 LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
   LayerBenchResult res;
   const std::int64_t P = comm.size(), N = cfg.data.tokens_per_step / P;
@@ -82,26 +160,14 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
     }
   }
   const std::int64_t W = cfg.bench.warmup, I = cfg.bench.iterations;
-  // One forward fixes the routing, hence R = the expert rows this rank computes.
+  // One forward fixes the routing, hence the expert rows this rank computes.
   layer.forward(x.data(), y.data(), N, true, nullptr);
   y_first = y;
   const std::int64_t R = layer.plan().total_recv;
   const double total_rows =
       static_cast<double>(comm.allreduce<std::int64_t>(R, comm::ReduceOp::sum));
   res.useful_gflop_fwd = 4.0 * total_rows * static_cast<double>(d * f) * 1e-9;
-  // Pure GEMMs of the same useful FLOPs: this rank's R expert rows as single big GEMMs.
-  RowMat<T> X = RowMat<T>::Random(R, d), W1 = RowMat<T>::Random(d, f), W2 = RowMat<T>::Random(f, d);
-  RowMat<T> H(R, f), Y(R, d), dY = RowMat<T>::Random(R, d), gW1(d, f), gW2(f, d), dX(R, d);
-  const auto gemm_fwd = [&](std::int64_t) {
-    H.noalias() = X * W1;
-    Y.noalias() = H * W2;
-  };
-  const auto gemm_bwd = [&]() {
-    gW2.noalias() = H.transpose() * dY;
-    H.noalias() = dY * W2.transpose();
-    gW1.noalias() = X.transpose() * H;
-    dX.noalias() = H * W1.transpose();
-  };
+  GemmReference<In> ref(d, f, layer.plan().expert_offset);
 
   bool same = true;
   std::tie(res.fwd_ms, res.fwd_gemm_ms) = interleaved(
@@ -110,7 +176,7 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
         layer.forward(x.data(), y.data(), N, true, nullptr);
         same = same && std::memcmp(y.data(), y_first.data(), y.size() * sizeof(T)) == 0;
       },
-      gemm_fwd);
+      [&](std::int64_t) { ref.forward(); });
   perf::PhaseTimes times;
   std::tie(res.fwdbwd_ms, res.fwdbwd_gemm_ms) = interleaved(
       comm, W, I,
@@ -121,9 +187,9 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
         perf::ScopedTimer timer(&times, perf::Phase::backward);
         layer.backward(dy.data(), dx.data(), 1e-2, 0.0);
       },
-      [&](std::int64_t i) {
-        gemm_fwd(i);
-        gemm_bwd();
+      [&](std::int64_t) {
+        ref.forward();
+        ref.backward();
       });
   res.fwd_ms *= 1e3;
   res.fwd_gemm_ms *= 1e3;
@@ -153,8 +219,104 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
 }  // namespace
 
 LayerBenchResult bench_layer(const Config& cfg, const comm::Comm& comm) {
-  if (cfg.model.precision == Precision::float64) return run<double>(cfg, comm);
-  return run<float>(cfg, comm);
+  LayerBenchResult res;
+  if (cfg.model.precision == Precision::float64)
+    res = run<double, double>(cfg, comm);
+  else if (cfg.model.precision == Precision::bfloat16)
+    res = run<float, experts::bf16>(cfg, comm);
+  else
+    res = run<float, float>(cfg, comm);
+  // Peaks and the machine description: measured on every rank at the same time (the
+  // ranks share the machine as in the run), reported from rank 0.
+  comm.barrier();
+  res.fma_peak_gflops = fma_peak_gflops();
+  res.bf16_peak_gflops = bf16_dot_peak_gflops();
+  const experts::CpuInfo c = experts::cpu_info();
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s | avx512f %s, avx512_bf16 %s, amx_bf16 %s | oneDNN %s (isa %s), f32: %s, "
+                "bf16: %s | %d OpenMP thread(s) per rank",
+                c.vendor_model.c_str(), c.avx512f ? "yes" : "no", c.avx512_bf16 ? "yes" : "no",
+                c.amx_bf16 ? "yes" : "no", c.dnnl_version.c_str(), c.dnnl_isa.c_str(),
+                experts::kernel_name(false).c_str(), experts::kernel_name(true).c_str(),
+                c.omp_threads);
+  res.cpu = buf;
+  return res;
+}
+
+namespace {
+template <typename Body>
+double best_rate(double flop, Body&& body) {
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    body();
+    best = std::max(best, flop / seconds_since(t0) * 1e-9);
+  }
+  return best;
+}
+}  // namespace
+
+double fma_peak_gflops() {
+  constexpr int kAcc = 12;
+  constexpr std::int64_t kIters = 2'000'000;
+#if defined(__AVX512F__)
+  constexpr int kLanes = 16;
+  volatile float sink = 0;
+  const double r = best_rate(2.0 * kLanes * kAcc * kIters, [&] {
+    __m512 acc[kAcc];
+    for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-6f);
+    for (std::int64_t it = 0; it < kIters; ++it)
+      for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, a);
+    __m512 s = acc[0];
+    for (int i = 1; i < kAcc; ++i) s = _mm512_add_ps(s, acc[i]);
+    alignas(64) float out[16];  // (not _mm512_reduce_add_ps: a GCC 12 false warning)
+    _mm512_store_ps(out, s);
+    sink = sink + out[0];
+  });
+  return r;
+#elif defined(__AVX2__) && defined(__FMA__)
+  constexpr int kLanes = 8;
+  volatile float sink = 0;
+  return best_rate(2.0 * kLanes * kAcc * kIters, [&] {
+    __m256 acc[kAcc];
+    for (int i = 0; i < kAcc; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+    const __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-6f);
+    for (std::int64_t it = 0; it < kIters; ++it)
+      for (int i = 0; i < kAcc; ++i) acc[i] = _mm256_fmadd_ps(acc[i], m, a);
+    float out[8];
+    _mm256_storeu_ps(out, acc[0]);
+    sink = sink + out[0];
+  });
+#else
+  return 0;
+#endif
+}
+
+double bf16_dot_peak_gflops() {
+#if defined(__AVX512BF16__)
+  if (!experts::cpu_info().avx512_bf16) return 0;
+  constexpr int kAcc = 12;
+  constexpr std::int64_t kIters = 2'000'000;
+  volatile float sink = 0;
+  // vdpbf16ps: 16 lanes x 2 bf16 products, each multiply + add = 64 flop per instruction.
+  return best_rate(64.0 * kAcc * kIters, [&] {
+    __m512 acc[kAcc];
+    for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
+    const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+    for (std::int64_t it = 0; it < kIters; ++it)
+      for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    __m512 s = acc[0];
+    for (int i = 1; i < kAcc; ++i) s = _mm512_add_ps(s, acc[i]);
+    alignas(64) float out[16];  // (not _mm512_reduce_add_ps: a GCC 12 false warning)
+    _mm512_store_ps(out, s);
+    sink = sink + out[0];
+  });
+#else
+  return 0;
+#endif
 }
 
 }  // namespace moesim::bench

@@ -752,6 +752,28 @@ int run_bench(const Config& cfg, const comm::Comm& comm) {
         "inter-node %.0f intra-node %.0f (forward token dispatch inter-node %.0f)\n",
         to_string(cfg.routing.dispatch), r.nodes, r.bytes_inter_node, r.bytes_intra_node,
         r.bytes_token_dispatch_inter_node);
+    // Rates: the layer (fwd+bwd = 3x the forward's useful flops) and the library's own GEMMs
+    // at the same shapes, per rank; the measured peak beside them.
+    const double P = comm.size(), gf = r.useful_gflop_fwd;
+    const double lib_fwd = gf / (r.fwd_gemm_ms * 1e-3) / P;
+    const double lib_all = 3 * gf / (r.fwdbwd_gemm_ms * 1e-3) / P;
+    const bool bf16 = cfg.model.precision == Precision::bfloat16 && r.bf16_peak_gflops > 0;
+    const double peak = bf16 ? r.bf16_peak_gflops : r.fma_peak_gflops;
+    const double expert_rate = r.phase_ms[2] > 0 ? gf / (r.phase_ms[2] * 1e-3) / P : 0;
+    std::printf("bench cpu: %s\n", r.cpu.c_str());
+    std::printf(
+        "bench %s: step (fwd+bwd) %.2f ms | %.0f tokens/s | useful %.1f GFLOP/s per rank | "
+        "library GEMMs at the same shapes %.1f GFLOP/s per rank (fwd %.1f) | FMA peak %.1f "
+        "GFLOP/s per core (bf16 dot %.1f)\n",
+        to_string(cfg.model.precision), r.fwdbwd_ms,
+        static_cast<double>(cfg.data.tokens_per_step) / (r.fwdbwd_ms * 1e-3),
+        3 * gf / (r.fwdbwd_ms * 1e-3) / P, lib_all, lib_fwd, r.fma_peak_gflops, r.bf16_peak_gflops);
+    std::printf(
+        "bench ratios %s: expert phase at %.0f%% of the library rate (target >= 85%%) | layer / "
+        "GEMMs %.3f fwd+bwd (target <= 1.10) | library at %.0f%% of the %s peak\n",
+        to_string(cfg.model.precision), lib_fwd > 0 ? 100.0 * expert_rate / lib_fwd : 0.0,
+        r.fwdbwd_ms / r.fwdbwd_gemm_ms, peak > 0 ? 100.0 * lib_all / peak : 0.0,
+        bf16 ? "bf16 dot" : "FMA");
     std::fflush(stdout);
   }
   return r.deterministic ? 0 : kExitRuntime;

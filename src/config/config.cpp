@@ -39,7 +39,8 @@ struct Named {
 constexpr Named<Activation> kActivationNames[] = {{Activation::relu, "relu"},
                                                   {Activation::gelu, "gelu"}};
 constexpr Named<Precision> kPrecisionNames[] = {{Precision::float32, "float32"},
-                                                {Precision::float64, "float64"}};
+                                                {Precision::float64, "float64"},
+                                                {Precision::bfloat16, "bfloat16"}};
 constexpr Named<RoutingRuleKind> kRuleNames[] = {{RoutingRuleKind::dense, "dense"},
                                                  {RoutingRuleKind::topk, "topk"},
                                                  {RoutingRuleKind::noisy_topk, "noisy_topk"},
@@ -259,7 +260,9 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::model, &ModelConfig::activation>(
         "model.activation", activation.c_str(), "expert nonlinearity"));
     t.push_back(make_field<&C::model, &ModelConfig::precision>(
-        "model.precision", precision.c_str(), "arithmetic of activations and parameters"));
+        "model.precision", precision.c_str(),
+        "arithmetic of activations and parameters; bfloat16 = mixed precision: fp32 master "
+        "weights, optimizer and accumulation, bf16 expert GEMMs and all-to-all"));
     t.push_back(make_field<&C::model, &ModelConfig::init_scale>(
         "model.init_scale", "number > 0",
         "multiplies the default (He/Xavier-like) init standard deviation"));
@@ -1026,6 +1029,10 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
 
   const ModelConfig& m = cfg.model;
   require_int(m.d_model, 1, "model.d_model");
+  require(m.precision != Precision::bfloat16 || m.d_model % 2 == 0, "model.d_model",
+          std::to_string(m.d_model),
+          "must be even with model.precision = bfloat16 (bf16 pairs cross the all-to-all as "
+          "32-bit words)");
   require_int(m.d_ff, 1, "model.d_ff");
   require_int(m.layers, 1, "model.layers");
   require_real(m.init_scale, m.init_scale > 0, "model.init_scale", "must be a number > 0");

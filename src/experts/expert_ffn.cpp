@@ -2,7 +2,10 @@
 #include "moesim/experts/expert_ffn.hpp"
 
 #include <cmath>
+#include <stdexcept>
+#include <type_traits>
 
+#include "moesim/experts/gemm.hpp"
 #include "moesim/util/eigen_maps.hpp"
 
 namespace moesim::experts {
@@ -34,8 +37,11 @@ inline T gelu_grad(T x) {
 template <typename T>
 ExpertBank<T>::ExpertBank(ParamStore<T>& store, const std::string& prefix, std::int64_t first,
                           std::int64_t count, std::int64_t d_model, std::int64_t d_ff,
-                          Activation act, double init_scale, ParamKind kind)
-    : first_(first), count_(count), d_(d_model), f_(d_ff), act_(act) {
+                          Activation act, double init_scale, ParamKind kind, bool bf16)
+    : first_(first), count_(count), d_(d_model), f_(d_ff), act_(act), bf16_(bf16) {
+  if (bf16_ && !std::is_same_v<T, float>)
+    throw std::logic_error("ExpertBank: bf16 GEMMs need float master weights");
+  if (bf16_) w16_.resize(static_cast<std::size_t>(2 * count * d_model * d_ff));
   // He init for the ReLU/GELU input layer; 1/sqrt(fan_in) for the output layer.
   const double std1 = init_scale * std::sqrt(2.0 / static_cast<double>(d_model));
   const double std2 = init_scale * std::sqrt(1.0 / static_cast<double>(d_ff));
@@ -54,6 +60,111 @@ void ExpertBank<T>::bind(ParamStore<T>& s) {
   for (const Ids& i : ids_)
     ptr_.push_back(Ptrs{s.value(i.w1), s.value(i.b1), s.value(i.w2), s.value(i.b2), s.grad(i.w1),
                         s.grad(i.b1), s.grad(i.w2), s.grad(i.b2)});
+  refresh_low_precision();
+}
+
+template <typename T>
+void ExpertBank<T>::refresh_low_precision() {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!bf16_) return;
+    for (std::int64_t j = 0; j < count_; ++j) {
+      const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
+      to_bf16(p.w1, w16_.data() + j * 2 * d_ * f_, d_ * f_);
+      to_bf16(p.w2, w16_.data() + j * 2 * d_ * f_ + d_ * f_, f_ * d_);
+    }
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::forward_bf16(const bf16* x, std::span<const std::int64_t> offset, float* h,
+                                 bf16* a, float* y, bf16* y16) const {
+  if constexpr (std::is_same_v<T, float>) {
+    for (std::int64_t j = 0; j < count_; ++j) {
+      const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
+      const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
+      if (n == 0) continue;
+      const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
+      const bf16* w1 = w16_.data() + j * 2 * d_ * f_;
+      const bf16* w2 = w1 + d_ * f_;
+      float* H = h + r0 * f_;
+      bf16* A = a + r0 * f_;
+      gemm(Op::none, Op::none, n, f_, d_, 1.0f, x + r0 * d_, d_, w1, f_, 0.0f, H, f_);
+      for (std::int64_t r = 0; r < n; ++r) {  // fp32 bias + activation, rounded once to bf16
+        float* hr = H + r * f_;
+        bf16* ar = A + r * f_;
+        if (act_ == Activation::relu) {
+          for (std::int64_t c = 0; c < f_; ++c) {
+            hr[c] += p.b1[c];
+            ar[c] = to_bf16(hr[c] > 0.0f ? hr[c] : 0.0f);
+          }
+        } else {
+          for (std::int64_t c = 0; c < f_; ++c) {
+            hr[c] += p.b1[c];
+            ar[c] = to_bf16(gelu(hr[c]));
+          }
+        }
+      }
+      float* Y = y + r0 * d_;
+      gemm(Op::none, Op::none, n, d_, f_, 1.0f, A, f_, w2, d_, 0.0f, Y, d_);
+      for (std::int64_t r = 0; r < n; ++r)
+        for (std::int64_t c = 0; c < d_; ++c)
+          y16[(r0 + r) * d_ + c] = to_bf16(Y[r * d_ + c] + p.b2[c]);
+    }
+  } else {
+    (void)x, (void)offset, (void)h, (void)a, (void)y, (void)y16;
+    throw std::logic_error("ExpertBank: bf16 forward needs float master weights");
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::backward_bf16(bf16* x_then_dx, const float* h, bf16* a_then_dh,
+                                  float* scratch_f, const bf16* dy,
+                                  std::span<const std::int64_t> offset, float* scratch_d) {
+  if constexpr (std::is_same_v<T, float>) {
+    for (std::int64_t j = 0; j < count_; ++j) {
+      const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
+      const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
+      if (n == 0) continue;
+      const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
+      const bf16* w1 = w16_.data() + j * 2 * d_ * f_;
+      const bf16* w2 = w1 + d_ * f_;
+      bf16* X = x_then_dx + r0 * d_;
+      bf16* A = a_then_dh + r0 * f_;
+      const float* H = h + r0 * f_;
+      const bf16* dY = dy + r0 * d_;
+      gemm(Op::transpose, Op::none, f_, d_, n, 1.0f, A, f_, dY, d_, 1.0f, p.gw2, d_);
+      for (std::int64_t r = 0; r < n; ++r)
+        for (std::int64_t c = 0; c < d_; ++c) p.gb2[c] += to_float(dY[r * d_ + c]);
+      // dL/da in fp32, then dL/dh = dL/da * act'(h) (fp32, db1 from it), rounded to bf16
+      // into A's buffer (A is not needed after dW2).
+      gemm(Op::none, Op::transpose, n, f_, d_, 1.0f, dY, d_, w2, d_, 0.0f, scratch_f, f_);
+      for (std::int64_t r = 0; r < n; ++r) {
+        float* g = scratch_f + r * f_;
+        const float* hr = H + r * f_;
+        bf16* out = A + r * f_;
+        if (act_ == Activation::relu) {
+          for (std::int64_t c = 0; c < f_; ++c) {
+            const float v = hr[c] > 0.0f ? g[c] : 0.0f;
+            p.gb1[c] += v;
+            out[c] = to_bf16(v);
+          }
+        } else {
+          for (std::int64_t c = 0; c < f_; ++c) {
+            const float v = g[c] * gelu_grad(hr[c]);
+            p.gb1[c] += v;
+            out[c] = to_bf16(v);
+          }
+        }
+      }
+      gemm(Op::transpose, Op::none, d_, f_, n, 1.0f, X, d_, A, f_, 1.0f, p.gw1, f_);
+      gemm(Op::none, Op::transpose, n, d_, f_, 1.0f, A, f_, w1, f_, 0.0f, scratch_d, d_);
+      to_bf16(scratch_d, X, n * d_);  // X now holds dL/dx (bf16, for the return all-to-all)
+    }
+  } else {
+    (void)x_then_dx, (void)h, (void)a_then_dh, (void)scratch_f, (void)dy, (void)offset,
+        (void)scratch_d;
+    throw std::logic_error("ExpertBank: bf16 backward needs float master weights");
+  }
 }
 
 template <typename T>
@@ -64,22 +175,21 @@ void ExpertBank<T>::forward(const T* x, std::span<const std::int64_t> offset, T*
     const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
     if (n == 0) continue;
     const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
-    CMapM<T> X(x + r0 * d_, n, d_);
     MapM<T> A(a + r0 * f_, n, f_);
     MapM<T> Y(y + r0 * d_, n, d_);
     const CMapRow<T> b1(p.b1, f_);
     if (act_ == Activation::relu) {
       // ReLU needs no pre-activation for its backward (the mask is a > 0): the GEMM writes
       // straight into `a` and bias + ReLU is one pass over it.
-      A.noalias() = X * CMapM<T>(p.w1, d_, f_);
+      gemm(Op::none, Op::none, n, f_, d_, T(1), x + r0 * d_, d_, p.w1, f_, T(0), A.data(), f_);
       A = (A.rowwise() + b1).cwiseMax(T(0));
     } else {
       MapM<T> H(h + r0 * f_, n, f_);
-      H.noalias() = X * CMapM<T>(p.w1, d_, f_);
+      gemm(Op::none, Op::none, n, f_, d_, T(1), x + r0 * d_, d_, p.w1, f_, T(0), H.data(), f_);
       H.rowwise() += b1;
       A = H.unaryExpr([](T v) { return gelu(v); });
     }
-    Y.noalias() = A * CMapM<T>(p.w2, f_, d_);
+    gemm(Op::none, Op::none, n, d_, f_, T(1), A.data(), f_, p.w2, d_, T(0), Y.data(), d_);
     Y.rowwise() += CMapRow<T>(p.b2, d_);
   }
 }
@@ -92,21 +202,21 @@ void ExpertBank<T>::backward(T* x_then_dx, T* h, T* a, const T* dy,
     const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
     if (n == 0) continue;
     const Ptrs& p = ptr_[static_cast<std::size_t>(j)];
-    MapM<T> X(x_then_dx + r0 * d_, n, d_);
-    MapM<T> A(a + r0 * f_, n, f_);
-    MapM<T> H(h + r0 * f_, n, f_);
-    CMapM<T> dY(dy + r0 * d_, n, d_);
-    MapM<T>(p.gw2, f_, d_).noalias() += A.transpose() * dY;
-    MapRow<T>(p.gb2, d_) += dY.colwise().sum();
+    T* X = x_then_dx + r0 * d_;
+    T* A = a + r0 * f_;
+    T* H = h + r0 * f_;
+    const T* dY = dy + r0 * d_;
+    gemm(Op::transpose, Op::none, f_, d_, n, T(1), A, f_, dY, d_, T(1), p.gw2, d_);
+    MapRow<T>(p.gb2, d_) += CMapM<T>(dY, n, d_).colwise().sum();
     // dL/da, then dL/dh in place, with db1 accumulated in the same pass. ReLU keeps `a`
     // for its mask and uses `h` as the buffer; GELU keeps `h` and reuses `a`.
     const bool relu = act_ == Activation::relu;
-    MapM<T> dH(relu ? H.data() : A.data(), n, f_);
-    dH.noalias() = dY * CMapM<T>(p.w2, f_, d_).transpose();
+    T* dH = relu ? H : A;
+    gemm(Op::none, Op::transpose, n, f_, d_, T(1), dY, d_, p.w2, d_, T(0), dH, f_);
     T* gb1 = p.gb1;
     for (std::int64_t r = 0; r < n; ++r) {
-      T* g = dH.data() + r * f_;
-      const T* mask_or_h = (relu ? A.data() : H.data()) + r * f_;
+      T* g = dH + r * f_;
+      const T* mask_or_h = (relu ? A : H) + r * f_;
       if (relu) {
         for (std::int64_t c = 0; c < f_; ++c) {
           g[c] = mask_or_h[c] > T(0) ? g[c] : T(0);
@@ -119,8 +229,9 @@ void ExpertBank<T>::backward(T* x_then_dx, T* h, T* a, const T* dy,
         }
       }
     }
-    MapM<T>(p.gw1, d_, f_).noalias() += X.transpose() * dH;
-    X.noalias() = dH * CMapM<T>(p.w1, d_, f_).transpose();  // X now holds dL/dx
+    gemm(Op::transpose, Op::none, d_, f_, n, T(1), X, d_, dH, f_, T(1), p.gw1, f_);
+    // X now holds dL/dx
+    gemm(Op::none, Op::transpose, n, d_, f_, T(1), dH, f_, p.w1, f_, T(0), X, d_);
   }
 }
 

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 
+#include "moesim/experts/gemm.hpp"
 #include "moesim/routing/losses.hpp"
 #include "moesim/routing/random.hpp"
 #include "moesim/util/eigen_maps.hpp"
@@ -33,6 +35,13 @@ double sigmoid(double r) {
   return r >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
 }
 
+// A bf16 buffer as the T words the dispatcher moves (bf16 mode runs with T = float: a
+// word carries two bf16 values; MPI and the dispatcher's copies move the bytes unchanged).
+template <typename T>
+T* words(AlignedVector<experts::bf16>& v) {
+  return reinterpret_cast<T*>(v.data());
+}
+
 }  // namespace
 
 template <typename T>
@@ -51,7 +60,8 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       dispatcher_(dispatch::make_dispatcher<T>(cfg.routing.dispatch, comm, placement_)),
       experts_(store, "layer" + std::to_string(index), placement_.first_local(),
                placement_.per_rank(), cfg.model.d_model, cfg.model.d_ff, cfg.model.activation,
-               cfg.model.init_scale),
+               cfg.model.init_scale, ParamKind::expert,
+               cfg.model.precision == Precision::bfloat16 && std::is_same_v<T, float>),
       shared_(cfg.routing.shared_experts),
       shared_bank_(store, "layer" + std::to_string(index) + ".shared", 0,
                    cfg.routing.shared_experts, cfg.model.d_model, cfg.model.d_ff,
@@ -62,7 +72,8 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       jitter_eps_(cfg.routing.rule == RoutingRuleKind::switch_top1 ? cfg.routing.jitter_eps : 0.0),
       bias_rate_(cfg.routing.bias_update_rate),
       bias_(static_cast<std::size_t>(E_), 0.0),
-      aux_batch_(cfg.routing.aux_scope == AuxScope::batch && router_train_->rule().learned()) {
+      aux_batch_(cfg.routing.aux_scope == AuxScope::batch && router_train_->rule().learned()),
+      bf16_(cfg.model.precision == Precision::bfloat16 && std::is_same_v<T, float>) {
   batch_sums_.resize(static_cast<std::size_t>(2 * E_ + 2));
   batch_dp_.resize(static_cast<std::size_t>(E_));
   if (has_gate_)
@@ -107,6 +118,15 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
     ensure(ex_out_, rows * d_);
     ensure(ex_h_, rows * f_);
     ensure(ex_a_, rows * f_);
+    if (bf16_) {
+      ensure(ex_in16_, rows * d_);
+      ensure(ex_out16_, rows * d_);
+      ensure(ex_a16_, rows * f_);
+    }
+  }
+  if (bf16_) {
+    ensure(send16_, train_tokens * kmax * d_);
+    ensure(back16_, train_tokens * kmax * d_);
   }
 }
 
@@ -167,12 +187,14 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
         gate_in = jit_x_.data();
       }
       ensure(logits_t_, n * E_);
-      MapM<T>(logits_t_.data(), n, E_).noalias() = CMapM<T>(gate_in, n, d_) * CMapM<T>(wg_, d_, E_);
+      experts::gemm(experts::Op::none, experts::Op::none, n, E_, d_, T(1), gate_in, d_, wg_, E_,
+                    T(0), logits_t_.data(), E_);
       std::copy_n(logits_t_.begin(), n * E_, logits_.begin());
     }
     if (noise) {  // noisy_topk: noise scale softplus(x W_noise), training only
       ensure(noise_raw_t_, n * E_);
-      MapM<T>(noise_raw_t_.data(), n, E_).noalias() = CMapM<T>(x, n, d_) * CMapM<T>(wn_, d_, E_);
+      experts::gemm(experts::Op::none, experts::Op::none, n, E_, d_, T(1), x, d_, wn_, E_, T(0),
+                    noise_raw_t_.data(), E_);
       noise_std_.resize(static_cast<std::size_t>(n * E_));
       for (std::int64_t i = 0; i < n * E_; ++i)
         noise_std_[static_cast<std::size_t>(i)] =
@@ -259,17 +281,31 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
   {  // dispatch: pack -> counts -> alltoallv -> unpack
     perf::ScopedTimer timer(times, Phase::dispatch);
     dispatch::pack_plan(kept_token_, kept_expert_, placement_, plan_);
-    ensure(send_, plan_.total_send * d_);
-    dispatch::gather_rows(x, plan_.send_token.data(), plan_.total_send, d_, send_.data());
+    if (bf16_) {  // gather + round to bf16 in one pass
+      ensure(send16_, plan_.total_send * d_);
+      if constexpr (std::is_same_v<T, float>)
+        for (std::int64_t i = 0; i < plan_.total_send; ++i)
+          experts::to_bf16(
+              x + static_cast<std::int64_t>(plan_.send_token[static_cast<std::size_t>(i)]) * d_,
+              send16_.data() + i * d_, d_);
+    } else {
+      ensure(send_, plan_.total_send * d_);
+      dispatch::gather_rows(x, plan_.send_token.data(), plan_.total_send, d_, send_.data());
+    }
     // Capacity padding (alltoall_padded): a (src, dst) block holds at most C rows per
     // destination expert and local group.
     plan_.padded_rows =
         std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
     dispatcher_->exchange_counts(plan_);
     stats_.rows_computed = plan_.total_recv;
-    ensure(ex_in_, plan_.total_recv * d_);
     // Forward rows are token copies: the hierarchical exchange sends each once per node.
-    dispatcher_->to_experts_token_rows(plan_, send_.data(), ex_in_.data(), d_);
+    if (bf16_) {
+      ensure(ex_in16_, plan_.total_recv * d_);
+      dispatcher_->to_experts_token_rows(plan_, words<T>(send16_), words<T>(ex_in16_), d_ / 2);
+    } else {
+      ensure(ex_in_, plan_.total_recv * d_);
+      dispatcher_->to_experts_token_rows(plan_, send_.data(), ex_in_.data(), d_);
+    }
   }
   {  // experts
     perf::ScopedTimer timer(times, Phase::expert);
@@ -277,20 +313,41 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
     ensure(ex_h_, rows * f_);
     ensure(ex_a_, rows * f_);
     ensure(ex_out_, rows * d_);
-    experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(),
-                     ex_out_.data());
+    if (bf16_) {
+      if constexpr (std::is_same_v<T, float>) {
+        ensure(ex_a16_, rows * f_);
+        ensure(ex_out16_, rows * d_);
+        experts_.forward_bf16(ex_in16_.data(), plan_.expert_offset, ex_h_.data(), ex_a16_.data(),
+                              ex_out_.data(), ex_out16_.data());
+      }
+    } else {
+      experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(),
+                       ex_out_.data());
+    }
   }
   {  // combine: alltoallv back, then y = x + sum_a w_a * expert_out_a
     perf::ScopedTimer timer(times, Phase::combine);
-    ensure(back_, plan_.total_send * d_);
-    dispatcher_->from_experts(plan_, ex_out_.data(), back_.data(), d_);
     std::copy_n(x, n * d_, y);
-    for (std::int64_t i = 0; i < plan_.total_send; ++i) {
-      const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
-      const T w = static_cast<T>(kept_weight_[a]);
-      T* yt = y + static_cast<std::int64_t>(kept_token_[a]) * d_;
-      const T* b = back_.data() + i * d_;
-      for (std::int64_t j = 0; j < d_; ++j) yt[j] += w * b[j];
+    if (bf16_) {
+      ensure(back16_, plan_.total_send * d_);
+      dispatcher_->from_experts(plan_, words<T>(ex_out16_), words<T>(back16_), d_ / 2);
+      for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+        const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+        const T w = static_cast<T>(kept_weight_[a]);
+        T* yt = y + static_cast<std::int64_t>(kept_token_[a]) * d_;
+        const experts::bf16* b = back16_.data() + i * d_;
+        for (std::int64_t j = 0; j < d_; ++j) yt[j] += w * static_cast<T>(experts::to_float(b[j]));
+      }
+    } else {
+      ensure(back_, plan_.total_send * d_);
+      dispatcher_->from_experts(plan_, ex_out_.data(), back_.data(), d_);
+      for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+        const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+        const T w = static_cast<T>(kept_weight_[a]);
+        T* yt = y + static_cast<std::int64_t>(kept_token_[a]) * d_;
+        const T* b = back_.data() + i * d_;
+        for (std::int64_t j = 0; j < d_; ++j) yt[j] += w * b[j];
+      }
     }
     stats_.sent_to.assign(plan_.send_rows.begin(), plan_.send_rows.end());
   }
@@ -319,28 +376,33 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
 
   // Combine backward: dL/dw_a = <dy_t, expert_out_a>, dL/dexpert_out_a = w_a dy_t.
   dweight_.assign(static_cast<std::size_t>(cand_offset_.back()), 0.0);
-  for (std::int64_t i = 0; i < plan_.total_send; ++i) {
-    const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
-    const T w = static_cast<T>(kept_weight_[a]);
-    const T* dyt = dy + static_cast<std::int64_t>(kept_token_[a]) * d_;
-    const T* b = back_.data() + i * d_;
-    T* s = send_.data() + i * d_;
-    double dot = 0;
-    for (std::int64_t j = 0; j < d_; ++j) {
-      dot += static_cast<double>(dyt[j]) * static_cast<double>(b[j]);
-      s[j] = w * dyt[j];
+  if (bf16_) {
+    if constexpr (std::is_same_v<T, float>) backward_experts_bf16(dy, dx);
+  } else {
+    for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+      const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+      const T w = static_cast<T>(kept_weight_[a]);
+      const T* dyt = dy + static_cast<std::int64_t>(kept_token_[a]) * d_;
+      const T* b = back_.data() + i * d_;
+      T* s = send_.data() + i * d_;
+      double dot = 0;
+      for (std::int64_t j = 0; j < d_; ++j) {
+        dot += static_cast<double>(dyt[j]) * static_cast<double>(b[j]);
+        s[j] = w * dyt[j];
+      }
+      dweight_[static_cast<std::size_t>(kept_cand_[a])] = dot;
     }
-    dweight_[static_cast<std::size_t>(kept_cand_[a])] = dot;
-  }
-  // Gradients travel the dispatch path to the experts and the combine path back.
-  dispatcher_->to_experts(plan_, send_.data(), ex_out_.data(), d_);
-  experts_.backward(ex_in_.data(), ex_h_.data(), ex_a_.data(), ex_out_.data(), plan_.expert_offset);
-  dispatcher_->from_experts(plan_, ex_in_.data(), send_.data(), d_);
-  for (std::int64_t i = 0; i < plan_.total_send; ++i) {
-    const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
-    T* dxt = dx + static_cast<std::int64_t>(kept_token_[a]) * d_;
-    const T* s = send_.data() + i * d_;
-    for (std::int64_t j = 0; j < d_; ++j) dxt[j] += s[j];
+    // Gradients travel the dispatch path to the experts and the combine path back.
+    dispatcher_->to_experts(plan_, send_.data(), ex_out_.data(), d_);
+    experts_.backward(ex_in_.data(), ex_h_.data(), ex_a_.data(), ex_out_.data(),
+                      plan_.expert_offset);
+    dispatcher_->from_experts(plan_, ex_in_.data(), send_.data(), d_);
+    for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+      const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+      T* dxt = dx + static_cast<std::int64_t>(kept_token_[a]) * d_;
+      const T* s = send_.data() + i * d_;
+      for (std::int64_t j = 0; j < d_; ++j) dxt[j] += s[j];
+    }
   }
 
   if (shared_ > 0) {  // shared experts: dL/dout_j = dy for each j; dx += sum_j dL/dx_j
@@ -378,15 +440,17 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
         noise ? std::span<double>(dnoise_).subspan(off, len) : std::span<double>{});
   }
   std::copy_n(dlogits_.begin(), n * E_, logits_t_.begin());
-  CMapM<T> dL(logits_t_.data(), n, E_);
+  const T* dL = logits_t_.data();
+  using experts::gemm;
+  using experts::Op;
   if (jitter) {  // logits = (x * u) Wg: dWg = (x * u)^T dL, dx += (dL Wg^T) * u
-    MapM<T>(gwg_, d_, E_).noalias() += CMapM<T>(jit_x_.data(), n, d_).transpose() * dL;
-    MapM<T>(jit_x_.data(), n, d_).noalias() = dL * CMapM<T>(wg_, d_, E_).transpose();
+    gemm(Op::transpose, Op::none, d_, E_, n, T(1), jit_x_.data(), d_, dL, E_, T(1), gwg_, E_);
+    gemm(Op::none, Op::transpose, n, d_, E_, T(1), dL, E_, wg_, E_, T(0), jit_x_.data(), d_);
     for (std::int64_t i = 0; i < n * d_; ++i)
       dx[i] += jit_x_[static_cast<std::size_t>(i)] * jit_u_[static_cast<std::size_t>(i)];
   } else {
-    MapM<T>(gwg_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dL;
-    MapM<T>(dx, n, d_).noalias() += dL * CMapM<T>(wg_, d_, E_).transpose();
+    gemm(Op::transpose, Op::none, d_, E_, n, T(1), x_, d_, dL, E_, T(1), gwg_, E_);
+    gemm(Op::none, Op::transpose, n, d_, E_, T(1), dL, E_, wg_, E_, T(1), dx, d_);
   }
   if (noise) {  // sigma = softplus(x Wn): d(x Wn) = dsigma * sigmoid(x Wn)
     for (std::int64_t i = 0; i < n * E_; ++i) {
@@ -394,9 +458,40 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
       raw =
           static_cast<T>(dnoise_[static_cast<std::size_t>(i)] * sigmoid(static_cast<double>(raw)));
     }
-    CMapM<T> dR(noise_raw_t_.data(), n, E_);
-    MapM<T>(gwn_, d_, E_).noalias() += CMapM<T>(x_, n, d_).transpose() * dR;
-    MapM<T>(dx, n, d_).noalias() += dR * CMapM<T>(wn_, d_, E_).transpose();
+    const T* dR = noise_raw_t_.data();
+    gemm(Op::transpose, Op::none, d_, E_, n, T(1), x_, d_, dR, E_, T(1), gwn_, E_);
+    gemm(Op::none, Op::transpose, n, d_, E_, T(1), dR, E_, wn_, E_, T(1), dx, d_);
+  }
+}
+
+template <typename T>
+void MoELayer<T>::backward_experts_bf16(const T* dy, T* dx) {
+  using experts::bf16;
+  // Combine backward in fp32 (dL/dw from the bf16 expert outputs that were combined),
+  // gradient rows w * dy rounded to bf16 for the all-to-all.
+  for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+    const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+    const T w = static_cast<T>(kept_weight_[a]);
+    const T* dyt = dy + static_cast<std::int64_t>(kept_token_[a]) * d_;
+    const bf16* b = back16_.data() + i * d_;
+    bf16* s = send16_.data() + i * d_;
+    double dot = 0;
+    for (std::int64_t j = 0; j < d_; ++j) {
+      dot += static_cast<double>(dyt[j]) * static_cast<double>(experts::to_float(b[j]));
+      s[j] = experts::to_bf16(static_cast<float>(w * dyt[j]));
+    }
+    dweight_[static_cast<std::size_t>(kept_cand_[a])] = dot;
+  }
+  dispatcher_->to_experts(plan_, words<T>(send16_), words<T>(ex_out16_), d_ / 2);
+  if constexpr (std::is_same_v<T, float>)
+    experts_.backward_bf16(ex_in16_.data(), ex_h_.data(), ex_a16_.data(), ex_a_.data(),
+                           ex_out16_.data(), plan_.expert_offset, ex_out_.data());
+  dispatcher_->from_experts(plan_, words<T>(ex_in16_), words<T>(send16_), d_ / 2);
+  for (std::int64_t i = 0; i < plan_.total_send; ++i) {
+    const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
+    T* dxt = dx + static_cast<std::int64_t>(kept_token_[a]) * d_;
+    const bf16* s = send16_.data() + i * d_;
+    for (std::int64_t j = 0; j < d_; ++j) dxt[j] += static_cast<T>(experts::to_float(s[j]));
   }
 }
 

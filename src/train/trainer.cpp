@@ -102,6 +102,7 @@ class Trainer {
     const std::int64_t steps = cfg_.training.steps;
     res.start_step =
         resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_) : 0;
+    if (res.start_step > 0) model_.refresh_low_precision();  // bf16 copies of loaded weights
     if (res.start_step == 0) evaluate(0, res);
     const std::int64_t every_ckpt = cfg_.checkpoint.every;
     for (std::int64_t step = res.start_step; step < steps; ++step) {
@@ -158,6 +159,7 @@ class Trainer {
       if (replica_comm_.size() > 1)
         replica_comm_.allreduce(model_.params().grads(ParamKind::expert), comm::ReduceOp::sum);
       opt_.step(model_.params());
+      model_.refresh_low_precision();  // bf16 copies of the expert weights
     }
     const double local_step = std::chrono::duration<double>(Clock::now() - t0).count();
 

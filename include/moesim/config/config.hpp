@@ -24,7 +24,7 @@ struct Rational {
 };
 
 enum class Activation { relu, gelu };
-enum class Precision { float32, float64 };
+enum class Precision { float32, float64, bfloat16 };
 // INI names: dense, topk, noisy_topk, switch, gshard, expert_choice, hash, base.
 enum class RoutingRuleKind {
   dense,
@@ -53,7 +53,7 @@ struct ModelConfig {
   std::int64_t d_ff = 256;                   // expert hidden width
   std::int64_t layers = 1;                   // number of MoE layers (each residual)
   Activation activation = Activation::relu;  // expert nonlinearity
-  Precision precision = Precision::float32;  // arithmetic of activations and parameters
+  Precision precision = Precision::float32;  // arithmetic (bfloat16: mixed, fp32 master)
   double init_scale = 1.0;                   // multiplies the default (He/Xavier-like) init std
 };
 

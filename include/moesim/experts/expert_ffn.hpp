@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "moesim/config/config.hpp"
+#include "moesim/experts/gemm.hpp"
+#include "moesim/util/aligned.hpp"
 #include "moesim/util/params.hpp"
 
 namespace moesim::experts {
@@ -21,7 +23,7 @@ class ExpertBank {
   // as `kind` parameters (routed experts: ParamKind::expert; shared experts: replicated).
   ExpertBank(ParamStore<T>& store, const std::string& prefix, std::int64_t first,
              std::int64_t count, std::int64_t d_model, std::int64_t d_ff, Activation act,
-             double init_scale, ParamKind kind = ParamKind::expert);
+             double init_scale, ParamKind kind = ParamKind::expert, bool bf16 = false);
   // Fetches parameter pointers (after the store allocated).
   void bind(ParamStore<T>& store);
 
@@ -38,6 +40,18 @@ class ExpertBank {
   // backward needs no extra memory and runs once per forward.
   void backward(T* x_then_dx, T* h, T* a, const T* dy, std::span<const std::int64_t> offset);
 
+  // Mixed precision (bf16 = true, T = float): bf16 copies of W1 and W2, re-rounded from the
+  // fp32 master weights by refresh_low_precision() (bind() calls it; call it after every
+  // update). forward_bf16: x bf16 [rows x d] -> h fp32 pre-activation (bias added),
+  // a = bf16(act(h)), y fp32 scratch [rows x d], y16 = bf16(a W2 + b2). backward_bf16:
+  // fp32 gradients accumulated from bf16 x bf16 GEMMs; a becomes bf16(dL/dh), x becomes
+  // bf16(dL/dx); scratch_f [rows x f], scratch_d [rows x d] are fp32 work space.
+  void refresh_low_precision();
+  void forward_bf16(const bf16* x, std::span<const std::int64_t> offset, float* h, bf16* a,
+                    float* y, bf16* y16) const;
+  void backward_bf16(bf16* x_then_dx, const float* h, bf16* a_then_dh, float* scratch_f,
+                     const bf16* dy, std::span<const std::int64_t> offset, float* scratch_d);
+
  private:
   struct Ids {
     int w1, b1, w2, b2;
@@ -47,6 +61,8 @@ class ExpertBank {
   };
   std::int64_t first_, count_, d_, f_;
   Activation act_;
+  bool bf16_;
+  AlignedVector<bf16> w16_;  // per expert: W1 [d x f] then W2 [f x d], bf16
   std::vector<Ids> ids_;
   std::vector<Ptrs> ptr_;
 };

@@ -42,6 +42,11 @@ class Model {
   void backward(std::int64_t global_tokens, std::int64_t global_groups);
 
   [[nodiscard]] ParamStore<T>& params() { return store_; }
+  // Re-derives low-precision weight copies (model.precision = bfloat16) from the master
+  // weights: after every optimizer step and checkpoint load.
+  void refresh_low_precision() {
+    for (auto& l : layers_) l->refresh_low_precision();
+  }
   // Activation entering layer l (l = num_layers(): the head's input), [n x d_model].
   [[nodiscard]] const T* activation(int l) const {
     return act_[static_cast<std::size_t>(l)].data();

@@ -20,6 +20,7 @@
 #include "moesim/config/config.hpp"
 #include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/experts/expert_ffn.hpp"
+#include "moesim/experts/gemm.hpp"
 #include "moesim/perf/timers.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/util/aligned.hpp"
@@ -75,6 +76,9 @@ class MoELayer {
   // Aux-loss-free balancing: b_e += u * sign(mean load - load_e) from this layer's global
   // (all ranks) pre-capacity load [E] of the step. No-op unless routing.bias_update_rate > 0.
   void update_bias(std::span<const double> global_load);
+  // model.precision = bfloat16: re-round the bf16 copies of the expert weights from the fp32
+  // master weights (after every optimizer update or checkpoint load). No-op otherwise.
+  void refresh_low_precision() { experts_.refresh_low_precision(); }
   // The expert bias b [E] (state to checkpoint; used only when bias_update_rate > 0).
   [[nodiscard]] std::span<double> expert_bias() { return bias_; }
 
@@ -96,6 +100,7 @@ class MoELayer {
   [[nodiscard]] const std::vector<routing::GroupRouting>& groups() const { return groups_; }
 
  private:
+  void backward_experts_bf16(const T* dy, T* dx);  // combine + experts + exchanges, bf16
   const comm::Comm& comm_;
   std::int64_t d_, f_, E_, index_;
   dispatch::Placement placement_;
@@ -140,6 +145,12 @@ class MoELayer {
   bool aux_batch_;                  // routing.aux_scope = batch
   std::vector<double> batch_sums_;  // [2E+2] routed_e, sum_t p_t,e, groups, tokens (global)
   std::vector<double> batch_dp_;    // [E] d(global-batch aux)/dp_t,e per unit of scales.aux
+  // model.precision = bfloat16 (T = float): tokens cross both all-to-alls as bf16 (pairs of
+  // bf16 travel as one 32-bit word of T, so the dispatcher is unchanged and bytes_alltoall
+  // halves); the experts read bf16 rows and bf16 weight copies and accumulate in fp32.
+  bool bf16_ = false;
+  AlignedVector<experts::bf16> send16_, back16_;              // [send x d]
+  AlignedVector<experts::bf16> ex_in16_, ex_out16_, ex_a16_;  // [recv x d|d|f]
   LayerStats stats_;
 };
 

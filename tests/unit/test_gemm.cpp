@@ -1,0 +1,157 @@
+// experts/gemm.hpp against a naive triple loop in double, for the three implementations
+// (Eigen double, oneDNN float, oneDNN bf16 x bf16 -> float): every transpose combination,
+// alpha and beta (incl. beta = 0 over a NaN-filled C), padded leading dimensions, odd and
+// empty sizes. Tolerance: a float32 sum of K products has error <= K * 2^-24 * sum|a||b|
+// (the standard worst-case bound, gamma_K); we allow 2 K 2^-24 of |alpha| sum|a||b| +
+// |beta||c| per entry (bf16 inputs are exact in float, so the same bound holds for the
+// bf16 GEMM measured against the double product of the bf16-rounded inputs); double gets
+// 2 K 2^-53 of the same.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "moesim/experts/gemm.hpp"
+#include "moesim/util/rng.hpp"
+
+using namespace moesim;
+using experts::bf16;
+using experts::Op;
+
+namespace {
+
+struct Shape {
+  std::int64_t M, N, K;
+};
+
+template <typename In>
+In from_double(double v) {
+  if constexpr (std::is_same_v<In, bf16>)
+    return experts::to_bf16(static_cast<float>(v));
+  else
+    return static_cast<In>(v);
+}
+template <typename In>
+double to_double(In v) {
+  if constexpr (std::is_same_v<In, bf16>)
+    return static_cast<double>(experts::to_float(v));
+  else
+    return static_cast<double>(v);
+}
+
+// One case: In = input type, Out = C's type.
+template <typename In, typename Out>
+void check(Op ta, Op tb, Shape s, double alpha, double beta, std::int64_t pad, double unit) {
+  const std::int64_t M = s.M, N = s.N, K = s.K;
+  const std::int64_t ar = ta == Op::none ? M : K, ac = ta == Op::none ? K : M;
+  const std::int64_t br = tb == Op::none ? K : N, bc = tb == Op::none ? N : K;
+  const std::int64_t lda = ac + pad, ldb = bc + pad, ldc = N + pad;
+  const CounterRng rng(7, Stream::init, static_cast<std::uint64_t>(M * 1000003 + N * 1009 + K));
+  std::vector<In> A(static_cast<std::size_t>(std::max<std::int64_t>(ar * lda, 1)));
+  std::vector<In> B(static_cast<std::size_t>(std::max<std::int64_t>(br * ldb, 1)));
+  const double sentinel = 12345.0;
+  std::vector<Out> C(static_cast<std::size_t>(std::max<std::int64_t>(M * ldc, 1)),
+                     static_cast<Out>(sentinel));
+  std::uint64_t ctr = 0;
+  for (auto& v : A) v = from_double<In>(rng.normal(ctr++));
+  for (auto& v : B) v = from_double<In>(rng.normal(ctr++));
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = 0; j < N; ++j)
+      C[static_cast<std::size_t>(i * ldc + j)] =
+          beta == 0 ? std::numeric_limits<Out>::quiet_NaN() : static_cast<Out>(rng.normal(ctr++));
+  const std::vector<Out> C0 = C;
+  const auto a = [&](std::int64_t i, std::int64_t k) {
+    return to_double(ta == Op::none ? A[static_cast<std::size_t>(i * lda + k)]
+                                    : A[static_cast<std::size_t>(k * lda + i)]);
+  };
+  const auto b = [&](std::int64_t k, std::int64_t j) {
+    return to_double(tb == Op::none ? B[static_cast<std::size_t>(k * ldb + j)]
+                                    : B[static_cast<std::size_t>(j * ldb + k)]);
+  };
+  experts::gemm(ta, tb, M, N, K, static_cast<Out>(alpha), A.data(), lda, B.data(), ldb,
+                static_cast<Out>(beta), C.data(), ldc);
+  for (std::int64_t i = 0; i < M; ++i) {
+    for (std::int64_t j = 0; j < N + pad; ++j) {
+      const auto idx = static_cast<std::size_t>(i * ldc + j);
+      if (j >= N) {  // padding between rows: never written
+        ASSERT_EQ(static_cast<double>(C[idx]), sentinel) << "padding written at " << i << "," << j;
+        continue;
+      }
+      double ref = 0, mag = 0;
+      for (std::int64_t k = 0; k < K; ++k) {
+        ref += a(i, k) * b(k, j);
+        mag += std::abs(a(i, k) * b(k, j));
+      }
+      const double c0 = beta == 0 ? 0.0 : static_cast<double>(C0[idx]);
+      ref = alpha * ref + beta * c0;
+      const double tol =
+          2.0 * static_cast<double>(K + 2) * unit * (std::abs(alpha) * mag + std::abs(beta * c0));
+      ASSERT_NEAR(static_cast<double>(C[idx]), ref, tol)
+          << "M=" << M << " N=" << N << " K=" << K << " ta=" << (ta == Op::transpose)
+          << " tb=" << (tb == Op::transpose) << " alpha=" << alpha << " beta=" << beta
+          << " pad=" << pad << " at " << i << "," << j;
+    }
+  }
+}
+
+const Shape kShapes[] = {{0, 5, 3},    {4, 0, 3},    {3, 4, 0},      {1, 1, 1},   {7, 13, 5},
+                         {33, 17, 65}, {64, 48, 32}, {129, 31, 257}, {5, 70, 200}};
+
+template <typename In, typename Out>
+void sweep(double unit) {
+  for (const Shape& s : kShapes)
+    for (Op ta : {Op::none, Op::transpose})
+      for (Op tb : {Op::none, Op::transpose})
+        for (double alpha : {1.0, -0.5})
+          for (double beta : {0.0, 1.0, 0.75})
+            for (std::int64_t pad : {0, 3}) check<In, Out>(ta, tb, s, alpha, beta, pad, unit);
+}
+
+}  // namespace
+
+TEST(Gemm, EigenDoubleMatchesNaiveLoop) { sweep<double, double>(std::ldexp(1.0, -53)); }
+TEST(Gemm, OneDnnFloatMatchesNaiveLoop) { sweep<float, float>(std::ldexp(1.0, -24)); }
+TEST(Gemm, OneDnnBf16MatchesNaiveLoopOfRoundedInputs) { sweep<bf16, float>(std::ldexp(1.0, -24)); }
+
+TEST(Gemm, Bf16PrimitivesAreCreatedOncePerCallSiteClass) {
+  // Same class (transposes, N, leading dimensions, alpha, beta), many M and K: one primitive.
+  std::vector<bf16> A(300 * 64, experts::to_bf16(1.0f)), B(300 * 64, experts::to_bf16(0.5f));
+  std::vector<float> C(300 * 64);
+  experts::gemm(Op::none, Op::none, 3, 16, 5, 1.0f, A.data(), 64, B.data(), 16, 0.0f, C.data(), 16);
+  const std::int64_t before = experts::matmul_primitives_created();
+  for (std::int64_t m : {1, 7, 100, 299})
+    for (std::int64_t k : {1, 9, 64})
+      experts::gemm(Op::none, Op::none, m, 16, k, 1.0f, A.data(), 64, B.data(), 16, 0.0f, C.data(),
+                    16);
+  EXPECT_EQ(experts::matmul_primitives_created(), before);
+  EXPECT_FLOAT_EQ(C[0], 0.5f * 64);  // last call: K = 64, 1 * 0.5 summed
+}
+
+TEST(Gemm, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(experts::to_bf16(1.0f).bits, 0x3f80);
+  EXPECT_EQ(experts::to_bf16(1.0f + std::ldexp(1.0f, -8)).bits, 0x3f80);      // tie -> even
+  EXPECT_EQ(experts::to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)).bits, 0x3f82);  // tie -> even (up)
+  EXPECT_EQ(experts::to_bf16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -12)).bits, 0x3f81);
+  EXPECT_EQ(experts::to_float(experts::to_bf16(-2.5f)), -2.5f);
+  EXPECT_TRUE(std::isnan(experts::to_float(experts::to_bf16(std::nanf("")))));
+  EXPECT_TRUE(std::isinf(experts::to_float(experts::to_bf16(INFINITY))));
+}
+
+TEST(Gemm, RejectsLeadingDimensionBelowRowLength) {
+  std::vector<float> A(100), B(100), C(100);
+  EXPECT_THROW(
+      experts::gemm(Op::none, Op::none, 4, 4, 4, 1.0f, A.data(), 3, B.data(), 4, 0.0f, C.data(), 4),
+      std::invalid_argument);
+}
+
+TEST(Gemm, ReportsCpuAndKernel) {
+  const experts::CpuInfo info = experts::cpu_info();
+  EXPECT_FALSE(info.dnnl_version.empty());
+  EXPECT_GE(info.omp_threads, 1);
+  EXPECT_NE(experts::kernel_name(false).find("sgemm"), std::string::npos);
+  std::printf("cpu: %s avx512f=%d avx512_bf16=%d amx_bf16=%d oneDNN %s isa %s; f32 %s; bf16 %s\n",
+              info.vendor_model.c_str(), info.avx512f, info.avx512_bf16, info.amx_bf16,
+              info.dnnl_version.c_str(), info.dnnl_isa.c_str(), experts::kernel_name(false).c_str(),
+              experts::kernel_name(true).c_str());
+}
