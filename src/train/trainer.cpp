@@ -402,9 +402,7 @@ class Trainer {
   std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
-  std::vector<double> sum_, max_;      // per-step reduction buffers
   std::vector<std::int64_t> rows_local_, rows_all_;  // rank_rows gather buffers
-  bool stop_all_ = false;                            // some rank was asked to stop (signal)
   std::vector<std::int64_t> loads_local_, loads_all_;  // record_loads scratch (sampled steps)
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {
