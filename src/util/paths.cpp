@@ -76,6 +76,7 @@ std::vector<NamedPath> paths_of(const Config& cfg, Mode mode, const std::string&
                                      ? "checkpoint.file (default output.file + \".ckpt\")"
                                      : "checkpoint.file";
     out.push_back({"output.file", cfg.output.file, true});
+    out.push_back({"output.file + \".lock\"", cfg.output.file + ".lock", true});  // FileLock
     out.push_back({ckpt_key, ckpt, true});
     out.push_back({ckpt_key + " + \".tmp\"", ckpt + ".tmp", true});
   } else if (mode == Mode::route) {
@@ -105,8 +106,8 @@ std::vector<ConfigProblem> check_paths(const Config& cfg, Mode mode,
     }
   }
   for (const auto& p : paths) {
-    // The .tmp siblings live in the same directory as their file: checked with it.
-    if (!p.written || p.key.find(".tmp") != std::string::npos) continue;
+    // The .tmp/.lock siblings live in the same directory as their file: checked with it.
+    if (!p.written || p.key.find(" + \"") != std::string::npos) continue;
     const std::string why = output_path_problem(p.path);
     if (!why.empty())
       problems.push_back({p.key, p.path, "must be a writable file path (" + why + ")"});

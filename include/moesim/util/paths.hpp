@@ -40,8 +40,9 @@ struct NamedPath {
 };
 
 // The paths `moesim run` (mode run) or `moesim route` (mode route) uses: the parameter file
-// (if any), output.file, checkpoint.file (default output.file + ".ckpt") and its ".tmp"
-// sibling; trace.input, trace.output and its ".tmp" sibling. bench: the parameter file only.
+// (if any), output.file and its ".lock" (util/file_lock.hpp), checkpoint.file (default
+// output.file + ".ckpt") and its ".tmp" sibling; trace.input, trace.output and its ".tmp" sibling.
+// bench: the parameter file only.
 std::vector<NamedPath> paths_of(const Config& cfg, Mode mode, const std::string& param_file);
 
 // Every pair of paths (at least one written) that names the same file, and every written path
