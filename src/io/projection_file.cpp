@@ -178,10 +178,10 @@ MeasuredRun read_measured_run(const std::string& path) {
     r.loads_experts = static_cast<std::int64_t>(dims[3]);
     r.loads_kept = read_i64(root, path, "/loads/kept", nullptr);
     r.loads_step = read_i64(root, path, "/loads/step", nullptr);
-    h5::Dataset ds(
-        check(H5Dopen2(root, "/loads/routed", H5P_DEFAULT), path, "/loads/routed", "opening"));
-    r.loads_group_size =
-        H5Aexists(ds.get(), "group_size") > 0 ? get_int_attr(ds.get(), path, "group_size") : 0;
+    if (exists(root, "/loads/group_size")) {
+      const std::vector<std::int64_t> gs = read_i64(root, path, "/loads/group_size", nullptr);
+      if (!gs.empty()) r.loads_group_size = gs[0];
+    }
     if (!r.loads_step.empty() && exists(root, "/steps/traffic_tokens") &&
         exists(root, "/steps/step")) {
       std::vector<hsize_t> tdims;

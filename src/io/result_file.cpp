@@ -545,6 +545,8 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
     impl->loads_rows = keep;
   }
   if (!link_exists(root, "attempts")) (void)create_group(root, f, "/attempts", "attempts");
+  if (link_exists(root, "loads"))  // sampled loads restart with the resumed run (shapes may differ)
+    check(H5Ldelete(root, "loads", H5P_DEFAULT), f, "/loads", "removing the old samples");
   {  // an attempt still marked "running" was killed without a chance to say so
     std::vector<hsize_t> dims;
     if (link_exists(root, "/attempts/end")) {
@@ -674,21 +676,21 @@ void ResultWriter::append_step(const StepRecord& rec) {
                   "[step, layer]",
                   nullptr, false, true);
   if (!rec.loads_routed.empty()) {
-    // /loads/{step, routed, kept}: [T], [T, L, G, E], sampled every output.loads_every steps.
+    // /loads/{step, group_size}: [T]; /loads/{routed, kept}: [T, L, G, E] (output.loads_every).
     const auto G = static_cast<hsize_t>(rec.loads_groups);
-    const hsize_t lr = m.loads_rows;
-    m.add<std::int64_t>("loads/step", lr, one_i64(rec.step), {},
+    const hsize_t lrow = m.loads_rows;
+    m.add<std::int64_t>("loads/step", lrow, one_i64(rec.step), {},
                         "training step of each loads sample");
-    Pending& routed = m.column<std::int64_t>(
-        "loads/routed", {L, G, E},
-        "assignments routed to each expert per routing group, before capacity "
-        "[sample, layer, group, expert]");
-    routed.int_attrs["group_size"] = rec.loads_group_size;
-    m.add<std::int64_t>("loads/routed", lr, std::span<const std::int64_t>(rec.loads_routed),
-                        {L, G, E}, "");
-    m.add<std::int64_t>("loads/kept", lr, std::span<const std::int64_t>(rec.loads_kept), {L, G, E},
+    m.add<std::int64_t>("loads/group_size", lrow, one_i64(rec.loads_group_size), {},
+                        "tokens per routing group of each loads sample");
+    m.add<std::int64_t>("loads/routed", lrow, std::span<const std::int64_t>(rec.loads_routed),
+                        {L, G, E},
+                        "assignments routed to each expert per routing group, before capacity "
+                        "[sample, layer, group, expert]");
+    m.add<std::int64_t>("loads/kept", lrow, std::span<const std::int64_t>(rec.loads_kept),
+                        {L, G, E},
                         "assignments kept after capacity [sample, layer, group, expert]");
-    m.loads_rows = lr + 1;
+    m.loads_rows = lrow + 1;
   }
   m.step_rows = row + 1;
   m.last_step = rec.step;
