@@ -250,8 +250,7 @@ class Trainer {
     for (int l = 0; l < L_; ++l)
       rows_local_[static_cast<std::size_t>(l)] = model_.layer(l).stats().rows_computed;
     if (comm_.rank() == 0) rows_all_.assign(static_cast<std::size_t>(P_ * L_), 0);
-    comm_.gather(std::span<const std::int64_t>(rows_local_), std::span<std::int64_t>(rows_all_),
-                 0);
+    comm_.gather(std::span<const std::int64_t>(rows_local_), std::span<std::int64_t>(rows_all_), 0);
     if (comm_.rank() == 0) {
       rec.rank_rows.resize(static_cast<std::size_t>(L_ * P_));
       for (int l = 0; l < L_; ++l)
