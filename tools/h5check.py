@@ -159,9 +159,12 @@ def check_run(c, allow_incomplete):
     if "/steps/rank_rows" in c.f:  # written by MoESim: rows each rank's experts computed
         rows = c.dataset("/steps/rank_rows", "i", 8, 3)
         if rows is not None and kept is not None and ranks is not None:
-            if rows.shape != (kept.shape[0], kept.shape[1], ranks):
+            # The rank axis is the largest rank count of any attempt (it grows on resume).
+            step_ranks = c.f["/steps/ranks"][()] if "/steps/ranks" in c.f else np.array([ranks])
+            P = int(max(int(step_ranks.max()) if step_ranks.size else ranks, ranks))
+            if rows.shape != (kept.shape[0], kept.shape[1], P):
                 c.problem(f"/steps/rank_rows: shape {rows.shape}, expected "
-                          f"({kept.shape[0]}, {kept.shape[1]}, {ranks}) [steps, layers, ranks]")
+                          f"({kept.shape[0]}, {kept.shape[1]}, {P}) [steps, layers, ranks]")
             elif not np.array_equal(np.where(rows < 0, 0, rows).sum(axis=2), kept.sum(axis=2)):
                 # -1: a rank the step did not have (a resume on more ranks)
                 s, l = np.argwhere(np.where(rows < 0, 0, rows).sum(axis=2) != kept.sum(axis=2))[0]
