@@ -257,6 +257,9 @@ class Trainer {
     if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
     comm_.gather(std::span<const std::int64_t>(step_sent_),
                  std::span<std::int64_t>(rec.traffic_tokens), 0);
+    if (cfg_.routing.rule == RoutingRuleKind::base)
+      for (int l = 0; l < L_; ++l)
+        rec.base_epsilon.push_back(maxes_[slot_.base_eps + static_cast<std::size_t>(l)]);
     // Rows each rank's routed experts computed, per layer: gathered [P, L], written [L, P].
     rows_local_.assign(static_cast<std::size_t>(L_), 0);
     for (int l = 0; l < L_; ++l)
@@ -401,6 +404,7 @@ class Trainer {
   AlignedVector<T> x_, xe_;
   std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
+  std::vector<std::int64_t> rows_local_, rows_all_;       // rank_rows gather buffers
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
   std::vector<std::int64_t> rows_local_, rows_all_;  // rank_rows gather buffers
   std::vector<std::int64_t> loads_local_, loads_all_;  // record_loads scratch (sampled steps)
