@@ -257,9 +257,6 @@ class Trainer {
     if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
     comm_.gather(std::span<const std::int64_t>(step_sent_),
                  std::span<std::int64_t>(rec.traffic_tokens), 0);
-    if (cfg_.routing.rule == RoutingRuleKind::base)
-      for (int l = 0; l < L_; ++l)
-        rec.base_epsilon.push_back(maxes_[slot_.base_eps + static_cast<std::size_t>(l)]);
     // Rows each rank's routed experts computed, per layer: gathered [P, L], written [L, P].
     rows_local_.assign(static_cast<std::size_t>(L_), 0);
     for (int l = 0; l < L_; ++l)
