@@ -403,7 +403,6 @@ class Trainer {
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> rows_local_, rows_all_;       // rank_rows gather buffers
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
-  std::vector<std::int64_t> rows_local_, rows_all_;  // rank_rows gather buffers
   std::vector<std::int64_t> loads_local_, loads_all_;  // record_loads scratch (sampled steps)
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {
