@@ -26,6 +26,7 @@ endforeach()
 moesim_add_test(NAME test_checkpoint SOURCES mpi/test_checkpoint.cpp RANKS 1 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_layouts SOURCES mpi/test_layouts.cpp RANKS 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_metrics SOURCES unit/test_metrics.cpp)
+moesim_add_test(NAME test_resume SOURCES unit/test_resume.cpp)
 
 # Slurm tier: the job scripts against a real single-node Slurm started by the test itself
 # (scripts/slurm/local_slurm.sh; root, Debian's slurm-wlm + munge). Fails, never skips, without it.
@@ -43,3 +44,12 @@ set_tests_properties(regression_routing_rules PROPERTIES TIMEOUT 180 PROCESSORS 
 # GEMM interface (experts/gemm.hpp) vs a naive loop; float32/bf16 layers vs float64.
 moesim_add_test(NAME test_gemm SOURCES unit/test_gemm.cpp)
 moesim_add_test(NAME test_precision SOURCES mpi/test_precision.cpp RANKS 1 2 4 TIMEOUT 120)
+
+# Lifecycle tier (issue 7): kill / preempt / resume / rerun / divergence / concurrent output /
+# foreign or corrupt checkpoint / rank-count change, through the real program (tests/lifecycle).
+add_test(NAME lifecycle
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/lifecycle/lifecycle.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(lifecycle PROPERTIES TIMEOUT 900 PROCESSORS 2 LABELS lifecycle
+                     ENVIRONMENT "${MOESIM_TEST_ENV}")

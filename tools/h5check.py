@@ -167,16 +167,51 @@ def check_run(c, allow_incomplete):
     if ev["step"] is not None and len(ev["step"]) > 1 and (np.diff(ev["step"]) < 0).any():
         c.problem("/eval/step: decreasing")
 
-    # /summary exists once the run finished
+    # /steps/ranks (rank count of each step; a resumed run may change it) and rank-shaped rows
+    step_ranks = c.dataset("/steps/ranks", "i", 8, 1) if "/steps/ranks" in c.f else None
+    pmax = ranks
+    if step_ranks is not None:
+        if steps is not None and len(step_ranks) != steps:
+            c.problem(f"/steps/ranks: {len(step_ranks)} rows, /steps has {steps}")
+        if len(step_ranks):
+            pmax = int(step_ranks.max())
+            if (step_ranks < 1).any():
+                c.problem("/steps/ranks: values < 1")
+        if "/steps/traffic_tokens" in c.f and len(step_ranks):
+            tt = c.f["/steps/traffic_tokens"][:]
+            for i, p in enumerate(step_ranks[:len(tt)]):
+                blk = tt[i]
+                if (blk[:p, :p] < 0).any() or (blk[p:, :] != -1).any() or (blk[:, p:] != -1).any():
+                    c.problem(f"/steps/traffic_tokens row {i}: needs counts >= 0 for its {p} ranks and -1 beyond")
+                    break
+
+    # /attempts: one row per attempt (job, requeue, resubmission)
+    if "attempts" in c.f and len(c.f["attempts"].keys()):
+        att = {k: c.f[f"/attempts/{k}"][:] for k in c.f["attempts"].keys()}
+        lens = {len(v) for v in att.values()}
+        if len(lens) != 1:
+            c.problem(f"/attempts: datasets differ in length {sorted(lens)}")
+        elif complete == 1 and "end" in att and (not len(att["end"]) or bytes(att["end"][-1]) != b"complete"):
+            c.problem("/attempts/end: a complete run's last attempt must be 'complete'")
+
+    # /summary exists once the run finished; it covers every step of every attempt
     if complete == 1 or "summary" in c.f:
+        vals = {}
         for name in ["tokens_per_second", "step_time_median", "dropped_fraction_mean"]:
-            c.attr_num("/summary", name, "f")
+            vals[name] = c.attr_num("/summary", name, "f")
         traffic = c.dataset("/summary/traffic_tokens", "i", 8, 2)
         if traffic is not None:
-            if ranks is not None and traffic.shape != (ranks, ranks):
-                c.problem(f"/summary/traffic_tokens: shape {traffic.shape}, expected ({ranks}, {ranks})")
+            if pmax is not None and traffic.shape != (pmax, pmax):
+                c.problem(f"/summary/traffic_tokens: shape {traffic.shape}, expected ({pmax}, {pmax})")
             if (traffic < 0).any():
                 c.problem("/summary/traffic_tokens: negative values")
+        t = cols.get("time_step")
+        if t is not None and len(t) and vals["step_time_median"] is not None:
+            if abs(vals["step_time_median"] - float(np.median(t))) > 1e-12 * max(1.0, float(np.median(t))):
+                c.problem("/summary step_time_median is not the median of /steps/time_step (all attempts)")
+        if df is not None and len(df) and vals["dropped_fraction_mean"] is not None:
+            if abs(vals["dropped_fraction_mean"] - float(np.mean(df))) > 1e-12:
+                c.problem("/summary dropped_fraction_mean is not the mean of /steps/dropped_fraction")
     return f"{steps if steps is not None else '?'} steps, {experts if experts is not None else '?'} experts"
 
 

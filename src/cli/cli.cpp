@@ -11,6 +11,8 @@
 #include <fstream>
 #include <iostream>
 #include <numeric>
+#include <optional>
+#include <span>
 #include <sstream>
 
 #include "moesim/bench/layer_bench.hpp"
@@ -19,7 +21,9 @@
 #include "moesim/io/result_file.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/train/checkpoint.hpp"
+#include "moesim/train/resume.hpp"
 #include "moesim/train/trainer.hpp"
+#include "moesim/util/file_lock.hpp"
 
 namespace moesim::cli {
 namespace {
@@ -35,7 +39,9 @@ constexpr const char* kUsage =
     "  moesim --help | moesim run --help                 list every parameter\n"
     "  moesim --version\n"
     "Launch with MPI for more ranks: mpirun -n 2 moesim run experiments/quickstart.ini\n"
-    "Exit codes: 0 success, 2 bad parameters or input files, 1 runtime failure.\n";
+    "Exit codes: 0 success (or already complete), 1 runtime failure, 2 bad parameters or input\n"
+    "files, 3 training diverged (non-finite loss/gradient), 75 stopped on a signal (resume "
+    "later).\n";
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -63,22 +69,34 @@ std::string format_duration(double s) {
 }
 
 // Rank 0's view of the run: rows into the result file, a progress line every N steps.
+// Rows are flushed before every checkpoint (the trainer asks), at the end, and at a step
+// boundary at least every kFlushSeconds, so a killed run loses at most that much of its rows
+// and never a row before its last checkpoint.
 class RunReporter final : public train::Observer {
  public:
-  RunReporter(io::ResultWriter& writer, const Config& cfg)
-      : writer_(writer), cfg_(cfg), start_(std::chrono::steady_clock::now()) {}
+  static constexpr double kFlushSeconds = 10.0;
+  RunReporter(io::ResultWriter& writer, const Config& cfg, std::int64_t start_step)
+      : writer_(writer),
+        cfg_(cfg),
+        start_step_(start_step),
+        start_(std::chrono::steady_clock::now()),
+        last_flush_(start_) {}
 
   void on_step(const io::StepRecord& rec) override {
     writer_.append_step(rec);
     elapsed_ += rec.time_step;
     const std::int64_t done = rec.step + 1;
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - last_flush_).count() >
+        kFlushSeconds)
+      flush();
     const std::int64_t every = cfg_.output.log_every;
     if (every > 0 && (done % every == 0 || done == cfg_.training.steps)) {
-      writer_.flush();  // rows so far survive a kill
+      // Rates and ETA from this attempt's steps only (a resumed run starts mid-way).
+      const auto here = static_cast<double>(done - start_step_);
       const double tps =
-          static_cast<double>(cfg_.data.tokens_per_step * done) / std::max(elapsed_, 1e-12);
+          static_cast<double>(cfg_.data.tokens_per_step) * here / std::max(elapsed_, 1e-12);
       const double eta =
-          elapsed_ / static_cast<double>(done) * static_cast<double>(cfg_.training.steps - done);
+          elapsed_ / std::max(here, 1.0) * static_cast<double>(cfg_.training.steps - done);
       std::printf(
           "step %6lld/%lld  loss %.5f  task %.5f  aux %.4f  z %.3f  dropped %5.2f%%  %9.0f tok/s  "
           "step %.1f ms  ETA %s\n",
@@ -97,6 +115,11 @@ class RunReporter final : public train::Observer {
       std::fflush(stdout);
     }
   }
+  void on_checkpoint(std::int64_t /*step*/) override { flush(); }
+  void flush() {
+    writer_.flush();
+    last_flush_ = std::chrono::steady_clock::now();
+  }
   [[nodiscard]] double wall_seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
@@ -104,9 +127,55 @@ class RunReporter final : public train::Observer {
  private:
   io::ResultWriter& writer_;
   const Config& cfg_;
-  std::chrono::steady_clock::time_point start_;
+  std::int64_t start_step_;
+  std::chrono::steady_clock::time_point start_, last_flush_;
   double elapsed_ = 0;
 };
+
+// What the checkpoint file says about itself (header only; tensors are verified on load).
+train::CheckpointState probe_checkpoint(const std::string& path) {
+  train::CheckpointState st;
+  std::error_code ec;
+  st.exists = std::filesystem::exists(path, ec);
+  if (!st.exists) return st;
+  try {
+    const io::CheckpointReader reader(path);
+    reader.verify();  // every tensor against its checksum, before any work
+    st.step = reader.meta().step;
+    st.ranks = reader.meta().ranks;
+    st.config_ini = reader.meta().config_ini;
+    st.readable = true;
+  } catch (const std::exception& e) {
+    st.problem = e.what();
+  }
+  return st;
+}
+
+train::ResultState probe_result(const std::string& path) {
+  const io::ResultFileState r = io::probe_result_file(path);
+  train::ResultState st;
+  st.exists = r.exists;
+  st.readable = r.readable;
+  st.problem = r.problem;
+  st.complete = r.complete;
+  st.rows = r.rows;
+  st.contiguous = r.contiguous;
+  st.config_ini = r.config_ini;
+  return st;
+}
+
+// A ConfigError thrown on rank 0 reaches every rank (each throws the same error: exit 2).
+void share_config_error(const comm::Comm& comm, const std::optional<ConfigError>& err) {
+  std::string key = err ? err->key() : "", value = err ? err->value() : "",
+              allowed = err ? err->allowed() : "";
+  std::int64_t failed = err ? 1 : 0;
+  comm.bcast(std::span<std::int64_t>(&failed, 1), 0);
+  if (!failed) return;
+  comm.bcast(key, 0);
+  comm.bcast(value, 0);
+  comm.bcast(allowed, 0);
+  throw ConfigError(key, value, allowed);
+}
 
 }  // namespace
 
@@ -202,10 +271,44 @@ void echo_config(const Config& cfg, const comm::Comm& comm) {
 }
 
 int run_experiment(const Config& cfg, const comm::Comm& comm) {
-  // Open the result file on rank 0 first: an unwritable path is bad input (exit 2 on
-  // every rank) and must be found before any training time is spent.
+  // Rank 0 owns the output: it takes the lock before touching anything, looks at what the
+  // checkpoint and the result file say, and decides how this run starts (train/resume.hpp).
+  // Every refusal is a ConfigError on every rank (exit 2) before any work.
+  std::optional<FileLock> lock;
   std::unique_ptr<io::ResultWriter> writer;
-  std::string problem;
+  train::StartDecision start;
+  std::optional<ConfigError> refused;
+  const std::string ckpt = train::checkpoint_path(cfg);
+  if (comm.rank() == 0) {
+    try {
+      std::string holder;
+      try {
+        lock = FileLock::try_acquire(cfg.output.file, &holder);
+      } catch (const std::exception& e) {
+        throw ConfigError("output.file", cfg.output.file,
+                          std::string("a writable path (") + e.what() + ")");
+      }
+      if (!lock)
+        throw ConfigError("output.file", cfg.output.file,
+                          "a result file no other run is writing: it is in use by " + holder +
+                              " (lock " + cfg.output.file +
+                              ".lock); wait for that run or choose another output.file");
+      start = train::decide_start(cfg, probe_checkpoint(ckpt), probe_result(cfg.output.file));
+    } catch (const ConfigError& e) {
+      refused = e;
+    }
+  }
+  share_config_error(comm, refused);
+  std::int64_t decision[2] = {static_cast<std::int64_t>(start.kind), start.step};
+  comm.bcast(std::span<std::int64_t>(decision, 2), 0);
+  start.kind = static_cast<train::StartKind>(decision[0]);
+  start.step = decision[1];
+  if (comm.rank() == 0 && !start.note.empty()) {
+    std::printf("%s\n", start.note.c_str());
+    std::fflush(stdout);
+  }
+  if (start.kind == train::StartKind::already_complete) return 0;
+
   if (comm.rank() == 0) {
     io::RunMetadata meta;
     meta.config_ini = to_ini(cfg);
@@ -218,65 +321,80 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
     meta.layers = cfg.model.layers;
     meta.num_experts = cfg.routing.num_experts;
     meta.num_clusters = cfg.data.num_clusters;
+    meta.tokens_per_step = cfg.data.tokens_per_step;
     try {
-      // Resuming: keep the result rows before the checkpoint's step and continue the file.
-      const std::string ckpt = train::checkpoint_path(cfg);
-      std::int64_t resume_step = -1;
-      if (cfg.checkpoint.resume && std::filesystem::exists(ckpt))
-        resume_step = io::CheckpointReader(ckpt).meta().step;
-      if (resume_step >= 0 && std::filesystem::exists(cfg.output.file)) {
-        writer = std::make_unique<io::ResultWriter>(cfg.output.file, meta, resume_step);
-        std::printf("resuming from checkpoint %s at step %lld\n", ckpt.c_str(),
-                    static_cast<long long>(resume_step));
-      } else {
-        if (resume_step >= 0)
-          std::printf(
-              "resuming from checkpoint %s at step %lld; result file %s is missing, so its rows "
-              "start there\n",
-              ckpt.c_str(), static_cast<long long>(resume_step), cfg.output.file.c_str());
-        writer = std::make_unique<io::ResultWriter>(cfg.output.file, meta);
+      if (start.remove_stale_checkpoint) {
+        std::error_code ec;
+        std::filesystem::remove(ckpt, ec);
       }
+      writer = start.kind == train::StartKind::resume
+                   ? std::make_unique<io::ResultWriter>(cfg.output.file, meta, start.step)
+                   : std::make_unique<io::ResultWriter>(cfg.output.file, meta);
+      io::AttemptInfo attempt;
+      attempt.job_id =
+          env_or_empty("SLURM_ARRAY_JOB_ID").empty()
+              ? env_or_empty("SLURM_JOB_ID")
+              : env_or_empty("SLURM_ARRAY_JOB_ID") + "_" + env_or_empty("SLURM_ARRAY_TASK_ID");
+      attempt.start_utc = meta.created_utc;
+      attempt.first_step = start.kind == train::StartKind::resume ? start.step : 0;
+      attempt.ranks = comm.size();
+      writer->begin_attempt(attempt);
+    } catch (const io::ResumeGap& e) {
+      refused = ConfigError("output.file", cfg.output.file,
+                            std::string("a result file with every row before the checkpoint (") +
+                                e.what() + "); remove the checkpoint " + ckpt + " to start afresh");
     } catch (const std::exception& e) {
-      problem = e.what();
+      refused = ConfigError("output.file", cfg.output.file,
+                            std::string("a writable file path (") + e.what() + ")");
     }
   }
-  comm.bcast(problem, 0);
-  if (!problem.empty())
-    throw ConfigError("output.file", cfg.output.file, "a writable file path (" + problem + ")");
+  share_config_error(comm, refused);
 
   std::unique_ptr<RunReporter> reporter;
-  if (writer) reporter = std::make_unique<RunReporter>(*writer, cfg);
+  if (writer)
+    reporter = std::make_unique<RunReporter>(
+        *writer, cfg, start.kind == train::StartKind::resume ? start.step : 0);
   train::install_stop_signal_handlers();  // SIGTERM / SIGUSR1: checkpoint at the next step, exit
-  const train::RunResult res = train::train(cfg, comm, reporter.get());
+  const train::RunResult res = train::train(
+      cfg, comm, reporter.get(), start.kind == train::StartKind::resume ? start.step : 0);
   if (res.preempted) {
     if (comm.rank() == 0) {
-      writer->flush();  // complete stays 0
+      writer->end_attempt("preempted", reporter->wall_seconds());  // complete stays 0
       std::printf(
           "stopped on request after step %lld: checkpoint %s written; continue with --resume\n",
           static_cast<long long>(res.start_step + static_cast<std::int64_t>(res.loss.size())),
-          train::checkpoint_path(cfg).c_str());
+          ckpt.c_str());
       std::fflush(stdout);
     }
     return train::kExitPreempted;
   }
+  if (res.diverged) {
+    if (comm.rank() == 0) {
+      writer->end_attempt("diverged", reporter->wall_seconds());
+      writer->mark_incomplete(res.diverged_reason);
+      std::error_code ec;
+      const bool have_ckpt = std::filesystem::exists(ckpt, ec);
+      std::fprintf(stderr,
+                   "moesim: error: %s; the result file %s stays incomplete (complete = 0)%s\n",
+                   res.diverged_reason.c_str(), cfg.output.file.c_str(),
+                   have_ckpt ? ("; the last good checkpoint " + ckpt + " is kept").c_str()
+                             : "; no checkpoint was written before it");
+      std::fflush(stderr);
+    }
+    return kExitDiverged;
+  }
 
   if (comm.rank() == 0) {
-    io::Summary s;
-    s.tokens_per_second = res.tokens_per_second;
-    s.step_time_median = res.step_time_median;
-    s.dropped_fraction_mean = res.dropped_fraction_mean;
-    s.wall_seconds = reporter->wall_seconds();
-    s.ranks = comm.size();
-    s.traffic_tokens = res.traffic_tokens;
-    writer->finish(s);
-    const io::EvalRecord last = res.evals.empty() ? io::EvalRecord{} : res.evals.back();
+    writer->end_attempt("complete", reporter->wall_seconds());
+    const io::ResultWriter::Summary s = writer->finish();
     std::printf(
-        "summary: %lld steps on %d ranks in %.2f s wall | loss %.5f -> %.5f | eval accuracy %.4f "
-        "(macro-F1 %.4f) | dropped %.2f%% | %.0f tokens/s | median step %.2f ms | result %s\n",
-        static_cast<long long>(cfg.training.steps), comm.size(), s.wall_seconds,
-        res.loss.empty() ? 0.0 : res.loss.front(), res.loss.empty() ? 0.0 : res.loss.back(),
-        last.accuracy, last.macro_f1, 100.0 * res.dropped_fraction_mean, res.tokens_per_second,
-        1e3 * res.step_time_median, cfg.output.file.c_str());
+        "summary: %lld steps on %d ranks in %.2f s wall (%lld attempt%s) | loss %.5f -> %.5f | "
+        "eval accuracy %.4f (macro-F1 %.4f) | dropped %.2f%% | %.0f tokens/s | median step %.2f "
+        "ms | result %s\n",
+        static_cast<long long>(s.steps), comm.size(), s.wall_seconds,
+        static_cast<long long>(s.attempts), s.attempts == 1 ? "" : "s", s.first_loss, s.last_loss,
+        s.eval_accuracy, s.eval_macro_f1, 100.0 * s.dropped_fraction_mean, s.tokens_per_second,
+        1e3 * s.step_time_median, cfg.output.file.c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -1,6 +1,8 @@
 // HDF5 checkpoint files (checkpoint_file.hpp). Layout: root attributes format_version,
-// step, optimizer_steps, ranks, precision, config; one 1-D float64 dataset per tensor,
-// its name used as the HDF5 path (groups are created for the "kind/" prefixes).
+// step, optimizer_steps, ranks, precision, config and meta_checksum (FNV-1a 64 of those);
+// one 1-D float64 dataset per tensor, its name used as the HDF5 path (groups are created for
+// the "kind/" prefixes), each with a `checksum` attribute (FNV-1a 64 of its values' bytes).
+// Reading verifies both, so flipped bytes are found before training resumes from them.
 #include "moesim/io/checkpoint_file.hpp"
 
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <map>
 
 #include "h5.hpp"
+#include "moesim/util/checksum.hpp"
 
 namespace moesim::io {
 namespace {
@@ -32,6 +35,20 @@ void put_int(hid_t loc, const std::string& file, const char* name, std::int64_t 
   check(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value), file, name, "writing the attribute");
 }
 
+void put_u64(hid_t loc, const std::string& file, const char* name, std::uint64_t value) {
+  h5::Space space(check(H5Screate(H5S_SCALAR), file, name, "creating a dataspace"));
+  h5::Attr attr(check(H5Acreate2(loc, name, H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                      file, name, "creating the attribute"));
+  check(H5Awrite(attr.get(), H5T_NATIVE_UINT64, &value), file, name, "writing the attribute");
+}
+
+std::uint64_t get_u64(hid_t loc, const std::string& file, const char* name) {
+  h5::Attr attr(check(H5Aopen(loc, name, H5P_DEFAULT), file, name, "opening the attribute"));
+  std::uint64_t v = 0;
+  check(H5Aread(attr.get(), H5T_NATIVE_UINT64, &v), file, name, "reading the attribute");
+  return v;
+}
+
 std::int64_t get_int(hid_t loc, const std::string& file, const char* name) {
   h5::Attr attr(check(H5Aopen(loc, name, H5P_DEFAULT), file, name, "opening the attribute"));
   std::int64_t v = 0;
@@ -53,6 +70,14 @@ std::string get_string(hid_t loc, const std::string& file, const char* name) {
 
 }  // namespace
 
+std::uint64_t checkpoint_meta_checksum(const CheckpointMeta& m) {
+  std::uint64_t h = kFnvOffset;
+  for (std::int64_t v : {m.format_version, m.step, m.optimizer_steps, m.ranks})
+    h = fnv1a64(&v, sizeof v, h);
+  h = fnv1a64(m.precision, h);
+  return fnv1a64(m.config_ini, h);
+}
+
 void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
                       const std::vector<CheckpointEntry>& entries) {
   h5::ErrorSilencer quiet;
@@ -71,6 +96,7 @@ void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
       put_int(root, tmp, "ranks", meta.ranks);
       put_string(root, tmp, "precision", meta.precision);
       put_string(root, tmp, "config", meta.config_ini);
+      put_u64(root, tmp, "meta_checksum", checkpoint_meta_checksum(meta));
       for (const CheckpointEntry& e : entries) {
         const hsize_t n = e.data.size();
         h5::Space space(
@@ -81,6 +107,7 @@ void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
         if (n > 0)
           check(H5Dwrite(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, e.data.data()),
                 tmp, e.name, "writing the dataset");
+        put_u64(ds.get(), tmp, "checksum", fnv1a64(e.data.data(), e.data.size() * sizeof(double)));
       }
       check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), tmp, "", "flushing");
       check(file.close(), tmp, "", "closing");
@@ -119,6 +146,10 @@ CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_un
   m.ranks = get_int(root, path, "ranks");
   m.precision = get_string(root, path, "precision");
   m.config_ini = get_string(root, path, "config");
+  if (get_u64(root, path, "meta_checksum") != checkpoint_meta_checksum(m))
+    throw std::runtime_error("checkpoint '" + path +
+                             "' is corrupt: its header (step, config, ...) does not match its "
+                             "checksum");
 }
 
 CheckpointReader::~CheckpointReader() = default;
@@ -138,6 +169,29 @@ bool CheckpointReader::has(const std::string& name) const {
   }
 }
 
+void CheckpointReader::verify() const {
+  h5::ErrorSilencer quiet;
+  std::vector<std::string> names;
+  auto visit = [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->push_back(name);
+    return 0;
+  };
+  check(H5Lvisit(impl_->file.get(), H5_INDEX_NAME, H5_ITER_NATIVE, +visit, &names), impl_->path, "",
+        "listing the tensors");
+  std::vector<double> buf;
+  for (const std::string& name : names) {
+    h5::Object obj(check(H5Oopen(impl_->file.get(), name.c_str(), H5P_DEFAULT), impl_->path, name,
+                         "opening the object"));
+    if (H5Iget_type(obj.get()) != H5I_DATASET) continue;
+    h5::Dataset ds(check(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), impl_->path, name,
+                         "opening the dataset"));
+    h5::Space space(check(H5Dget_space(ds.get()), impl_->path, name, "reading the dataspace"));
+    buf.resize(
+        static_cast<std::size_t>(std::max<hssize_t>(H5Sget_simple_extent_npoints(space.get()), 0)));
+    read(name, buf);
+  }
+}
+
 void CheckpointReader::read(const std::string& name, std::span<double> out) const {
   h5::ErrorSilencer quiet;
   const std::string& path = impl_->path;
@@ -154,6 +208,10 @@ void CheckpointReader::read(const std::string& name, std::span<double> out) cons
   if (n > 0)
     check(H5Dread(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), path,
           name, "reading the dataset");
+  if (H5Aexists(ds.get(), "checksum") <= 0 ||
+      get_u64(ds.get(), path, "checksum") != fnv1a64(out.data(), out.size() * sizeof(double)))
+    throw std::runtime_error("checkpoint '" + path + "' is corrupt: tensor '" + name +
+                             "' does not match its checksum");
 }
 
 }  // namespace moesim::io

@@ -1,12 +1,12 @@
-// HDF5 files of outputs.md: the `moesim run` result file (ResultWriter), the `moesim route`
-// trace input (read_trace) and route output (write_route_output). Serial HDF5 only: one process
-// writes with the default sec2 driver, so nothing here is collective and nothing calls MPI.
+// The `moesim run` result file of outputs.md (ResultWriter). Serial HDF5 only: rank 0 writes with
+// the default sec2 driver, so nothing here is collective and nothing calls MPI.
 #include "moesim/io/result_file.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -18,211 +18,12 @@
 #include <utility>
 #include <vector>
 
-#include "h5.hpp"
+#include "h5_util.hpp"
 
 namespace moesim::io {
 namespace {
 
-using h5::check;
-
-constexpr const char* kSchemaVersion = "1";
-// 1-D /steps and /eval datasets grow one row at a time; 256 rows (2 KiB) per chunk keeps the
-// number of chunks small without making a short run's file large.
-constexpr hsize_t kRowChunk = 256;
-// expert_load/expert_kept chunks hold up to 16 rows but stay below this size, so one chunk
-// always fits HDF5's default 1 MiB per-dataset chunk cache and a one-row append never
-// re-reads a chunk from disk.
-constexpr hsize_t kMaxChunkBytes = 256 * 1024;
-
-// File and memory HDF5 types of each C++ element type we store. File types are fixed
-// little-endian so files are identical on every machine.
-template <class T>
-struct Elem;
-template <>
-struct Elem<std::int64_t> {
-  static hid_t file() { return H5T_STD_I64LE; }
-  static hid_t mem() { return H5T_NATIVE_INT64; }
-};
-template <>
-struct Elem<std::int32_t> {
-  static hid_t file() { return H5T_STD_I32LE; }
-  static hid_t mem() { return H5T_NATIVE_INT32; }
-};
-template <>
-struct Elem<std::uint64_t> {
-  static hid_t file() { return H5T_STD_U64LE; }
-  static hid_t mem() { return H5T_NATIVE_UINT64; }
-};
-template <>
-struct Elem<double> {
-  static hid_t file() { return H5T_IEEE_F64LE; }
-  static hid_t mem() { return H5T_NATIVE_DOUBLE; }
-};
-
-std::string child_path(std::string_view parent, std::string_view name) {
-  std::string out(parent);
-  if (out.empty() || out.back() != '/') {
-    out += '/';
-  }
-  out += name;
-  return out;
-}
-
-std::string attr_label(std::string_view owner, std::string_view name) {
-  std::string out(owner);
-  out += " (attribute ";
-  out += name;
-  out += ")";
-  return out;
-}
-
-std::string shape_text(std::span<const hsize_t> dims) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < dims.size(); ++i) {
-    out += (i == 0 ? "" : ", ") + std::to_string(dims[i]);
-  }
-  return out + "]";
-}
-
-// Creation properties shared by every file we write. Library-version bounds v1.8..latest
-// switch on version-2 object headers, which move an attribute larger than the 64 KiB
-// object-header message limit (a long `config` INI text) into dense attribute storage
-// instead of failing; files stay readable by HDF5 >= 1.8.
-h5::Plist make_create_fapl(std::string_view file) {
-  h5::Plist fapl(
-      check(H5Pcreate(H5P_FILE_ACCESS), file, "", "creating the file access property list"));
-  check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), file, "",
-        "setting the library version bounds");
-  return fapl;
-}
-
-// A fixed-length, NUL-terminated UTF-8 scalar string attribute (h5py reads it as bytes).
-void write_string_attr(hid_t loc, std::string_view file, std::string_view owner, const char* name,
-                       const std::string& value) {
-  const std::string label = attr_label(owner, name);
-  h5::Type type(check(H5Tcopy(H5T_C_S1), file, label, "copying the string type"));
-  check(H5Tset_size(type.get(), value.size() + 1), file, label, "sizing the string type");
-  check(H5Tset_strpad(type.get(), H5T_STR_NULLTERM), file, label, "setting the string padding");
-  check(H5Tset_cset(type.get(), H5T_CSET_UTF8), file, label, "setting the string character set");
-  h5::Space space(check(H5Screate(H5S_SCALAR), file, label, "creating a scalar dataspace"));
-  h5::Attr attr(check(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
-                      file, label, "creating the attribute"));
-  check(H5Awrite(attr.get(), type.get(), value.c_str()), file, label, "writing the attribute");
-}
-
-template <class T>
-void write_scalar_attr(hid_t loc, std::string_view file, std::string_view owner, const char* name,
-                       T value) {
-  const std::string label = attr_label(owner, name);
-  h5::Space space(check(H5Screate(H5S_SCALAR), file, label, "creating a scalar dataspace"));
-  h5::Attr attr(check(H5Acreate2(loc, name, Elem<T>::file(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
-                      file, label, "creating the attribute"));
-  check(H5Awrite(attr.get(), Elem<T>::mem(), &value), file, label, "writing the attribute");
-}
-
-// Rewrites an existing scalar attribute in place (the root `complete` flag).
-template <class T>
-void overwrite_scalar_attr(hid_t loc, std::string_view file, std::string_view owner,
-                           const char* name, T value) {
-  const std::string label = attr_label(owner, name);
-  h5::Attr attr(check(H5Aopen(loc, name, H5P_DEFAULT), file, label, "opening the attribute"));
-  check(H5Awrite(attr.get(), Elem<T>::mem(), &value), file, label, "writing the attribute");
-}
-
-h5::Group create_group(hid_t loc, std::string_view file, const std::string& full,
-                       const char* name) {
-  return h5::Group(check(H5Gcreate2(loc, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), file, full,
-                         "creating the group"));
-}
-
-// An open dataset that knows its own full name, for error messages.
-struct Column {
-  h5::Dataset ds;
-  std::string name;
-};
-
-// Every dataset carries a short `description` (and `units` where it has one), so a result
-// file explains itself without outputs.md at hand.
-void describe(hid_t ds, std::string_view file, std::string_view full, const char* description,
-              const char* units = nullptr) {
-  write_string_attr(ds, file, full, "description", description);
-  if (units != nullptr) {
-    write_string_attr(ds, file, full, "units", units);
-  }
-}
-
-// An extendible chunked dataset of shape [0, tail...], maxdims [unlimited, tail...].
-Column create_extendible(hid_t loc, std::string_view file, std::string_view group, const char* name,
-                         hid_t file_type, std::span<const hsize_t> tail, hsize_t chunk_rows,
-                         const char* description, const char* units = nullptr) {
-  Column col{h5::Dataset{}, child_path(group, name)};
-  std::array<hsize_t, 4> dims{}, maxdims{}, chunk{};
-  const int rank = static_cast<int>(tail.size()) + 1;
-  dims[0] = 0;
-  maxdims[0] = H5S_UNLIMITED;
-  chunk[0] = chunk_rows;
-  for (std::size_t i = 0; i < tail.size(); ++i) {
-    dims[i + 1] = maxdims[i + 1] = chunk[i + 1] = tail[i];
-  }
-  h5::Space space(check(H5Screate_simple(rank, dims.data(), maxdims.data()), file, col.name,
-                        "creating the dataspace"));
-  h5::Plist dcpl(
-      check(H5Pcreate(H5P_DATASET_CREATE), file, col.name, "creating the creation property list"));
-  check(H5Pset_chunk(dcpl.get(), rank, chunk.data()), file, col.name, "setting the chunk shape");
-  col.ds = h5::Dataset(
-      check(H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-            file, col.name, "creating the dataset"));
-  describe(col.ds.get(), file, col.name, description, units);
-  return col;
-}
-
-// Grows `col` to row + 1 rows and writes row `row` (tail-shaped, from `data`).
-void append_row(Column& col, std::string_view file, hsize_t row, std::span<const hsize_t> tail,
-                hid_t mem_type, const void* data) {
-  std::array<hsize_t, 4> dims{}, start{}, count{};
-  const int rank = static_cast<int>(tail.size()) + 1;
-  dims[0] = row + 1;
-  start[0] = row;
-  count[0] = 1;
-  for (std::size_t i = 0; i < tail.size(); ++i) {
-    dims[i + 1] = count[i + 1] = tail[i];
-  }
-  check(H5Dset_extent(col.ds.get(), dims.data()), file, col.name, "extending the dataset");
-  h5::Space fspace(check(H5Dget_space(col.ds.get()), file, col.name, "getting the dataspace"));
-  check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
-                            nullptr),
-        file, col.name, "selecting the new row");
-  h5::Space mspace(check(H5Screate_simple(rank, count.data(), nullptr), file, col.name,
-                         "creating the row dataspace"));
-  check(H5Dwrite(col.ds.get(), mem_type, mspace.get(), fspace.get(), H5P_DEFAULT, data), file,
-        col.name, "writing a row");
-}
-
-// A fixed-size 1-D or 2-D dataset written in one go. Zero-length is allowed (h5py reads an
-// empty array of the right dtype); nothing is written then.
-template <class T>
-void write_array(hid_t loc, std::string_view file, std::string_view group, const char* name,
-                 std::span<const hsize_t> dims, const std::vector<T>& values,
-                 const char* description) {
-  const std::string full = child_path(group, name);
-  h5::Space space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), file,
-                        full, "creating the dataspace"));
-  h5::Dataset ds(check(
-      H5Dcreate2(loc, name, Elem<T>::file(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-      file, full, "creating the dataset"));
-  if (!values.empty()) {
-    check(H5Dwrite(ds.get(), Elem<T>::mem(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), file,
-          full, "writing the dataset");
-  }
-  describe(ds.get(), file, full, description);
-}
-
-template <class T>
-void write_vector(hid_t loc, std::string_view file, std::string_view group, const char* name,
-                  const std::vector<T>& values, const char* description) {
-  const std::array<hsize_t, 1> dims{values.size()};
-  write_array(loc, file, group, name, std::span<const hsize_t>(dims), values, description);
-}
+using namespace h5util;
 
 // ---- the run result file layout (outputs.md) ----
 
@@ -276,106 +77,371 @@ constexpr std::array<EvalF64, 4> kEvalF64{{
      "dropped assignments / all assignments during evaluation"},
 }};
 
+// A column of buffered rows: one HDF5 dataset "<group>/<name>" of shape [rows, tail...].
+// Rank-shaped columns (rank_axes) may grow along their tail axes when a run resumes on more
+// ranks; their fill value -1 marks cells of ranks a step did not have.
+struct Pending {
+  hid_t file_type = -1, mem_type = -1;
+  std::size_t elem = 0;             // bytes per element
+  std::vector<hsize_t> tail;        // this attempt's row shape
+  bool rank_axes = false;           // tail axes are rank axes (may grow)
+  bool fill_negative = false;       // fill -1 (counts) / NaN (floats) for rows before creation
+  std::string description, units;   // for a dataset created at flush time
+  hsize_t first_row = 0;            // row index of the first buffered row
+  hsize_t rows = 0;                 // buffered rows
+  std::vector<unsigned char> data;  // rows x tail elements
+};
+
+template <class T>
+void push(Pending& p, hsize_t row, std::span<const T> values) {
+  if (p.rows == 0) p.first_row = row;
+  if (p.first_row + p.rows != row)
+    throw std::logic_error("result file: rows of one column must be appended in order");
+  const auto* b = reinterpret_cast<const unsigned char*>(values.data());
+  p.data.insert(p.data.end(), b, b + values.size() * sizeof(T));
+  ++p.rows;
+}
+
+hsize_t cells_of(const std::vector<hsize_t>& tail) {
+  hsize_t n = 1;
+  for (hsize_t t : tail) n *= t;
+  return n;
+}
+
+// Current extent of a dataset.
+std::vector<hsize_t> extent(hid_t ds, std::string_view file, std::string_view name) {
+  h5::Space space(check(H5Dget_space(ds), file, name, "getting the dataspace"));
+  const int nd = check(H5Sget_simple_extent_ndims(space.get()), file, name, "reading the rank");
+  std::vector<hsize_t> dims(static_cast<std::size_t>(nd));
+  if (nd > 0)
+    check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), file, name,
+          "reading the shape");
+  return dims;
+}
+
+bool link_exists(hid_t loc, const char* name) { return H5Lexists(loc, name, H5P_DEFAULT) > 0; }
+
+// Creates an extendible chunked dataset [0, tail...] in `group`.
+h5::Dataset create_column(hid_t group, std::string_view file, const std::string& full,
+                          const char* name, const Pending& p) {
+  const int rank = static_cast<int>(p.tail.size()) + 1;
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank), 0), maxdims(dims.size()),
+      chunk(dims.size());
+  maxdims[0] = H5S_UNLIMITED;
+  const hsize_t cells = std::max<hsize_t>(cells_of(p.tail), 1);
+  chunk[0] = std::clamp<hsize_t>(kMaxChunkBytes / (cells * p.elem), 1, kRowChunk);
+  for (std::size_t i = 0; i < p.tail.size(); ++i) {
+    dims[i + 1] = p.rank_axes ? 0 : p.tail[i];
+    maxdims[i + 1] = p.rank_axes ? H5S_UNLIMITED : p.tail[i];
+    chunk[i + 1] = std::max<hsize_t>(p.tail[i], 1);
+  }
+  h5::Space space(check(H5Screate_simple(rank, dims.data(), maxdims.data()), file, full,
+                        "creating the dataspace"));
+  h5::Plist dcpl(
+      check(H5Pcreate(H5P_DATASET_CREATE), file, full, "creating the creation property list"));
+  check(H5Pset_chunk(dcpl.get(), rank, chunk.data()), file, full, "setting the chunk shape");
+  if (p.fill_negative || p.rank_axes) {
+    if (p.mem_type == H5T_NATIVE_DOUBLE) {
+      const double fill = std::numeric_limits<double>::quiet_NaN();
+      check(H5Pset_fill_value(dcpl.get(), H5T_NATIVE_DOUBLE, &fill), file, full,
+            "setting the fill");
+    } else {
+      const std::int64_t fill = -1;
+      check(H5Pset_fill_value(dcpl.get(), H5T_NATIVE_INT64, &fill), file, full, "setting the fill");
+    }
+  }
+  h5::Dataset ds(
+      check(H5Dcreate2(group, name, p.file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+            file, full, "creating the dataset"));
+  describe(ds.get(), file, full, p.description.c_str(),
+           p.units.empty() ? nullptr : p.units.c_str());
+  return ds;
+}
+
+// Appends the buffered rows of `p` to dataset `full` ("/steps/loss"), creating it if needed.
+void write_pending(hid_t root, std::string_view file, const std::string& key, Pending& p) {
+  if (p.rows == 0) return;
+  const std::string full = "/" + key;
+  const std::size_t slash = key.find('/');
+  const std::string group_name = key.substr(0, slash), name = key.substr(slash + 1);
+  h5::Group group(check(H5Gopen2(root, group_name.c_str(), H5P_DEFAULT), file, "/" + group_name,
+                        "opening the group"));
+  h5::Dataset ds;
+  if (link_exists(group.get(), name.c_str()))
+    ds = h5::Dataset(
+        check(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), file, full, "opening the dataset"));
+  else
+    ds = create_column(group.get(), file, full, name.c_str(), p);
+  std::vector<hsize_t> dims = extent(ds.get(), file, full);
+  if (dims.size() != p.tail.size() + 1)
+    throw std::runtime_error("result file '" + std::string(file) + "': dataset " + full + " has " +
+                             std::to_string(dims.size()) + " axes; this run writes " +
+                             std::to_string(p.tail.size() + 1));
+  for (std::size_t i = 0; i < p.tail.size(); ++i) {
+    if (dims[i + 1] == p.tail[i]) continue;
+    if (!p.rank_axes && dims[i + 1] != p.tail[i])
+      throw std::runtime_error("result file '" + std::string(file) + "': dataset " + full +
+                               " has rows of shape " + shape_text(std::span(dims).subspan(1)) +
+                               "; this run writes " + shape_text(p.tail));
+    dims[i + 1] = std::max(dims[i + 1], p.tail[i]);  // a rank axis grows, never shrinks
+  }
+  dims[0] = std::max(dims[0], p.first_row + p.rows);
+  check(H5Dset_extent(ds.get(), dims.data()), file, full, "extending the dataset");
+  h5::Space fspace(check(H5Dget_space(ds.get()), file, full, "getting the dataspace"));
+  std::vector<hsize_t> start(dims.size(), 0), count(dims.size());
+  start[0] = p.first_row;
+  count[0] = p.rows;
+  for (std::size_t i = 0; i < p.tail.size(); ++i) count[i + 1] = p.tail[i];
+  check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                            nullptr),
+        file, full, "selecting the new rows");
+  h5::Space mspace(check(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr),
+                         file, full, "creating the memory dataspace"));
+  if (cells_of(count) > 0)
+    check(H5Dwrite(ds.get(), p.mem_type, mspace.get(), fspace.get(), H5P_DEFAULT, p.data.data()),
+          file, full, "writing rows");
+  p.rows = 0;
+  p.data.clear();
+}
+
+// Reads a whole dataset as T (HDF5 converts); empty if it does not exist.
+template <class T>
+std::vector<T> read_all(hid_t root, std::string_view file, const char* path,
+                        std::vector<hsize_t>* dims_out = nullptr) {
+  std::vector<T> v;
+  if (!link_exists(root, path)) return v;
+  h5::Dataset ds(check(H5Dopen2(root, path, H5P_DEFAULT), file, path, "opening the dataset"));
+  const std::vector<hsize_t> dims = extent(ds.get(), file, path);
+  if (dims_out) *dims_out = dims;
+  v.resize(cells_of(dims));
+  if (!v.empty())
+    check(H5Dread(ds.get(), Elem<T>::mem(), H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), file, path,
+          "reading the dataset");
+  return v;
+}
+
+void resize_rows(hid_t root, std::string_view file, const std::string& path, hsize_t rows) {
+  h5::Dataset ds(
+      check(H5Dopen2(root, path.c_str(), H5P_DEFAULT), file, path, "opening the dataset"));
+  std::vector<hsize_t> dims = extent(ds.get(), file, path);
+  if (dims.empty() || dims[0] == rows) return;
+  dims[0] = rows;
+  check(H5Dset_extent(ds.get(), dims.data()), file, path, "truncating the dataset (resume)");
+}
+
+std::vector<std::string> children(hid_t group) {
+  std::vector<std::string> names;
+  auto collect = [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+    return 0;
+  };
+  hsize_t idx = 0;
+  (void)H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, +collect, &names);
+  return names;
+}
+
+std::string read_string_attr(hid_t loc, std::string_view file, const char* name) {
+  h5::Attr attr(check(H5Aopen(loc, name, H5P_DEFAULT), file, name, "opening the attribute"));
+  h5::Type type(check(H5Aget_type(attr.get()), file, name, "reading the attribute type"));
+  const std::size_t size = H5Tget_size(type.get());
+  std::string s(size + 1, '\0');
+  h5::Type mem(check(H5Tcopy(H5T_C_S1), file, name, "copying the string type"));
+  check(H5Tset_size(mem.get(), size + 1), file, name, "sizing the string type");
+  check(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), file, name, "setting the character set");
+  check(H5Aread(attr.get(), mem.get(), s.data()), file, name, "reading the attribute");
+  s.resize(std::strlen(s.c_str()));
+  return s;
+}
+
+std::int64_t read_int_attr(hid_t loc, std::string_view file, const char* name) {
+  h5::Attr attr(check(H5Aopen(loc, name, H5P_DEFAULT), file, name, "opening the attribute"));
+  std::int64_t v = 0;
+  check(H5Aread(attr.get(), H5T_NATIVE_INT64, &v), file, name, "reading the attribute");
+  return v;
+}
+
+void replace_string_attr(hid_t loc, std::string_view file, const char* name,
+                         const std::string& value) {
+  if (H5Aexists(loc, name) > 0)
+    check(H5Adelete(loc, name), file, name, "removing the old attribute");
+  write_string_attr(loc, file, "/", name, value);
+}
+
+// Fixed-length string cells of /attempts (h5py reads them as bytes).
+constexpr std::size_t kTextCell = 64;
+std::array<char, kTextCell> text_cell(const std::string& s) {
+  std::array<char, kTextCell> c{};
+  std::memcpy(c.data(), s.data(), std::min(s.size(), kTextCell - 1));
+  return c;
+}
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
 }  // namespace
 
 // ======================= ResultWriter =======================
 
 struct ResultWriter::Impl {
   std::string path;
-  std::int64_t ranks = 1;
-  std::array<hsize_t, 2> load_tail{};  // {L, E}
-  // Declared before the objects in it, so it is destroyed last (HDF5 would keep the file open
-  // until its last object closes anyway); close_all() also closes in this order explicitly.
-  h5::File file;
-  h5::Group steps, eval;
-  Column step_step, step_bytes, expert_load, expert_kept;
-  std::vector<Column> step_f64;  // parallel to kStepF64
-  Column eval_step;
-  std::vector<Column> eval_f64;  // parallel to kEvalF64
-  hsize_t step_rows = 0, eval_rows = 0;
-  std::int64_t clusters = 0;
-  // Research-metric datasets, created on first use ("steps/<name>", "eval/<name>").
-  std::map<std::string, Column> extra;
-  std::int64_t last_step = 0;
+  RunMetadata meta;
+  std::array<hsize_t, 2> load_tail{};    // {L, E}
+  hsize_t step_rows = 0, eval_rows = 0;  // rows so far (on disk + buffered)
+  hsize_t step_rows_disk = 0;
+  std::int64_t last_step = -1;
+  std::map<std::string, Pending> pending;  // "steps/loss" -> buffered rows
+  // The current attempt: its /attempts row index and progress.
+  hsize_t attempt_row = 0;
+  bool attempt_open = false;
+  AttemptInfo attempt;
+  std::string attempt_end = "running";
+  double attempt_wall = 0;
+  std::int64_t attempt_last_step = 0;
   bool finished = false;
 
   void require_open(const char* what) const {
-    if (finished) {
+    if (finished)
       throw std::logic_error("ResultWriter::" + std::string(what) + ": result file '" + path +
-                             "' was already finished and closed");
-    }
+                             "' was already finished");
   }
 
-  // Releases every object, then the file; returns the file's close status (the final flush).
-  herr_t close_all() noexcept {
-    for (Column* c : {&step_step, &step_bytes, &expert_load, &expert_kept, &eval_step}) {
-      c->ds.reset();
+  template <class T>
+  Pending& column(const std::string& key, std::vector<hsize_t> tail, const char* description,
+                  const char* units = nullptr, bool rank_axes = false, bool fill = false) {
+    Pending& p = pending[key];
+    if (p.elem == 0) {
+      p.file_type = Elem<T>::file();
+      p.mem_type = Elem<T>::mem();
+      p.elem = sizeof(T);
+      p.description = description;
+      p.units = units ? units : "";
+      p.rank_axes = rank_axes;
+      p.fill_negative = fill;
+      p.tail = std::move(tail);
+    } else if (p.tail != tail) {
+      throw std::runtime_error("result file '" + path + "': " + key + " row has shape " +
+                               shape_text(tail) + "; earlier rows " + shape_text(p.tail));
     }
-    for (auto& c : step_f64) c.ds.reset();
-    for (auto& c : eval_f64) c.ds.reset();
-    for (auto& [name, c] : extra) c.ds.reset();
-    steps.reset();
-    eval.reset();
-    return file.close();
+    return p;
+  }
+  template <class T>
+  void add(const std::string& key, hsize_t row, std::span<const T> values,
+           std::vector<hsize_t> tail, const char* description, const char* units = nullptr,
+           bool rank_axes = false, bool fill = false) {
+    if (values.size() != cells_of(tail))
+      throw std::runtime_error("result file '" + path + "': " + key + " row has " +
+                               std::to_string(values.size()) + " values; expected " +
+                               std::to_string(cells_of(tail)) + " " + shape_text(tail));
+    push(column<T>(key, std::move(tail), description, units, rank_axes, fill), row, values);
+  }
+
+  h5::File open_rw() const {
+    h5::Plist fapl = make_create_fapl(path);
+    return h5::File(check(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()), path, "/",
+                          "opening the result file for writing"));
+  }
+
+  void write_attempt_row(hid_t root) {
+    if (!attempt_open) return;
+    const hsize_t r = attempt_row;
+    auto put_i64 = [&](const char* name, std::int64_t v, const char* d) {
+      Pending p;
+      p.file_type = Elem<std::int64_t>::file();
+      p.mem_type = Elem<std::int64_t>::mem();
+      p.elem = sizeof(std::int64_t);
+      p.description = d;
+      push(p, r, std::span<const std::int64_t>(&v, 1));
+      write_pending(root, path, std::string("attempts/") + name, p);
+    };
+    auto put_f64 = [&](const char* name, double v, const char* d, const char* u) {
+      Pending p;
+      p.file_type = Elem<double>::file();
+      p.mem_type = Elem<double>::mem();
+      p.elem = sizeof(double);
+      p.description = d;
+      p.units = u;
+      push(p, r, std::span<const double>(&v, 1));
+      write_pending(root, path, std::string("attempts/") + name, p);
+    };
+    h5::Type str(check(H5Tcopy(H5T_C_S1), path, "/attempts", "copying the string type"));
+    check(H5Tset_size(str.get(), kTextCell), path, "/attempts", "sizing the string type");
+    check(H5Tset_strpad(str.get(), H5T_STR_NULLTERM), path, "/attempts", "string padding");
+    auto put_text = [&](const char* name, const std::string& v, const char* d) {
+      Pending p;
+      p.file_type = p.mem_type = str.get();
+      p.elem = kTextCell;
+      p.description = d;
+      const std::array<char, kTextCell> cell = text_cell(v);
+      push(p, r, std::span<const char>(cell.data(), cell.size()));
+      write_pending(root, path, std::string("attempts/") + name, p);
+    };
+    put_text("job_id", attempt.job_id, "Slurm job id of the attempt (\"\" outside Slurm)");
+    put_text("start_utc", attempt.start_utc, "when the attempt started (UTC, ISO 8601)");
+    put_i64("first_step", attempt.first_step, "step the attempt started from");
+    put_i64("last_step", attempt_last_step,
+            "steps completed when the attempt last wrote its rows (its end, unless killed)");
+    put_i64("ranks", attempt.ranks, "MPI ranks of the attempt");
+    put_f64("wall_seconds", attempt_wall, "wall time of the attempt so far", "s");
+    put_text("end", attempt_end,
+             "how the attempt ended: complete, preempted, cancelled, diverged, failed, or running "
+             "(still running, or killed without a chance to say so) / interrupted (found running "
+             "by a later attempt)");
+  }
+
+  void flush_now() {
+    h5::ErrorSilencer quiet;
+    h5::File file = open_rw();
+    const hid_t root = file.get();
+    // /steps/step last: probe_result_file and resume count rows by it, so after a crash inside
+    // this loop it is never ahead of the other columns.
+    for (auto& [key, p] : pending)
+      if (key != "steps/step") write_pending(root, path, key, p);
+    if (auto it = pending.find("steps/step"); it != pending.end())
+      write_pending(root, path, it->first, it->second);
+    write_attempt_row(root);
+    step_rows_disk = step_rows;
+    check(file.close(), path, "/", "closing the result file (flush)");
   }
 };
 
 namespace {
-// One row of a research-metric dataset, created on first use with a fill value (NaN for
-// floats, -1 for counts), so the rows of steps before it existed read as "not measured".
-template <class T>
-void write_extra(std::map<std::string, Column>& extra, hid_t group, std::string_view file,
-                 const std::string& group_name, const char* name, const std::vector<hsize_t>& tail,
-                 hsize_t row, const std::vector<T>& values, const char* description) {
-  hsize_t cells = 1;
-  for (hsize_t t : tail) cells *= t;
-  const std::string key = group_name + "/" + name;
-  if (values.size() != cells)
-    throw std::runtime_error("result file '" + std::string(file) + "': " + key + " row has " +
-                             std::to_string(values.size()) + " values; expected " +
-                             std::to_string(cells));
-  auto it = extra.find(key);
-  if (it == extra.end()) {
-    Column col{h5::Dataset{}, "/" + key};
-    std::array<hsize_t, 4> dims{}, maxdims{}, chunk{};
-    const int rank = static_cast<int>(tail.size()) + 1;
-    maxdims[0] = H5S_UNLIMITED;
-    chunk[0] = std::clamp<hsize_t>(kMaxChunkBytes / (cells * sizeof(T)), 1, kRowChunk);
-    for (std::size_t i = 0; i < tail.size(); ++i)
-      dims[i + 1] = maxdims[i + 1] = chunk[i + 1] = tail[i];
-    h5::Space space(check(H5Screate_simple(rank, dims.data(), maxdims.data()), file, col.name,
-                          "creating the dataspace"));
-    h5::Plist dcpl(check(H5Pcreate(H5P_DATASET_CREATE), file, col.name,
-                         "creating the creation property list"));
-    check(H5Pset_chunk(dcpl.get(), rank, chunk.data()), file, col.name, "setting the chunk shape");
-    const T fill = std::is_floating_point_v<T>
-                       ? static_cast<T>(std::numeric_limits<double>::quiet_NaN())
-                       : T(-1);
-    check(H5Pset_fill_value(dcpl.get(), Elem<T>::mem(), &fill), file, col.name,
-          "setting the fill value");
-    col.ds = h5::Dataset(check(
-        H5Dcreate2(group, name, Elem<T>::file(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-        file, col.name, "creating the dataset"));
-    describe(col.ds.get(), file, col.name, description);
-    it = extra.emplace(key, std::move(col)).first;
-  }
-  append_row(it->second, file, row, tail, Elem<T>::mem(), values.data());
-}
-
-// Names of the datasets in `group` that are not in `known` (the research-metric ones).
-std::vector<std::string> other_datasets(hid_t group, const std::vector<std::string>& known) {
-  std::vector<std::string> names;
-  auto collect = [](hid_t, const char* name, const H5L_info_t*,
-                    void* data) -> herr_t {  // HDF5 1.10 API
-    static_cast<std::vector<std::string>*>(data)->emplace_back(name);
-    return 0;
-  };
-  hsize_t idx = 0;
-  (void)H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, +collect, &names);
-  std::vector<std::string> out;
-  for (const auto& n : names)
-    if (std::find(known.begin(), known.end(), n) == known.end()) out.push_back(n);
-  return out;
+// The datasets every result file has from the start (outputs.md), so that a file of a run
+// killed before its first flush still shows the layout.
+void create_skeleton(hid_t root, std::string_view f, std::array<hsize_t, 2> load_tail) {
+  h5::Group steps = create_group(root, f, "/steps", "steps");
+  const std::span<const hsize_t> scalar_row{};
+  (void)create_extendible(steps.get(), f, "/steps", "step", Elem<std::int64_t>::file(), scalar_row,
+                          kRowChunk, "step index");
+  for (const auto& field : kStepF64)
+    (void)create_extendible(steps.get(), f, "/steps", field.name, Elem<double>::file(), scalar_row,
+                            kRowChunk, field.description, field.units);
+  (void)create_extendible(steps.get(), f, "/steps", "bytes_alltoall", Elem<std::int64_t>::file(),
+                          scalar_row, kRowChunk,
+                          "bytes sent through all-to-all by all ranks in the step", "bytes");
+  (void)create_extendible(steps.get(), f, "/steps", "ranks", Elem<std::int64_t>::file(), scalar_row,
+                          kRowChunk,
+                          "MPI ranks the step ran on (changes when a run resumes on "
+                          "another rank count)");
+  const hsize_t row_bytes = load_tail[0] * load_tail[1] * sizeof(std::int64_t);
+  const hsize_t load_chunk_rows = std::clamp<hsize_t>(kMaxChunkBytes / row_bytes, 1, 16);
+  (void)create_extendible(
+      steps.get(), f, "/steps", "expert_load", Elem<std::int64_t>::file(), load_tail,
+      load_chunk_rows,
+      "assignments routed to each expert before capacity [step, MoE layer, expert]");
+  (void)create_extendible(steps.get(), f, "/steps", "expert_kept", Elem<std::int64_t>::file(),
+                          load_tail, load_chunk_rows,
+                          "assignments kept after capacity [step, MoE layer, expert]");
+  h5::Group eval = create_group(root, f, "/eval", "eval");
+  (void)create_extendible(eval.get(), f, "/eval", "step", Elem<std::int64_t>::file(), scalar_row,
+                          kRowChunk, "training step after which the evaluation ran");
+  for (const auto& field : kEvalF64)
+    (void)create_extendible(eval.get(), f, "/eval", field.name, Elem<double>::file(), scalar_row,
+                            kRowChunk, field.description);
+  (void)create_group(root, f, "/attempts", "attempts");
 }
 }  // namespace
 
@@ -388,27 +454,22 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   }
   const auto L = static_cast<hsize_t>(meta.layers);
   const auto E = static_cast<hsize_t>(meta.num_experts);
-  const hsize_t row_bytes = L * E * sizeof(std::int64_t);
   // HDF5 chunks are limited to 4 GiB; a [1, L, E] chunk beyond that would be a config error.
   if (L > std::numeric_limits<std::uint32_t>::max() / E / sizeof(std::int64_t)) {
     throw std::runtime_error("result file '" + path +
                              "': layers x num_experts = " + std::to_string(L) + " x " +
                              std::to_string(E) + " is too large for one HDF5 chunk per step");
   }
-
-  h5::ErrorSilencer quiet;  // declared first: outlives every handle below, even on unwinding
+  h5::ErrorSilencer quiet;
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->ranks = meta.ranks;
-  impl->clusters = meta.num_clusters;
+  impl->meta = meta;
   impl->load_tail = {L, E};
   const std::string_view f = impl->path;
-
   h5::Plist fapl = make_create_fapl(f);
-  impl->file = h5::File(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), f,
-                              "/", "creating the result file"));
-  const hid_t root = impl->file.get();
-
+  h5::File file(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), f, "/",
+                      "creating the result file"));
+  const hid_t root = file.get();
   write_string_attr(root, f, "/", "schema_version", kSchemaVersion);
   write_string_attr(root, f, "/", "moesim_version", meta.moesim_version);
   write_string_attr(root, f, "/", "git_commit", meta.git_commit);
@@ -418,159 +479,101 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta) {
   write_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
   write_scalar_attr<std::uint64_t>(root, f, "/", "seed", meta.seed);
   write_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
-
-  impl->steps = create_group(root, f, "/steps", "steps");
-  const hid_t steps = impl->steps.get();
-  const std::span<const hsize_t> scalar_row{};
-  impl->step_step = create_extendible(steps, f, "/steps", "step", Elem<std::int64_t>::file(),
-                                      scalar_row, kRowChunk, "step index");
-  for (const auto& field : kStepF64) {
-    impl->step_f64.push_back(create_extendible(steps, f, "/steps", field.name, Elem<double>::file(),
-                                               scalar_row, kRowChunk, field.description,
-                                               field.units));
-  }
-  impl->step_bytes = create_extendible(
-      steps, f, "/steps", "bytes_alltoall", Elem<std::int64_t>::file(), scalar_row, kRowChunk,
-      "bytes sent through all-to-all by all ranks in the step", "bytes");
-  const hsize_t load_chunk_rows = std::clamp<hsize_t>(kMaxChunkBytes / row_bytes, 1, 16);
-  impl->expert_load = create_extendible(
-      steps, f, "/steps", "expert_load", Elem<std::int64_t>::file(), impl->load_tail,
-      load_chunk_rows,
-      "assignments routed to each expert before capacity [step, MoE layer, expert]");
-  impl->expert_kept = create_extendible(
-      steps, f, "/steps", "expert_kept", Elem<std::int64_t>::file(), impl->load_tail,
-      load_chunk_rows, "assignments kept after capacity [step, MoE layer, expert]");
-
-  impl->eval = create_group(root, f, "/eval", "eval");
-  const hid_t eval = impl->eval.get();
-  impl->eval_step =
-      create_extendible(eval, f, "/eval", "step", Elem<std::int64_t>::file(), scalar_row, kRowChunk,
-                        "training step after which the evaluation ran");
-  for (const auto& field : kEvalF64) {
-    impl->eval_f64.push_back(create_extendible(eval, f, "/eval", field.name, Elem<double>::file(),
-                                               scalar_row, kRowChunk, field.description));
-  }
-
-  // The empty skeleton with complete = 0 reaches the disk before the first step.
-  check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
+  create_skeleton(root, f, impl->load_tail);
+  check(file.close(), f, "/", "closing the new result file");
   impl_ = std::move(impl);
 }
-
-namespace {
-Column open_column(hid_t loc, std::string_view file, std::string_view group, const char* name) {
-  Column col{h5::Dataset{}, child_path(group, name)};
-  col.ds = h5::Dataset(
-      check(H5Dopen2(loc, name, H5P_DEFAULT), file, col.name, "opening the dataset (resume)"));
-  return col;
-}
-
-// Number of leading rows of a 1-D int64 `step` column whose value passes `keep`.
-template <class Keep>
-hsize_t leading_rows(const Column& col, std::string_view file, Keep keep) {
-  h5::Space space(check(H5Dget_space(col.ds.get()), file, col.name, "getting the dataspace"));
-  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
-  std::vector<std::int64_t> v(static_cast<std::size_t>(std::max<hssize_t>(n, 0)));
-  if (!v.empty())
-    check(H5Dread(col.ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), file,
-          col.name, "reading the step column");
-  hsize_t rows = 0;
-  while (rows < v.size() && keep(v[rows])) ++rows;
-  return rows;
-}
-
-void truncate_rows(Column& col, std::string_view file, hsize_t rows) {
-  h5::Space space(check(H5Dget_space(col.ds.get()), file, col.name, "getting the dataspace"));
-  std::array<hsize_t, 4> dims{};
-  const int rank = check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), file,
-                         col.name, "reading the shape");
-  (void)rank;
-  dims[0] = rows;
-  check(H5Dset_extent(col.ds.get(), dims.data()), file, col.name,
-        "truncating the dataset (resume)");
-}
-}  // namespace
 
 ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
                            std::int64_t resume_step) {
   h5::ErrorSilencer quiet;
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->ranks = meta.ranks;
-  impl->clusters = meta.num_clusters;
+  impl->meta = meta;
   impl->load_tail = {static_cast<hsize_t>(meta.layers), static_cast<hsize_t>(meta.num_experts)};
   const std::string_view f = impl->path;
-  h5::Plist fapl = make_create_fapl(f);
-  impl->file = h5::File(check(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()), f, "/",
-                              "reopening the result file to resume"));
-  const hid_t root = impl->file.get();
-  impl->steps =
-      h5::Group(check(H5Gopen2(root, "steps", H5P_DEFAULT), f, "/steps", "opening the group"));
-  impl->eval =
-      h5::Group(check(H5Gopen2(root, "eval", H5P_DEFAULT), f, "/eval", "opening the group"));
-  const hid_t steps = impl->steps.get(), eval = impl->eval.get();
-  impl->step_step = open_column(steps, f, "/steps", "step");
-  for (const auto& field : kStepF64)
-    impl->step_f64.push_back(open_column(steps, f, "/steps", field.name));
-  impl->step_bytes = open_column(steps, f, "/steps", "bytes_alltoall");
-  impl->expert_load = open_column(steps, f, "/steps", "expert_load");
-  impl->expert_kept = open_column(steps, f, "/steps", "expert_kept");
-  impl->eval_step = open_column(eval, f, "/eval", "step");
-  for (const auto& field : kEvalF64)
-    impl->eval_f64.push_back(open_column(eval, f, "/eval", field.name));
+  h5::File file = impl->open_rw();
+  const hid_t root = file.get();
   {  // the load datasets must have this run's [L, E]
-    h5::Space space(check(H5Dget_space(impl->expert_load.ds.get()), f, "/steps/expert_load",
-                          "getting the dataspace"));
-    std::array<hsize_t, 4> dims{};
-    if (H5Sget_simple_extent_ndims(space.get()) != 3 ||
-        check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), f, "/steps/expert_load",
-              "shape") != 3 ||
-        dims[1] != impl->load_tail[0] || dims[2] != impl->load_tail[1])
+    h5::Dataset ds(check(H5Dopen2(root, "/steps/expert_load", H5P_DEFAULT), f, "/steps/expert_load",
+                         "opening the dataset (resume)"));
+    const std::vector<hsize_t> dims = extent(ds.get(), f, "/steps/expert_load");
+    if (dims.size() != 3 || dims[1] != impl->load_tail[0] || dims[2] != impl->load_tail[1])
       throw std::runtime_error(
           "result file '" + path + "' cannot be resumed: its expert_load is not [S, " +
           std::to_string(meta.layers) + ", " + std::to_string(meta.num_experts) + "]");
   }
-  const hsize_t keep_steps =
-      leading_rows(impl->step_step, f, [&](std::int64_t s) { return s < resume_step; });
-  const hsize_t keep_evals =
-      leading_rows(impl->eval_step, f, [&](std::int64_t s) { return s <= resume_step; });
-  for (Column* c : {&impl->step_step, &impl->step_bytes, &impl->expert_load, &impl->expert_kept})
-    truncate_rows(*c, f, keep_steps);
-  for (auto& c : impl->step_f64) truncate_rows(c, f, keep_steps);
-  truncate_rows(impl->eval_step, f, keep_evals);
-  for (auto& c : impl->eval_f64) truncate_rows(c, f, keep_evals);
-  {  // research-metric datasets: whatever else the groups hold
-    std::vector<std::string> known_steps{"step", "bytes_alltoall", "expert_load", "expert_kept"};
-    for (const auto& field : kStepF64) known_steps.emplace_back(field.name);
-    std::vector<std::string> known_eval{"step"};
-    for (const auto& field : kEvalF64) known_eval.emplace_back(field.name);
-    for (const auto& name : other_datasets(steps, known_steps)) {
-      Column c = open_column(steps, f, "/steps", name.c_str());
-      truncate_rows(c, f, keep_steps);
-      impl->extra.emplace("steps/" + name, std::move(c));
-    }
-    for (const auto& name : other_datasets(eval, known_eval)) {
-      Column c = open_column(eval, f, "/eval", name.c_str());
-      truncate_rows(c, f, keep_evals);
-      impl->extra.emplace("eval/" + name, std::move(c));
+  const std::vector<std::int64_t> steps = read_all<std::int64_t>(root, f, "/steps/step");
+  const std::vector<std::int64_t> evals = read_all<std::int64_t>(root, f, "/eval/step");
+  hsize_t keep_steps = 0, keep_evals = 0;
+  while (keep_steps < steps.size() && steps[keep_steps] < resume_step) ++keep_steps;
+  while (keep_evals < evals.size() && evals[keep_evals] <= resume_step) ++keep_evals;
+  for (hsize_t i = 0; i < keep_steps; ++i)
+    if (steps[i] != static_cast<std::int64_t>(i))
+      throw ResumeGap("result file '" + path + "' has step " + std::to_string(steps[i]) +
+                      " in row " + std::to_string(i) + ": its rows are not the steps 0, 1, ...");
+  if (keep_steps != static_cast<hsize_t>(resume_step))
+    throw ResumeGap("result file '" + path + "' has rows for steps 0.." +
+                    std::to_string(static_cast<std::int64_t>(keep_steps) - 1) +
+                    " only, but the checkpoint continues after step " +
+                    std::to_string(resume_step - 1) + ": resuming would leave steps without rows");
+  {
+    h5::Group g(check(H5Gopen2(root, "steps", H5P_DEFAULT), f, "/steps", "opening the group"));
+    for (const std::string& name : children(g.get()))
+      resize_rows(root, f, "/steps/" + name, keep_steps);
+  }
+  {
+    h5::Group g(check(H5Gopen2(root, "eval", H5P_DEFAULT), f, "/eval", "opening the group"));
+    for (const std::string& name : children(g.get()))
+      resize_rows(root, f, "/eval/" + name, keep_evals);
+  }
+  if (!link_exists(root, "attempts")) (void)create_group(root, f, "/attempts", "attempts");
+  {  // an attempt still marked "running" was killed without a chance to say so
+    std::vector<hsize_t> dims;
+    if (link_exists(root, "/attempts/end")) {
+      h5::Dataset ds(check(H5Dopen2(root, "/attempts/end", H5P_DEFAULT), f, "/attempts/end",
+                           "opening the dataset"));
+      dims = extent(ds.get(), f, "/attempts/end");
+      if (!dims.empty() && dims[0] > 0) {
+        h5::Type str(check(H5Dget_type(ds.get()), f, "/attempts/end", "type"));
+        std::vector<char> cells(dims[0] * kTextCell);
+        check(H5Dread(ds.get(), str.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, cells.data()), f,
+              "/attempts/end", "reading");
+        for (hsize_t r = 0; r < dims[0]; ++r)
+          if (std::strncmp(cells.data() + r * kTextCell, "running", kTextCell) == 0) {
+            const std::array<char, kTextCell> c = text_cell("interrupted");
+            std::copy(c.begin(), c.end(),
+                      cells.begin() + static_cast<std::ptrdiff_t>(r * kTextCell));
+          }
+        check(H5Dwrite(ds.get(), str.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, cells.data()), f,
+              "/attempts/end", "writing");
+      }
+      impl->attempt_row = dims.empty() ? 0 : dims[0];
     }
   }
-  impl->step_rows = keep_steps;
-  impl->eval_rows = keep_evals;
-  impl->last_step = resume_step - 1;
   overwrite_scalar_attr<std::int64_t>(root, f, "/", "complete", 0);
   overwrite_scalar_attr<std::int64_t>(root, f, "/", "ranks", meta.ranks);
-  if (H5Lexists(root, "summary", H5P_DEFAULT) > 0)  // written again by finish()
+  if (link_exists(root, "summary"))  // written again by finish()
     check(H5Ldelete(root, "summary", H5P_DEFAULT), f, "/summary", "removing the old summary");
-  check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
+  if (H5Aexists(root, "incomplete_reason") > 0)
+    check(H5Adelete(root, "incomplete_reason"), f, "/", "removing the old incomplete_reason");
+  check(file.close(), f, "/", "closing the result file (resume)");
+  impl->step_rows = impl->step_rows_disk = keep_steps;
+  impl->eval_rows = keep_evals;
+  impl->last_step = resume_step - 1;
   impl_ = std::move(impl);
 }
 
-ResultWriter::~ResultWriter() {
-  // Error path (no finish()): close whatever is open, leaving complete = 0. Never throws.
-  if (impl_ && !impl_->finished) {
-    h5::ErrorSilencer quiet;
-    (void)impl_->close_all();
-  }
+ResultWriter::~ResultWriter() = default;  // the file is closed between flushes
+
+void ResultWriter::begin_attempt(const AttemptInfo& attempt) {
+  Impl& m = *impl_;
+  m.require_open("begin_attempt");
+  m.attempt = attempt;
+  m.attempt_open = true;
+  m.attempt_end = "running";
+  m.attempt_last_step = attempt.first_step;
+  m.flush_now();
 }
 
 void ResultWriter::append_step(const StepRecord& rec) {
@@ -591,361 +594,204 @@ void ResultWriter::append_step(const StepRecord& rec) {
                              " appended after step " + std::to_string(m.last_step) +
                              "; steps must be strictly increasing");
   }
-
-  h5::ErrorSilencer quiet;
-  const std::string_view f = m.path;
+  const hsize_t L = m.load_tail[0], E = m.load_tail[1];
+  const auto P = static_cast<hsize_t>(m.meta.ranks);
+  // Every size is checked before any column takes a value: a rejected record leaves no row.
+  auto require_size = [&](const char* what, std::size_t n, hsize_t want) {
+    if (n != 0 && n != want)
+      throw std::runtime_error("result file '" + m.path + "': step " + std::to_string(rec.step) +
+                               " " + what + " row has " + std::to_string(n) + " values; expected " +
+                               std::to_string(want));
+  };
+  require_size("load_imbalance", rec.load_imbalance.size(), L);
+  require_size("traffic_tokens", rec.traffic_tokens.size(), P * P);
   const hsize_t row = m.step_rows;
-  const std::span<const hsize_t> scalar_row{};
-  append_row(m.step_step, f, row, scalar_row, H5T_NATIVE_INT64, &rec.step);
-  for (std::size_t i = 0; i < kStepF64.size(); ++i) {
-    const double value = rec.*(kStepF64[i].member);
-    append_row(m.step_f64[i], f, row, scalar_row, H5T_NATIVE_DOUBLE, &value);
-  }
-  append_row(m.step_bytes, f, row, scalar_row, H5T_NATIVE_INT64, &rec.bytes_alltoall);
-  append_row(m.expert_load, f, row, m.load_tail, H5T_NATIVE_INT64, rec.expert_load.data());
-  append_row(m.expert_kept, f, row, m.load_tail, H5T_NATIVE_INT64, rec.expert_kept.data());
+  auto one_i64 = [](const std::int64_t& v) { return std::span<const std::int64_t>(&v, 1); };
+  m.add<std::int64_t>("steps/step", row, one_i64(rec.step), {}, "step index");
+  for (const auto& field : kStepF64)
+    m.add<double>(std::string("steps/") + field.name, row,
+                  std::span<const double>(&(rec.*(field.member)), 1), {}, field.description,
+                  field.units);
+  m.add<std::int64_t>("steps/bytes_alltoall", row, one_i64(rec.bytes_alltoall), {},
+                      "bytes sent through all-to-all by all ranks in the step", "bytes");
+  m.add<std::int64_t>("steps/ranks", row, one_i64(m.meta.ranks), {}, "MPI ranks the step ran on");
+  m.add<std::int64_t>("steps/expert_load", row, std::span<const std::int64_t>(rec.expert_load),
+                      {L, E}, "assignments routed to each expert before capacity");
+  m.add<std::int64_t>("steps/expert_kept", row, std::span<const std::int64_t>(rec.expert_kept),
+                      {L, E}, "assignments kept after capacity");
   if (!rec.load_imbalance.empty())
-    write_extra(m.extra, m.steps.get(), f, "steps", "load_imbalance", {m.load_tail[0]}, row,
-                rec.load_imbalance,
-                "max / mean of expert_load over the experts of each MoE layer [step, layer]");
+    m.add<double>("steps/load_imbalance", row, std::span<const double>(rec.load_imbalance), {L},
+                  "max / mean of expert_load over the experts of each MoE layer [step, layer]",
+                  nullptr, false, true);
   if (!rec.traffic_tokens.empty()) {
-    const auto P = static_cast<hsize_t>(m.ranks);
-    write_extra(m.extra, m.steps.get(), f, "steps", "traffic_tokens", {P, P}, row,
-                rec.traffic_tokens,
-                "tokens dispatched from rank r (row) to rank s (column) in the step, all layers "
-                "[step, r, s]");
+    m.add<std::int64_t>("steps/traffic_tokens", row,
+                        std::span<const std::int64_t>(rec.traffic_tokens), {P, P},
+                        "tokens dispatched from rank r (row) to rank s (column) in the step, all "
+                        "layers [step, r, s]; -1: a rank the step did not have",
+                        nullptr, true, true);
   }
   m.step_rows = row + 1;
   m.last_step = rec.step;
+  m.attempt_last_step = rec.step + 1;
 }
 
 void ResultWriter::append_eval(const EvalRecord& rec) {
   Impl& m = *impl_;
   m.require_open("append_eval");
-  h5::ErrorSilencer quiet;
-  const std::string_view f = m.path;
   const hsize_t row = m.eval_rows;
-  const std::span<const hsize_t> scalar_row{};
-  append_row(m.eval_step, f, row, scalar_row, H5T_NATIVE_INT64, &rec.step);
-  for (std::size_t i = 0; i < kEvalF64.size(); ++i) {
-    const double value = rec.*(kEvalF64[i].member);
-    append_row(m.eval_f64[i], f, row, scalar_row, H5T_NATIVE_DOUBLE, &value);
-  }
+  m.add<std::int64_t>("eval/step", row, std::span<const std::int64_t>(&rec.step, 1), {},
+                      "training step after which the evaluation ran");
+  for (const auto& field : kEvalF64)
+    m.add<double>(std::string("eval/") + field.name, row,
+                  std::span<const double>(&(rec.*(field.member)), 1), {}, field.description);
   const hsize_t L = m.load_tail[0], E = m.load_tail[1];
   if (!rec.specialization.empty())
-    write_extra(m.extra, m.eval.get(), f, "eval", "specialization", {L}, row, rec.specialization,
-                "mean over clusters of the share of a cluster's tokens on its most frequent "
-                "first-choice expert [eval, layer]");
+    m.add<double>("eval/specialization", row, std::span<const double>(rec.specialization), {L},
+                  "mean over clusters of the share of a cluster's tokens on its most frequent "
+                  "first-choice expert [eval, layer]",
+                  nullptr, false, true);
   if (!rec.cluster_expert_mi.empty())
-    write_extra(m.extra, m.eval.get(), f, "eval", "cluster_expert_mi", {L}, row,
-                rec.cluster_expert_mi,
-                "mutual information (nats) between a token's cluster and its first-choice expert "
-                "[eval, layer]");
+    m.add<double>("eval/cluster_expert_mi", row, std::span<const double>(rec.cluster_expert_mi),
+                  {L},
+                  "mutual information (nats) between a token's cluster and its first-choice "
+                  "expert [eval, layer]",
+                  nullptr, false, true);
   if (!rec.cluster_expert.empty())
-    write_extra(m.extra, m.eval.get(), f, "eval", "cluster_expert",
-                {L, static_cast<hsize_t>(m.clusters), E}, row, rec.cluster_expert,
-                "first-choice assignments of held-out tokens [eval, layer, cluster, expert]");
+    m.add<std::int64_t>(
+        "eval/cluster_expert", row, std::span<const std::int64_t>(rec.cluster_expert),
+        {L, static_cast<hsize_t>(m.meta.num_clusters), E},
+        "first-choice assignments of held-out tokens [eval, layer, cluster, expert]", nullptr,
+        false, true);
   m.eval_rows = row + 1;
 }
 
 void ResultWriter::flush() {
-  Impl& m = *impl_;
-  m.require_open("flush");
-  h5::ErrorSilencer quiet;
-  check(H5Fflush(m.file.get(), H5F_SCOPE_LOCAL), m.path, "/", "flushing the result file");
+  impl_->require_open("flush");
+  impl_->flush_now();
 }
 
-void ResultWriter::finish(const Summary& summary) {
+void ResultWriter::end_attempt(const std::string& end, double wall_seconds) {
+  Impl& m = *impl_;
+  m.require_open("end_attempt");
+  m.attempt_end = end;
+  m.attempt_wall = wall_seconds;
+  m.flush_now();
+  m.attempt_open = false;
+  ++m.attempt_row;
+}
+
+void ResultWriter::mark_incomplete(const std::string& reason) {
+  Impl& m = *impl_;
+  m.require_open("mark_incomplete");
+  h5::ErrorSilencer quiet;
+  h5::File file = m.open_rw();
+  replace_string_attr(file.get(), m.path, "incomplete_reason", reason);
+  check(file.close(), m.path, "/", "closing the result file");
+}
+
+std::int64_t ResultWriter::rows_written() const {
+  return static_cast<std::int64_t>(impl_->step_rows_disk);
+}
+
+ResultWriter::Summary ResultWriter::finish() {
   Impl& m = *impl_;
   m.require_open("finish");
-  if (summary.ranks != m.ranks) {
-    throw std::runtime_error("result file '" + m.path + "': summary is for " +
-                             std::to_string(summary.ranks) + " ranks but the run has " +
-                             std::to_string(m.ranks));
-  }
-  const auto P = static_cast<hsize_t>(m.ranks);
-  if (summary.traffic_tokens.size() != P * P) {
-    throw std::runtime_error("result file '" + m.path + "': summary traffic_tokens has " +
-                             std::to_string(summary.traffic_tokens.size()) +
-                             " values; expected ranks x ranks = " + std::to_string(P) + " x " +
-                             std::to_string(P) + " = " + std::to_string(P * P));
-  }
-
+  m.flush_now();
   h5::ErrorSilencer quiet;
   const std::string_view f = m.path;
+  h5::File file = m.open_rw();
+  const hid_t root = file.get();
+  // The summary describes the whole run, every attempt: it is computed from the file's rows.
+  const std::vector<double> t = read_all<double>(root, f, "/steps/time_step");
+  const std::vector<double> dropped = read_all<double>(root, f, "/steps/dropped_fraction");
+  const std::vector<double> wall = read_all<double>(root, f, "/attempts/wall_seconds");
+  std::vector<hsize_t> tdims;
+  const std::vector<std::int64_t> traffic =
+      read_all<std::int64_t>(root, f, "/steps/traffic_tokens", &tdims);
+  const std::vector<double> loss = read_all<double>(root, f, "/steps/loss");
+  double train_seconds = 0, dsum = 0, wall_seconds = 0;
+  for (double v : t) train_seconds += v;
+  for (double v : dropped) dsum += v;
+  for (double v : wall) wall_seconds += v;
+  const auto steps = static_cast<double>(t.size());
+  Summary sum;
+  sum.tokens_per_second =
+      train_seconds > 0 ? static_cast<double>(m.meta.tokens_per_step) * steps / train_seconds : 0.0;
+  sum.step_time_median = median_of(t);
+  sum.dropped_fraction_mean = t.empty() ? 0.0 : dsum / steps;
+  sum.train_seconds = train_seconds;
+  sum.wall_seconds = wall_seconds;
+  sum.steps = static_cast<std::int64_t>(t.size());
+  sum.attempts = static_cast<std::int64_t>(wall.size());
+  sum.first_loss = loss.empty() ? 0.0 : loss.front();
+  sum.last_loss = loss.empty() ? 0.0 : loss.back();
+  const std::vector<double> acc = read_all<double>(root, f, "/eval/accuracy");
+  const std::vector<double> f1 = read_all<double>(root, f, "/eval/macro_f1");
+  sum.eval_accuracy = acc.empty() ? 0.0 : acc.back();
+  sum.eval_macro_f1 = f1.empty() ? 0.0 : f1.back();
   {
-    h5::Group group = create_group(m.file.get(), f, "/summary", "summary");
+    h5::Group group = create_group(root, f, "/summary", "summary");
     const hid_t g = group.get();
-    write_scalar_attr<double>(g, f, "/summary", "tokens_per_second", summary.tokens_per_second);
-    write_scalar_attr<double>(g, f, "/summary", "step_time_median", summary.step_time_median);
-    write_scalar_attr<double>(g, f, "/summary", "dropped_fraction_mean",
-                              summary.dropped_fraction_mean);
-    write_scalar_attr<double>(g, f, "/summary", "wall_seconds", summary.wall_seconds);
-    write_scalar_attr<std::int64_t>(g, f, "/summary", "ranks", summary.ranks);
+    write_scalar_attr<double>(g, f, "/summary", "tokens_per_second", sum.tokens_per_second);
+    write_scalar_attr<double>(g, f, "/summary", "step_time_median", sum.step_time_median);
+    write_scalar_attr<double>(g, f, "/summary", "dropped_fraction_mean", sum.dropped_fraction_mean);
+    write_scalar_attr<double>(g, f, "/summary", "train_seconds", train_seconds);
+    write_scalar_attr<double>(g, f, "/summary", "wall_seconds", wall_seconds);
+    write_scalar_attr<std::int64_t>(g, f, "/summary", "steps", static_cast<std::int64_t>(t.size()));
+    write_scalar_attr<std::int64_t>(g, f, "/summary", "attempts",
+                                    static_cast<std::int64_t>(wall.size()));
+    write_scalar_attr<std::int64_t>(g, f, "/summary", "ranks", m.meta.ranks);
+    write_string_attr(g, f, "/summary", "scope",
+                      "every step of every attempt: tokens_per_second = tokens_per_step * steps / "
+                      "train_seconds (sum of /steps/time_step); step_time_median over "
+                      "/steps/time_step; wall_seconds sums /attempts/wall_seconds");
+    // traffic_tokens [P, P] summed over the run (cells a step did not have, -1, are skipped).
+    const hsize_t P = tdims.size() == 3 ? tdims[1] : static_cast<hsize_t>(m.meta.ranks);
+    std::vector<std::int64_t> total(P * P, 0);
+    if (tdims.size() == 3)
+      for (hsize_t s = 0; s < tdims[0]; ++s)
+        for (hsize_t i = 0; i < P * P; ++i) {
+          const std::int64_t v = traffic[s * P * P + i];
+          if (v > 0) total[i] += v;
+        }
     const std::array<hsize_t, 2> dims{P, P};
-    write_array(g, f, "/summary", "traffic_tokens", dims, summary.traffic_tokens,
+    write_array(g, f, "/summary", "traffic_tokens", dims, total,
                 "tokens sent from rank r (row) to rank s (column), summed over the run");
   }
   // Everything else reaches the disk before `complete` says so: a crash between the two
   // flushes leaves a full file that still reads as incomplete, never the reverse.
-  check(H5Fflush(m.file.get(), H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
-  overwrite_scalar_attr<std::int64_t>(m.file.get(), f, "/", "complete", 1);
-  m.finished = true;  // from here on the handles are released, whatever close reports
-  if (m.close_all() < 0) {
-    h5::fail(f, "/", "closing the result file");
-  }
+  check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
+  overwrite_scalar_attr<std::int64_t>(root, f, "/", "complete", 1);
+  m.finished = true;
+  check(file.close(), f, "/", "closing the result file");
+  return sum;
 }
 
-// ======================= read_trace =======================
-
-namespace {
-
-// "float32", "int64", "uint8", "string", ... for error messages.
-std::string type_text(hid_t type) {
-  const H5T_class_t cls = H5Tget_class(type);
-  const std::string bits = std::to_string(H5Tget_size(type) * 8);
-  switch (cls) {
-    case H5T_INTEGER:
-      return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + bits;
-    case H5T_FLOAT:
-      return "float" + bits;
-    case H5T_STRING:
-      return "string";
-    case H5T_COMPOUND:
-      return "compound";
-    case H5T_ENUM:
-      return "enum";
-    case H5T_ARRAY:
-      return "array";
-    case H5T_VLEN:
-      return "variable-length";
-    case H5T_BITFIELD:
-      return "bitfield";
-    case H5T_OPAQUE:
-      return "opaque";
-    case H5T_REFERENCE:
-      return "reference";
-    default:
-      return "unknown type";
-  }
-}
-
-[[noreturn]] void trace_error(std::string_view path, std::string_view what) {
-  throw std::runtime_error("trace file '" + std::string(path) + "': " + std::string(what));
-}
-
-// Opens dataset `name` (e.g. "/logits"); distinguishes "absent" from "present but no dataset".
-h5::Dataset open_trace_dataset(hid_t file, std::string_view path, const char* name) {
-  const htri_t exists =
-      check(H5Lexists(file, name, H5P_DEFAULT), path, name, "looking up the dataset");
-  if (exists == 0) {
-    trace_error(path, "dataset '" + std::string(name) + "' not found");
-  }
-  h5::Object obj(check(H5Oopen(file, name, H5P_DEFAULT), path, name, "opening the object"));
-  if (H5Iget_type(obj.get()) != H5I_DATASET) {
-    trace_error(path, "'" + std::string(name) + "' is not a dataset");
-  }
-  return h5::Dataset(check(H5Dopen2(file, name, H5P_DEFAULT), path, name, "opening the dataset"));
-}
-
-// Current dimensions of a dataset (empty for a scalar or null dataspace).
-std::vector<hsize_t> dataset_dims(hid_t ds, std::string_view path, const char* name) {
-  h5::Space space(check(H5Dget_space(ds), path, name, "getting the dataspace"));
-  const int ndims = check(H5Sget_simple_extent_ndims(space.get()), path, name, "reading the rank");
-  std::vector<hsize_t> dims(static_cast<std::size_t>(ndims));
-  if (ndims > 0) {
-    check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), path, name,
-          "reading the shape");
-  }
-  return dims;
-}
-
-}  // namespace
-
-Trace read_trace(const std::string& path) {
-  h5::ErrorSilencer quiet;
+ResultFileState probe_result_file(const std::string& path) {
+  ResultFileState st;
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
-    throw std::runtime_error("cannot open trace file '" + path + "': no such file");
-  }
-  const hid_t fid = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (fid < 0) {
-    const std::string reason = h5::last_error();
-    throw std::runtime_error("cannot open trace file '" + path + "': not a readable HDF5 file" +
-                             (reason.empty() ? std::string() : " (" + reason + ")"));
-  }
-  h5::File file(fid);
-
-  Trace trace;
-  {
-    h5::Dataset logits = open_trace_dataset(fid, path, "/logits");
-    h5::Type type(check(H5Dget_type(logits.get()), path, "/logits", "getting the type"));
-    const H5T_class_t cls =
-        check(H5Tget_class(type.get()), path, "/logits", "getting the type class");
-    const std::size_t size = H5Tget_size(type.get());
-    if (cls != H5T_FLOAT || (size != 4 && size != 8)) {
-      trace_error(path, "dataset '/logits' has type " + type_text(type.get()) +
-                            "; allowed: float32 or float64");
-    }
-    const std::vector<hsize_t> dims = dataset_dims(logits.get(), path, "/logits");
-    if (dims.size() != 2) {
-      trace_error(path, "dataset '/logits' has shape " + shape_text(dims) +
-                            "; expected 2-D [T, E] (tokens x experts)");
-    }
-    if (dims[0] == 0 || dims[1] == 0) {
-      trace_error(path, "dataset '/logits' has shape " + shape_text(dims) +
-                            "; needs at least one token and one expert");
-    }
-    trace.tokens = static_cast<std::int64_t>(dims[0]);
-    trace.experts = static_cast<std::int64_t>(dims[1]);
-    trace.logits.resize(dims[0] * dims[1]);
-    // HDF5 converts float32 to double on the fly (exactly).
-    check(H5Dread(logits.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                  trace.logits.data()),
-          path, "/logits", "reading the dataset");
-    for (std::size_t i = 0; i < trace.logits.size(); ++i) {
-      const double v = trace.logits[i];
-      if (!std::isfinite(v)) {
-        trace_error(path, "dataset '/logits' has a non-finite value (" +
-                              std::string(std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf")) +
-                              ") at token " + std::to_string(i / dims[1]) + ", expert " +
-                              std::to_string(i % dims[1]) + "; logits must be finite");
-      }
-    }
-  }
-
-  const htri_t has_ids =
-      check(H5Lexists(fid, "/token_id", H5P_DEFAULT), path, "/token_id", "looking up the dataset");
-  if (has_ids > 0) {
-    h5::Dataset ids = open_trace_dataset(fid, path, "/token_id");
-    h5::Type type(check(H5Dget_type(ids.get()), path, "/token_id", "getting the type"));
-    if (H5Tget_class(type.get()) != H5T_INTEGER) {
-      trace_error(path, "dataset '/token_id' has type " + type_text(type.get()) +
-                            "; allowed: an integer type (int64)");
-    }
-    const std::vector<hsize_t> dims = dataset_dims(ids.get(), path, "/token_id");
-    const auto T = static_cast<hsize_t>(trace.tokens);
-    if (dims.size() != 1 || dims[0] != T) {
-      trace_error(path, "dataset '/token_id' has shape " + shape_text(dims) + "; expected [" +
-                            std::to_string(T) + "] (one id per row of /logits)");
-    }
-    trace.token_id.resize(T);
-    // HDF5 would silently clamp a uint64 id above INT64_MAX; abort the conversion instead.
-    h5::Plist dxpl(check(H5Pcreate(H5P_DATASET_XFER), path, "/token_id",
-                         "creating the transfer property list"));
-    auto no_overflow = [](H5T_conv_except_t except, hid_t, hid_t, void*, void*,
-                          void*) -> H5T_conv_ret_t {
-      return except == H5T_CONV_EXCEPT_RANGE_HI || except == H5T_CONV_EXCEPT_RANGE_LOW
-                 ? H5T_CONV_ABORT
-                 : H5T_CONV_UNHANDLED;
-    };
-    check(H5Pset_type_conv_cb(dxpl.get(), no_overflow, nullptr), path, "/token_id",
-          "setting the conversion check");
-    if (H5Dread(ids.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, dxpl.get(), trace.token_id.data()) <
-        0) {
-      trace_error(path,
-                  "dataset '/token_id' (type " + type_text(type.get()) +
-                      ") could not be read as int64: a value is out of range or the read failed");
-    }
-  }
-  return trace;
-}
-
-// ======================= write_route_output =======================
-
-namespace {
-
-void validate_route_output(const std::string& path, const RouteOutput& out) {
-  const std::size_t n = out.token.size();
-  if (out.expert.size() != n || out.slot.size() != n || out.weight.size() != n) {
-    throw std::runtime_error(
-        "route output '" + path + "': kept-assignment arrays differ in length: token " +
-        std::to_string(n) + ", expert " + std::to_string(out.expert.size()) + ", slot " +
-        std::to_string(out.slot.size()) + ", weight " + std::to_string(out.weight.size()));
-  }
-  if (out.dropped_expert.size() != out.dropped_token.size()) {
-    throw std::runtime_error("route output '" + path +
-                             "': dropped arrays differ in length: dropped_token " +
-                             std::to_string(out.dropped_token.size()) + ", dropped_expert " +
-                             std::to_string(out.dropped_expert.size()));
-  }
-  if (out.load_routed.empty() || out.load_routed.size() != out.load_kept.size()) {
-    throw std::runtime_error(
-        "route output '" + path + "': load arrays must both have E >= 1 entries: routed " +
-        std::to_string(out.load_routed.size()) + ", kept " + std::to_string(out.load_kept.size()));
-  }
-  const auto E = static_cast<std::int64_t>(out.load_routed.size());
-  auto check_experts = [&](const std::vector<std::int32_t>& experts, const char* name) {
-    for (std::size_t i = 0; i < experts.size(); ++i) {
-      if (experts[i] < 0 || experts[i] >= E) {
-        throw std::runtime_error("route output '" + path + "': " + name + "[" + std::to_string(i) +
-                                 "] = " + std::to_string(experts[i]) +
-                                 " is not an expert index in [0, " + std::to_string(E) + ")");
-      }
-    }
-  };
-  check_experts(out.expert, "expert");
-  check_experts(out.dropped_expert, "dropped_expert");
-}
-
-void write_route_file(const std::string& file_path, const RouteOutput& out) {
-  const std::string_view f = file_path;
-  h5::Plist fapl = make_create_fapl(f);
-  h5::File file(check(H5Fcreate(file_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), f, "/",
-                      "creating the route output file"));
-  const hid_t root = file.get();
-  write_string_attr(root, f, "/", "schema_version", kSchemaVersion);
-  write_scalar_attr<std::int64_t>(root, f, "/", "capacity", out.capacity);
-  write_scalar_attr<double>(root, f, "/", "aux_loss", out.aux_loss);
-  write_scalar_attr<double>(root, f, "/", "z_loss", out.z_loss);
-  write_scalar_attr<double>(root, f, "/", "dropped_fraction", out.dropped_fraction);
-  write_string_attr(root, f, "/", "config", out.config_ini);
-  {
-    h5::Group g = create_group(root, f, "/routing", "routing");
-    write_vector(g.get(), f, "/routing", "token", out.token,
-                 "token of each kept assignment, sorted by (token, expert)");
-    write_vector(g.get(), f, "/routing", "expert", out.expert, "expert of each kept assignment");
-    write_vector(g.get(), f, "/routing", "slot", out.slot,
-                 "index of the assignment in its expert's buffer within its routing group");
-    write_vector(g.get(), f, "/routing", "weight", out.weight,
-                 "combine weight of each kept assignment");
-    write_vector(g.get(), f, "/routing", "dropped_token", out.dropped_token,
-                 "token of each dropped assignment");
-    write_vector(g.get(), f, "/routing", "dropped_expert", out.dropped_expert,
-                 "expert of each dropped assignment");
-  }
-  {
-    h5::Group g = create_group(root, f, "/load", "load");
-    write_vector(g.get(), f, "/load", "routed", out.load_routed,
-                 "assignments per expert before capacity");
-    write_vector(g.get(), f, "/load", "kept", out.load_kept,
-                 "assignments per expert after capacity");
-  }
-  check(file.close(), f, "/", "closing the route output file");
-}
-
-}  // namespace
-
-void write_route_output(const std::string& path, const RouteOutput& out) {
-  validate_route_output(path, out);
-  // Written under a temporary name and renamed: a crash never leaves a half file at `path`.
-  const std::string tmp = path + ".tmp";
+  st.exists = std::filesystem::exists(path, ec);
+  if (!st.exists) return st;
   h5::ErrorSilencer quiet;
   try {
-    write_route_file(tmp, out);
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
+    if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("not a regular file");
+    const hid_t fid = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (fid < 0) throw std::runtime_error("not a readable HDF5 file (" + h5::last_error() + ")");
+    h5::File file(fid);
+    if (!link_exists(fid, "steps") || !link_exists(fid, "/steps/step"))
+      throw std::runtime_error("no /steps/step dataset: not a moesim result file");
+    st.config_ini = H5Aexists(fid, "config") > 0 ? read_string_attr(fid, path, "config") : "";
+    st.complete = H5Aexists(fid, "complete") > 0 && read_int_attr(fid, path, "complete") == 1;
+    const std::vector<std::int64_t> steps = read_all<std::int64_t>(fid, path, "/steps/step");
+    st.rows = static_cast<std::int64_t>(steps.size());
+    st.last_step = steps.empty() ? -1 : steps.back();
+    for (std::size_t i = 0; i < steps.size(); ++i)
+      if (steps[i] != static_cast<std::int64_t>(i)) st.contiguous = false;
+    st.readable = true;
+  } catch (const std::exception& e) {
+    st.problem = e.what();
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw std::runtime_error("route output: cannot rename '" + tmp + "' to '" + path +
-                             "': " + ec.message());
-  }
+  return st;
 }
 
 }  // namespace moesim::io

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/io/checkpoint_file.hpp"
 
 namespace moesim::train {
@@ -63,6 +64,7 @@ template <typename T>
 void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>& model,
                      Optimizer<T>& opt, const Config& cfg, const comm::Comm& comm) {
   ParamStore<T>& store = model.params();
+  const dispatch::Placement placement{cfg.routing.num_experts, comm.size(), comm.rank()};
   std::vector<char> bytes;
   std::vector<double> buf;
   for (std::size_t id = 0; id < store.entries().size(); ++id) {
@@ -70,8 +72,7 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
     // Replicated tensors are identical everywhere: rank 0 contributes them.
     if (e.kind == ParamKind::replicated && comm.rank() != 0) continue;
     // Expert replicas (E < P) are identical: the first replica group contributes them.
-    const int group_ranks = std::min<int>(comm.size(), static_cast<int>(cfg.routing.num_experts));
-    if (e.kind == ParamKind::expert && comm.rank() >= group_ranks) continue;
+    if (e.kind == ParamKind::expert && placement.group() != 0) continue;
     buf.assign(store.value(static_cast<int>(id)), store.value(static_cast<int>(id)) + e.size);
     put(bytes, tensor_name("param", e.name), buf.data(), buf.size());
     for (int s = 0; s < opt.state_slots(); ++s) {
@@ -151,8 +152,10 @@ std::int64_t load_checkpoint(const std::string& path, model::Model<T>& model, Op
   if (failed > 0) {
     std::vector<char> msg(problem.begin(), problem.end());
     const std::vector<char> all = comm.gatherv_bytes(msg, 0);
-    throw std::runtime_error("cannot resume from checkpoint '" + path + "': " +
-                             (comm.rank() == 0 ? std::string(all.begin(), all.end()) : problem));
+    // A checkpoint that does not fit the model is bad input (exit 2), not a crash.
+    throw ConfigError("checkpoint.file", path,
+                      "a checkpoint of this model: " +
+                          (comm.rank() == 0 ? std::string(all.begin(), all.end()) : problem));
   }
   return step;
 }

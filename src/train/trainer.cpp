@@ -3,10 +3,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <span>
 
 #include "moesim/data/cluster_task.hpp"
+#include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/metrics/routing_metrics.hpp"
 #include "moesim/model/model.hpp"
 #include "moesim/perf/timers.hpp"
@@ -18,12 +21,26 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
+// A flat buffer of doubles reduced in one collective, addressed by named slots laid out once.
+class ReductionSlots {
+ public:
+  std::size_t add(std::size_t n) {  // returns the first index of n new slots
+    const std::size_t at = size_;
+    size_ += n;
+    return at;
+  }
+  void reset() { v_.assign(size_, 0.0); }  // keeps capacity: no allocation after the first
+  double& operator[](std::size_t i) { return v_[i]; }
+  double operator[](std::size_t i) const { return v_[i]; }
+  std::span<double> values() { return v_; }
+  std::span<const double> slice(std::size_t at, std::size_t n) const {
+    return std::span<const double>(v_).subspan(at, n);
+  }
+
+ private:
+  std::size_t size_ = 0;
+  std::vector<double> v_;
+};
 
 template <typename T>
 class Trainer {
@@ -40,10 +57,9 @@ class Trainer {
         L_(cfg.model.layers),
         E_(cfg.routing.num_experts),
         task_(cfg.data, cfg.training.seed),
-        // Expert replicas (fewer experts than ranks) average gradients within their set.
-        replica_comm_(comm.split(
-            comm.rank() % std::min<int>(comm.size(), static_cast<int>(cfg.routing.num_experts)),
-            comm.rank())),
+        placement_{cfg.routing.num_experts, comm.size(), comm.rank()},
+        // Expert replicas (fewer experts than ranks) sum gradients within their set.
+        replica_comm_(comm.split(placement_.replica_set(), comm.rank())),
         model_(cfg, comm, N_, Ne_),
         opt_(cfg.training, model_.params()) {
     const std::int64_t S = cfg.routing.group_size > 0 ? cfg.routing.group_size : N_;
@@ -57,13 +73,33 @@ class Trainer {
     ce_.resize(static_cast<std::size_t>(Ne_));
     task_.generate(Stream::data_eval, comm.rank() * Ne_, Ne_, xe_.data(), ye_.data(), ce_.data());
     traffic_.assign(static_cast<std::size_t>(P_), 0);
+    // Named slots of the per-step reductions (one SUM allreduce, one MAX allreduce).
+    const auto LE = static_cast<std::size_t>(L_ * E_);
+    slot_.ce = sums_.add(1);
+    slot_.aux = sums_.add(1);
+    slot_.z = sums_.add(1);
+    slot_.aux_gshard = sums_.add(1);
+    slot_.importance = sums_.add(1);
+    slot_.load = sums_.add(1);
+    slot_.dropped = sums_.add(1);
+    slot_.assignments = sums_.add(1);
+    slot_.bytes = sums_.add(1);
+    slot_.routed = sums_.add(LE);
+    slot_.kept = sums_.add(LE);
+    slot_.phase = maxes_.add(static_cast<std::size_t>(perf::Phase::count));
+    slot_.stop = maxes_.add(1);
+    slot_.local_step = maxes_.add(1);
+    slot_.nonfinite = maxes_.add(1);
+    sums_.reset();
+    maxes_.reset();
   }
 
-  RunResult run() {
+  RunResult run(std::int64_t resume_from) {
     RunResult res;
     const std::int64_t steps = cfg_.training.steps;
-    std::vector<double> step_times;
-    res.start_step = maybe_resume();
+    res.start_step =
+        resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_) : 0;
+    model_.refresh_low_precision();  // bf16 copies from the (possibly loaded) master weights
     if (res.start_step == 0) evaluate(0, res);
     const std::int64_t every_ckpt = cfg_.checkpoint.every;
     for (std::int64_t step = res.start_step; step < steps; ++step) {
@@ -73,31 +109,27 @@ class Trainer {
       res.aux_loss.push_back(rec.aux_loss);
       res.z_loss.push_back(rec.z_loss);
       res.dropped_fraction.push_back(rec.dropped_fraction);
-      step_times.push_back(rec.time_step);
       if (observer_) observer_->on_step(rec);
       const std::int64_t done = step + 1;
+      if (diverged_) {  // stop here: no evaluation, no checkpoint of a broken state
+        res.diverged = true;
+        res.diverged_reason = divergence_message(step, rec);
+        break;
+      }
       const std::int64_t every = cfg_.training.eval_every;
       if ((every > 0 && done % every == 0) || done == steps) evaluate(done, res);
-      const bool periodic = every_ckpt > 0 && done % every_ckpt == 0;
-      if (periodic || stop_all_)
+      // Periodic checkpoints, a final one (so a finished run can be extended with more
+      // training.steps), and one when a stop was requested.
+      const bool periodic = every_ckpt > 0 && (done % every_ckpt == 0 || done == steps);
+      if (periodic || stop_all_) {
+        if (observer_) observer_->on_checkpoint(done);  // rows reach the disk first
         save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
-      if (stop_all_ &&
-          done < steps) {  // preempted: the checkpoint above lets a requeued job continue
+      }
+      if (stop_all_ && done < steps) {  // preempted: the checkpoint lets a requeued job continue
         res.preempted = true;
         break;
       }
     }
-    for (double t : step_times) res.train_seconds += t;
-    res.tokens_per_second =
-        res.train_seconds > 0 ? static_cast<double>(B_ * steps) / res.train_seconds : 0;
-    res.step_time_median = median(step_times);
-    double dsum = 0;
-    for (double d : res.dropped_fraction) dsum += d;
-    res.dropped_fraction_mean =
-        res.dropped_fraction.empty() ? 0 : dsum / static_cast<double>(res.dropped_fraction.size());
-    if (comm_.rank() == 0) res.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
-    comm_.gather(std::span<const std::int64_t>(traffic_),
-                 std::span<std::int64_t>(res.traffic_tokens), 0);
     return res;
   }
 
@@ -129,73 +161,73 @@ class Trainer {
     const double local_step = std::chrono::duration<double>(Clock::now() - t0).count();
 
     // One SUM allreduce of every count (exact in double below 2^53) and one MAX of times.
-    const auto LE = static_cast<std::size_t>(L_ * E_);
-    std::vector<double>& sum = sum_;       // member: no per-step allocation
-    const std::size_t extra = 5 + 2 * LE;  // aux_gshard, importance, load sums
-    sum.assign(extra + 3 + 1, 0.0);
-    sum[0] = sums.ce_sum;
+    sums_.reset();
     for (int l = 0; l < L_; ++l) {
       const model::LayerStats& st = model_.layer(l).stats();
-      sum[1] += st.aux_sum;
-      sum[2] += st.z_sum;
-      sum[extra] += st.aux_gshard_sum;
-      sum[extra + 1] += st.importance_sum;
-      sum[extra + 2] += st.load_sum;
-      sum[3] += static_cast<double>(st.dropped);
-      sum[4] += static_cast<double>(st.assignments);
+      sums_[slot_.aux] += st.aux_sum;
+      sums_[slot_.z] += st.z_sum;
+      sums_[slot_.aux_gshard] += st.aux_gshard_sum;
+      sums_[slot_.importance] += st.importance_sum;
+      sums_[slot_.load] += st.load_sum;
+      sums_[slot_.dropped] += static_cast<double>(st.dropped);
+      sums_[slot_.assignments] += static_cast<double>(st.assignments);
       for (std::int64_t e = 0; e < E_; ++e) {
-        sum[5 + static_cast<std::size_t>(l * E_ + e)] =
-            static_cast<double>(st.routed[static_cast<std::size_t>(e)]);
-        sum[5 + LE + static_cast<std::size_t>(l * E_ + e)] =
-            static_cast<double>(st.kept[static_cast<std::size_t>(e)]);
+        const auto i = static_cast<std::size_t>(l * E_ + e);
+        sums_[slot_.routed + i] = static_cast<double>(st.routed[static_cast<std::size_t>(e)]);
+        sums_[slot_.kept + i] = static_cast<double>(st.kept[static_cast<std::size_t>(e)]);
       }
       for (int p = 0; p < P_; ++p)
         traffic_[static_cast<std::size_t>(p)] += st.sent_to[static_cast<std::size_t>(p)];
+      sums_[slot_.bytes] += static_cast<double>(model_.layer(l).bytes_sent());
     }
-    double bytes = 0;
-    for (int l = 0; l < L_; ++l) bytes += static_cast<double>(model_.layer(l).bytes_sent());
-    sum.back() = bytes;
-    comm_.allreduce(std::span<double>(sum), comm::ReduceOp::sum);
+    sums_[slot_.ce] = sums.ce_sum;
+    comm_.allreduce(sums_.values(), comm::ReduceOp::sum);
     // Aux-loss-free balancing: every rank updates b from the same global loads.
     for (int l = 0; l < L_; ++l)
-      model_.layer(l).update_bias(std::span<const double>(sum).subspan(
-          5 + static_cast<std::size_t>(l * E_), static_cast<std::size_t>(E_)));
-    std::vector<double>& mx = max_;
-    mx.assign(times.seconds.begin(), times.seconds.end());
-    mx.push_back(stop_requested() ? 1.0 : 0.0);  // a signal on any rank stops every rank
-    mx.push_back(local_step);
-    comm_.allreduce(std::span<double>(mx), comm::ReduceOp::max);
-    stop_all_ = mx[mx.size() - 2] > 0;
+      model_.layer(l).update_bias(sums_.slice(slot_.routed + static_cast<std::size_t>(l * E_),
+                                              static_cast<std::size_t>(E_)));
+    maxes_.reset();
+    for (std::size_t ph = 0; ph < times.seconds.size(); ++ph)
+      maxes_[slot_.phase + ph] = times.seconds[ph];
+    maxes_[slot_.stop] = stop_requested() ? 1.0 : 0.0;  // a signal on any rank stops every rank
+    maxes_[slot_.local_step] = local_step;
+    maxes_[slot_.nonfinite] = gradients_finite() ? 0.0 : 1.0;
+    comm_.allreduce(maxes_.values(), comm::ReduceOp::max);
+    stop_all_ = maxes_[slot_.stop] > 0;
 
     io::StepRecord rec;
     rec.step = step;
     const double groups = static_cast<double>(global_groups_) * static_cast<double>(L_);
-    rec.task_loss = sum[0] / static_cast<double>(B_);
-    rec.aux_loss = sum[1] / groups;
-    rec.z_loss = sum[2] / groups;
-    rec.aux_gshard_loss = sum[extra] / groups;
-    rec.importance_loss = sum[extra + 1] / groups;
-    rec.load_loss = sum[extra + 2] / groups;
+    rec.task_loss = sums_[slot_.ce] / static_cast<double>(B_);
+    rec.aux_loss = sums_[slot_.aux] / groups;
+    rec.z_loss = sums_[slot_.z] / groups;
+    rec.aux_gshard_loss = sums_[slot_.aux_gshard] / groups;
+    rec.importance_loss = sums_[slot_.importance] / groups;
+    rec.load_loss = sums_[slot_.load] / groups;
     const RoutingConfig& rc = cfg_.routing;
     rec.loss = rec.task_loss + rc.aux_loss_coef * rec.aux_loss +
                rc.aux_gshard_loss_coef * rec.aux_gshard_loss +
                rc.importance_loss_coef * rec.importance_loss + rc.load_loss_coef * rec.load_loss +
                rc.z_loss_coef * rec.z_loss;
-    rec.dropped_fraction = sum[4] > 0 ? sum[3] / sum[4] : 0.0;
+    const double assignments = sums_[slot_.assignments];
+    rec.dropped_fraction = assignments > 0 ? sums_[slot_.dropped] / assignments : 0.0;
+    const auto LE = static_cast<std::size_t>(L_ * E_);
     rec.expert_load.resize(LE);
     rec.expert_kept.resize(LE);
     for (std::size_t i = 0; i < LE; ++i) {
-      rec.expert_load[i] = static_cast<std::int64_t>(sum[5 + i]);
-      rec.expert_kept[i] = static_cast<std::int64_t>(sum[5 + LE + i]);
+      rec.expert_load[i] = static_cast<std::int64_t>(sums_[slot_.routed + i]);
+      rec.expert_kept[i] = static_cast<std::int64_t>(sums_[slot_.kept + i]);
     }
-    rec.bytes_alltoall = static_cast<std::int64_t>(sum.back());
-    rec.time_gate = mx[static_cast<std::size_t>(Phase::gate)];
-    rec.time_dispatch = mx[static_cast<std::size_t>(Phase::dispatch)];
-    rec.time_expert = mx[static_cast<std::size_t>(Phase::expert)];
-    rec.time_combine = mx[static_cast<std::size_t>(Phase::combine)];
-    rec.time_backward = mx[static_cast<std::size_t>(Phase::backward)];
-    rec.time_sync = mx[static_cast<std::size_t>(Phase::sync)];
-    rec.time_step = mx.back();
+    rec.bytes_alltoall = static_cast<std::int64_t>(sums_[slot_.bytes]);
+    auto phase = [&](Phase p) { return maxes_[slot_.phase + static_cast<std::size_t>(p)]; };
+    rec.time_gate = phase(Phase::gate);
+    rec.time_dispatch = phase(Phase::dispatch);
+    rec.time_expert = phase(Phase::expert);
+    rec.time_combine = phase(Phase::combine);
+    rec.time_backward = phase(Phase::backward);
+    rec.time_sync = phase(Phase::sync);
+    rec.time_step = maxes_[slot_.local_step];
+    diverged_ = maxes_[slot_.nonfinite] > 0 || !std::isfinite(rec.loss);
     // Research metrics: per-layer load imbalance, and this step's rank x rank traffic.
     for (int l = 0; l < L_; ++l)
       rec.load_imbalance.push_back(metrics::load_imbalance(
@@ -212,17 +244,22 @@ class Trainer {
     return rec;
   }
 
-  // checkpoint.resume with an existing checkpoint: load it and return its step (else 0).
-  std::int64_t maybe_resume() {
-    if (!cfg_.checkpoint.resume) return 0;
-    const std::string path = checkpoint_path(cfg_);
-    std::int64_t exists = 0;
-    if (comm_.rank() == 0) exists = std::filesystem::exists(path) ? 1 : 0;
-    comm_.bcast(std::span<std::int64_t>(&exists, 1), 0);
-    if (!exists) return 0;  // nothing to resume: a fresh start (first attempt of a job)
-    const std::int64_t step = load_checkpoint(path, model_, opt_, comm_);
-    model_.refresh_low_precision();
-    return step;
+  // Every gradient entry finite? One pass in double (NaN and Inf propagate into the sum; a sum
+  // beyond 1e308 of finite float gradients is a divergence too).
+  bool gradients_finite() {
+    double total = 0;
+    for (const ParamKind k : {ParamKind::replicated, ParamKind::expert})
+      for (const T g : model_.params().grads(k)) total += static_cast<double>(g);
+    return std::isfinite(total);
+  }
+
+  std::string divergence_message(std::int64_t step, const io::StepRecord& rec) const {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "training diverged at step %lld: loss %g (task %g, aux %g, z %g)%s",
+                  static_cast<long long>(step), rec.loss, rec.task_loss, rec.aux_loss, rec.z_loss,
+                  maxes_[slot_.nonfinite] > 0 ? ", non-finite gradients" : "");
+    return buf;
   }
 
   void evaluate(std::int64_t done, RunResult& res) {
@@ -290,22 +327,32 @@ class Trainer {
   std::int64_t E_;
   std::int64_t global_groups_ = 1;
   data::ClusterTask task_;
-  comm::Comm replica_comm_;  // the ranks holding the same experts (size 1 unless E < P)
+  dispatch::Placement placement_;  // where experts live (the one owner of the replica layout)
+  comm::Comm replica_comm_;        // the ranks holding the same experts (size 1 unless E < P)
   model::Model<T> model_;
   Optimizer<T> opt_;
   AlignedVector<T> x_, xe_;
   std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
-  std::vector<double> sum_, max_;      // per-step reduction buffers
-  bool stop_all_ = false;              // some rank was asked to stop (signal)
+  // Per-step reductions with named slots (allocated once in the constructor).
+  struct Slots {
+    std::size_t ce, aux, z, aux_gshard, importance, load, dropped, assignments, bytes;
+    std::size_t routed, kept;                        // [L*E] each
+    std::size_t phase, stop, local_step, nonfinite;  // MAX reduction
+  } slot_{};
+  ReductionSlots sums_, maxes_;
+  bool stop_all_ = false;  // some rank was asked to stop (signal)
+  bool diverged_ = false;  // the last step had a non-finite loss or gradient
 };
 
 }  // namespace
 
-RunResult train(const Config& cfg, const comm::Comm& comm, Observer* observer) {
-  if (cfg.model.precision == Precision::float64) return Trainer<double>(cfg, comm, observer).run();
-  return Trainer<float>(cfg, comm, observer).run();
+RunResult train(const Config& cfg, const comm::Comm& comm, Observer* observer,
+                std::int64_t resume_from) {
+  if (cfg.model.precision == Precision::float64)
+    return Trainer<double>(cfg, comm, observer).run(resume_from);
+  return Trainer<float>(cfg, comm, observer).run(resume_from);
 }
 
 }  // namespace moesim::train

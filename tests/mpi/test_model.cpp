@@ -153,9 +153,16 @@ void gradient_check(Config cfg, const std::string& label, const Prepare& prepare
   const double eps = 1e-6;
   int checked = 0, failed = 0;
   double worst = 0, largest = 0;
+  bool stop = false;  // decided collectively: a rank leaving the loop alone would hang the rest
   for (const auto& entry : all.params().entries()) {
+    if (stop) break;
     const int id = m.params().find(entry.name);
     for (std::int64_t i = 0; i < entry.size; ++i) {
+      // Every rank visits the same entries (the single-rank list), so this is collective.
+      if (comm.allreduce<std::int64_t>(failed > 10 ? 1 : 0, comm::ReduceOp::max) > 0) {
+        stop = true;
+        break;
+      }
       double* v = id >= 0 ? m.params().value(id) + i : nullptr;
       const double saved = v ? *v : 0.0;
       if (v) *v = saved + eps;
@@ -180,7 +187,6 @@ void gradient_check(Config cfg, const std::string& label, const Prepare& prepare
         ADD_FAILURE() << label << ": " << entry.name << "[" << i << "] analytic " << g << " fd "
                       << fd;
       }
-      if (failed > 10) return;
     }
   }
   const std::int64_t total_checked = comm.allreduce<std::int64_t>(checked, comm::ReduceOp::sum);

@@ -168,6 +168,7 @@ RunMetadata meta() {
   m.seed = std::numeric_limits<std::uint64_t>::max() - 7;  // needs the unsigned type
   m.layers = kL;
   m.num_experts = kE;
+  m.tokens_per_step = 100;
   return m;
 }
 
@@ -192,6 +193,7 @@ StepRecord step(std::int64_t s) {
   r.time_backward = 0.5 + x;
   r.time_sync = 0.6 + x;
   r.bytes_alltoall = (std::int64_t{1} << 40) + s;
+  r.traffic_tokens = {s + 1, 2, 3, 4 * s};  // [kP x kP]
   return r;
 }
 
@@ -205,15 +207,15 @@ EvalRecord eval(std::int64_t s) {
   return r;
 }
 
-Summary summary() {
-  Summary s;
-  s.tokens_per_second = 12345.5;
-  s.step_time_median = 0.75;
-  s.dropped_fraction_mean = 0.0625;
-  s.wall_seconds = 99.5;
-  s.ranks = kP;
-  s.traffic_tokens = {10, 20, 30, 40};
-  return s;
+// A run's end as the program does it: the attempt ends, then finish() writes /summary.
+void finish_run(ResultWriter& w, double wall = 99.5) {
+  AttemptInfo a;
+  a.job_id = "42";
+  a.start_utc = "2024-01-02T03:04:05Z";
+  a.ranks = kP;
+  w.begin_attempt(a);
+  w.end_attempt("complete", wall);
+  (void)w.finish();
 }
 
 template <class F>
@@ -237,7 +239,7 @@ TEST_F(IoTest, RunFileRoundTrip) {
     w.append_eval(eval(5));
     w.flush();
     w.append_eval(eval(10));
-    w.finish(summary());
+    finish_run(w);
   }
   Id f(open_ro(p), H5Fclose);
 
@@ -317,14 +319,19 @@ TEST_F(IoTest, RunFileRoundTrip) {
   EXPECT_EQ(read_ds(f, "/eval/dropped_fraction", H5T_IEEE_F64LE).f64,
             (std::vector<double>{0.125, 0.125}));
 
-  EXPECT_EQ(attr_f64(f, "/summary", "tokens_per_second"), 12345.5);
-  EXPECT_EQ(attr_f64(f, "/summary", "step_time_median"), 0.75);
-  EXPECT_EQ(attr_f64(f, "/summary", "dropped_fraction_mean"), 0.0625);
+  // /summary is computed from the rows: steps 0, 5, 10 with time_step 1.5, 6.5, 11.5 s and
+  // dropped_fraction 0, 0.05, 0.1; meta().tokens_per_step = 100.
+  EXPECT_DOUBLE_EQ(attr_f64(f, "/summary", "tokens_per_second"), 100.0 * 3 / 19.5);
+  EXPECT_EQ(attr_f64(f, "/summary", "step_time_median"), 6.5);
+  EXPECT_DOUBLE_EQ(attr_f64(f, "/summary", "dropped_fraction_mean"), 0.05);
   EXPECT_EQ(attr_f64(f, "/summary", "wall_seconds"), 99.5);
+  EXPECT_EQ(attr_f64(f, "/summary", "train_seconds"), 19.5);
   EXPECT_EQ(attr_i64(f, "/summary", "ranks"), kP);
+  EXPECT_EQ(attr_i64(f, "/summary", "attempts"), 1);
   const Data tr = read_ds(f, "/summary/traffic_tokens", H5T_STD_I64LE);
   EXPECT_EQ(tr.dims, (std::vector<hsize_t>{kP, kP}));
-  EXPECT_EQ(tr.i64, (std::vector<std::int64_t>{10, 20, 30, 40}));
+  EXPECT_EQ(tr.i64, (std::vector<std::int64_t>{1 + 6 + 11, 6, 9, 60}));
+  EXPECT_EQ(read_ds(f, "/steps/ranks", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{kP, kP, kP}));
 }
 
 TEST_F(IoTest, RowsCrossChunkBoundaries) {
@@ -333,7 +340,7 @@ TEST_F(IoTest, RowsCrossChunkBoundaries) {
   {
     ResultWriter w(p.string(), meta());
     for (std::int64_t s = 0; s < 600; ++s) w.append_step(step(s));
-    w.finish(summary());
+    finish_run(w);
   }
   Id f(open_ro(p), H5Fclose);
   const Data st = read_ds(f, "/steps/step", H5T_STD_I64LE);
@@ -364,11 +371,11 @@ TEST_F(IoTest, IncompleteUntilFinish) {
                 (std::vector<hsize_t>{2, kL, kE}));
     }
     w.append_step(step(3));
-    // destroyed without finish(): the error path
+    // destroyed without finish() or flush(): the row of step 3 was only buffered
   }
   Id f(open_ro(p), H5Fclose);
   EXPECT_EQ(attr_i64(f, "/", "complete"), 0);
-  EXPECT_EQ(read_ds(f, "/steps/step", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(read_ds(f, "/steps/step", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{1, 2}));
   EXPECT_EQ(H5Lexists(f, "/summary", H5P_DEFAULT), 0);
 }
 
@@ -383,7 +390,7 @@ TEST_F(IoTest, LargeConfigAttribute) {
   {
     ResultWriter w(p.string(), m);
     w.append_step(step(0));
-    w.finish(summary());
+    finish_run(w);
   }
   Id f(open_ro(p), H5Fclose);
   EXPECT_EQ(attr_string(f, "/", "config"), m.config_ini);
@@ -410,17 +417,14 @@ TEST_F(IoTest, SizeMismatchesThrow) {
   EXPECT_NE(error_of([&] { w.append_step(step(0)); }).find("strictly increasing"),
             std::string::npos);
 
-  Summary s = summary();
-  s.traffic_tokens.pop_back();
-  EXPECT_NE(error_of([&] { w.finish(s); }).find("traffic_tokens has 3 values"), std::string::npos);
-  s = summary();
-  s.ranks = 3;
-  s.traffic_tokens.assign(9, 0);
-  EXPECT_NE(error_of([&] { w.finish(s); }).find("summary is for 3 ranks"), std::string::npos);
+  r = step(1);
+  r.traffic_tokens.pop_back();
+  EXPECT_NE(error_of([&] { w.append_step(r); }).find("traffic_tokens row has 3 values"),
+            std::string::npos);
 
-  w.finish(summary());
+  finish_run(w);
   EXPECT_THROW(w.append_step(step(1)), std::logic_error);
-  EXPECT_THROW(w.finish(summary()), std::logic_error);
+  EXPECT_THROW((void)w.finish(), std::logic_error);
 
   Id f(open_ro(p), H5Fclose);
   EXPECT_EQ(read_ds(f, "/steps/step", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{0}));
@@ -434,6 +438,98 @@ TEST_F(IoTest, BadMetadataAndPathThrow) {
   const std::string bad = (dir_ / "no_such_dir" / "run.h5").string();
   const std::string msg = error_of([&] { ResultWriter w(bad, meta()); });
   EXPECT_NE(msg.find(bad), std::string::npos) << msg;
+}
+
+TEST_F(IoTest, ResumeKeepsRowsBeforeTheCheckpointAndRecordsAttempts) {
+  const fs::path p = file("resume.h5");
+  {
+    ResultWriter w(p.string(), meta());
+    AttemptInfo a;
+    a.job_id = "7";
+    a.ranks = kP;
+    w.begin_attempt(a);
+    for (std::int64_t s = 0; s < 6; ++s) w.append_step(step(s));
+    w.append_eval(eval(0));
+    w.append_eval(eval(4));
+    w.flush();  // what a checkpoint of step 4 forces to disk
+    w.append_step(step(6));
+    // killed here: step 6 was never flushed, the attempt stays "running"
+  }
+  EXPECT_EQ(probe_result_file(p.string()).rows, 6);
+  {
+    ResultWriter w(p.string(), meta(), 4);  // resume from a checkpoint of step 4
+    AttemptInfo a;
+    a.job_id = "8";
+    a.first_step = 4;
+    a.ranks = kP;
+    w.begin_attempt(a);
+    for (std::int64_t s = 4; s < 8; ++s) w.append_step(step(s));
+    w.end_attempt("complete", 2.0);
+    (void)w.finish();
+  }
+  Id f(open_ro(p), H5Fclose);
+  EXPECT_EQ(read_ds(f, "/steps/step", H5T_STD_I64LE).i64,
+            (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(read_ds(f, "/eval/step", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{0, 4}));
+  EXPECT_EQ(read_ds(f, "/attempts/first_step", H5T_STD_I64LE).i64,
+            (std::vector<std::int64_t>{0, 4}));
+  EXPECT_EQ(read_ds(f, "/attempts/last_step", H5T_STD_I64LE).i64,
+            (std::vector<std::int64_t>{6, 8}));  // the killed attempt: its last flush
+  EXPECT_EQ(attr_i64(f, "/summary", "steps"), 8);
+  EXPECT_EQ(attr_i64(f, "/summary", "attempts"), 2);
+}
+
+TEST_F(IoTest, ResumeRefusesAGapAndProbeSeesIt) {
+  const fs::path p = file("gap.h5");
+  {
+    ResultWriter w(p.string(), meta());
+    for (std::int64_t s = 0; s < 3; ++s) w.append_step(step(s));
+    w.flush();
+  }
+  const ResultFileState st = probe_result_file(p.string());
+  EXPECT_TRUE(st.exists && st.readable && !st.complete && st.contiguous);
+  EXPECT_EQ(st.rows, 3);
+  EXPECT_EQ(st.config_ini, meta().config_ini);
+  // A checkpoint of step 5 with rows for 0..2 only: resuming would leave steps 3, 4 empty.
+  try {
+    ResultWriter w(p.string(), meta(), 5);
+    ADD_FAILURE() << "expected ResumeGap";
+  } catch (const ResumeGap& e) {
+    EXPECT_NE(std::string(e.what()).find("steps 0..2 only"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(probe_result_file(file("none.h5").string()).exists);
+  std::ofstream(file("junk.h5")) << "not hdf5";
+  const ResultFileState junk = probe_result_file(file("junk.h5").string());
+  EXPECT_TRUE(junk.exists);
+  EXPECT_FALSE(junk.readable);
+  EXPECT_FALSE(junk.problem.empty());
+}
+
+TEST_F(IoTest, RankAxesGrowWhenAResumedRunHasMoreRanks) {
+  const fs::path p = file("grow.h5");
+  {
+    ResultWriter w(p.string(), meta());
+    w.append_step(step(0));  // 2 ranks: traffic [2 x 2]
+    w.flush();
+  }
+  RunMetadata m4 = meta();
+  m4.ranks = 3;
+  {
+    ResultWriter w(p.string(), m4, 1);
+    StepRecord r = step(1);
+    r.traffic_tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9};  // [3 x 3]
+    w.append_step(r);
+    (void)w.finish();
+  }
+  Id f(open_ro(p), H5Fclose);
+  const Data tr = read_ds(f, "/steps/traffic_tokens", H5T_STD_I64LE);
+  EXPECT_EQ(tr.dims, (std::vector<hsize_t>{2, 3, 3}));
+  // Row 0 (2 ranks): its 2 x 2 block, -1 where rank 2 did not exist.
+  EXPECT_EQ(tr.i64, (std::vector<std::int64_t>{1, 2, -1, 3, 0, -1, -1, -1, -1,  //
+                                               1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(read_ds(f, "/steps/ranks", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(read_ds(f, "/summary/traffic_tokens", H5T_STD_I64LE).i64,
+            (std::vector<std::int64_t>{2, 4, 3, 7, 5, 6, 7, 8, 9}));
 }
 
 // ======================= read_trace =======================

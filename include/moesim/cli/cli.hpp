@@ -30,6 +30,8 @@ struct Invocation {
 
 inline constexpr int kExitBadInput = 2;
 inline constexpr int kExitRuntime = 1;
+// A run stopped at a non-finite loss or gradient (complete = 0, last good checkpoint kept).
+inline constexpr int kExitDiverged = 3;
 
 // moesim run PARAMS.ini [--section.key=value ...] | moesim route [PARAMS.ini] --trace.* ...
 // | moesim --help | moesim run --help | moesim --version.

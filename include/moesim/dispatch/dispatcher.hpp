@@ -35,6 +35,9 @@ struct Placement {
   [[nodiscard]] int replicas() const { return ranks / group_ranks(); }
   [[nodiscard]] std::int64_t per_rank() const { return num_experts / group_ranks(); }
   [[nodiscard]] int group() const { return rank / group_ranks(); }
+  // The ranks that hold the same experts (one per replica group) share this id; they sum
+  // their expert gradients. Equals the rank when E >= P (no replicas).
+  [[nodiscard]] int replica_set() const { return rank % group_ranks(); }
   // The rank that computes `expert` for this rank's tokens: its replica in our group.
   [[nodiscard]] int owner(std::int64_t expert) const {
     return group() * group_ranks() + static_cast<int>(expert / per_rank());

@@ -12,7 +12,8 @@
 
 namespace moesim::io {
 
-inline constexpr std::int64_t kCheckpointFormat = 1;
+// 2: per-tensor and header checksums.
+inline constexpr std::int64_t kCheckpointFormat = 2;
 
 struct CheckpointMeta {
   std::int64_t format_version = kCheckpointFormat;
@@ -28,6 +29,9 @@ struct CheckpointEntry {
   std::vector<double> data;  // exact for float32 values
 };
 
+// FNV-1a 64 of the header fields (stored as the root attribute meta_checksum).
+std::uint64_t checkpoint_meta_checksum(const CheckpointMeta& meta);
+
 // Writes `path` + ".tmp", then renames it to `path`. Throws std::runtime_error.
 void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
                       const std::vector<CheckpointEntry>& entries);
@@ -40,6 +44,8 @@ class CheckpointReader {
   CheckpointReader& operator=(const CheckpointReader&) = delete;
   [[nodiscard]] const CheckpointMeta& meta() const;
   [[nodiscard]] bool has(const std::string& name) const;
+  // Reads every tensor and checks its checksum. Throws naming the first corrupt one.
+  void verify() const;
   // Reads tensor `name` into `out`; its length must match. Throws otherwise.
   void read(const std::string& name, std::span<double> out) const;
 

@@ -1,12 +1,17 @@
 // HDF5 result files of outputs.md. Written by one process (rank 0) with the default
 // (serial) file driver: every metric is reduced to rank 0 before it is written, so no
 // collective HDF5 calls are needed. The root attribute `complete` is 0 until finish().
+// Rank-shaped datasets (e.g. /steps/traffic_tokens [S, P, P]) grow along their rank axes when a
+// run resumes on more ranks; cells of ranks a step did not have read as -1, and /steps/ranks
+// says how many ranks each step ran on.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "moesim/io/trace_file.hpp"  // route files (kept here for existing includes)
 
 namespace moesim::io {
 
@@ -19,9 +24,10 @@ struct RunMetadata {
   std::string slurm_job_id;  // "" outside Slurm
   std::int64_t ranks = 1;
   std::uint64_t seed = 0;
-  std::int64_t layers = 1;        // L (shape of expert_load)
-  std::int64_t num_experts = 1;   // E
-  std::int64_t num_clusters = 0;  // K (cluster-task metrics; 0 = none)
+  std::int64_t layers = 1;           // L (shape of expert_load)
+  std::int64_t num_experts = 1;      // E
+  std::int64_t num_clusters = 0;     // K (cluster-task metrics; 0 = none)
+  std::int64_t tokens_per_step = 0;  // global tokens per step (for /summary tokens_per_second)
 };
 
 // One row of /steps/*.
@@ -50,61 +56,79 @@ struct EvalRecord {
   std::vector<std::int64_t> cluster_expert;  // [L*K*E] first-choice counts (layer, cluster, expert)
 };
 
-// /summary attributes and datasets.
-struct Summary {
-  double tokens_per_second = 0, step_time_median = 0, dropped_fraction_mean = 0;
-  double wall_seconds = 0;
+// One attempt of a run (a job, or a requeue / resubmission of it): /attempts/* rows.
+struct AttemptInfo {
+  std::string job_id;           // SLURM_JOB_ID (with array index) or "" outside Slurm
+  std::string start_utc;        // ISO 8601
+  std::int64_t first_step = 0;  // the step it started from (0, or a checkpoint's step)
   std::int64_t ranks = 1;
-  std::vector<std::int64_t> traffic_tokens;  // [P*P] row-major: tokens sent from rank r to s
 };
 
+// What an existing result file says about itself (probe_result_file): enough to decide
+// whether a run may resume into it, is already complete, or must start afresh.
+struct ResultFileState {
+  bool exists = false;
+  bool readable = false;        // opened and has the /steps skeleton of a result file
+  std::string problem;          // why not readable
+  bool complete = false;        // root attribute complete == 1
+  std::int64_t rows = 0;        // /steps rows
+  std::int64_t last_step = -1;  // /steps/step of the last row (-1: none)
+  bool contiguous = true;       // /steps/step == 0, 1, ..., rows - 1
+  std::string config_ini;       // root attribute config
+};
+ResultFileState probe_result_file(const std::string& path);
+
+// Rank 0's writer of the result file. Rows are buffered in memory and written in batches by
+// flush(), which opens the file, appends, and closes it again: between flushes the file on
+// disk is closed and consistent, so a run killed at any moment (SIGKILL, node failure, OOM)
+// leaves every row up to its last flush readable. The trainer flushes before every
+// checkpoint, so a resumed run finds every row before its checkpoint's step.
 class ResultWriter {
  public:
-  // Creates (truncates) `path`, writes the root attributes with complete = 0 and creates the
-  // extendible /steps and /eval datasets. Throws std::runtime_error naming the path on failure.
+  // Creates (truncates) `path` with the root attributes, complete = 0 and the empty /steps and
+  // /eval datasets. Throws std::runtime_error naming the path on failure.
   ResultWriter(const std::string& path, const RunMetadata& meta);
   // Resume: reopens an existing result file of the same shape, keeps the /steps rows with
-  // step < resume_step and the /eval rows with step <= resume_step (a resumed run rewrites
-  // the rest), sets complete = 0 and updates `ranks`. Throws if the file does not fit.
+  // step < resume_step and the /eval rows with step <= resume_step, and requires that the kept
+  // step rows are exactly 0 .. resume_step - 1 (throws ResumeGap otherwise: rows were lost and
+  // resuming would leave a hole). Sets complete = 0, updates `ranks`, removes /summary, and
+  // marks an attempt left "running" by a killed job as "interrupted".
   ResultWriter(const std::string& path, const RunMetadata& meta, std::int64_t resume_step);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;
 
-  void append_step(const StepRecord& rec);  // extends every /steps dataset by one row
-  void append_eval(const EvalRecord& rec);  // extends every /eval dataset by one row
-  void flush();                             // H5Fflush: rows so far survive a kill
-  void finish(const Summary& summary);      // writes /summary, then complete = 1, closes
+  void begin_attempt(const AttemptInfo& attempt);  // a new /attempts row ("running"); flushed
+  void append_step(const StepRecord& rec);         // buffers one /steps row
+  void append_eval(const EvalRecord& rec);         // buffers one /eval row
+  void flush();  // writes the buffered rows and the attempt's progress; file closed after
+  // Ends the attempt: `end` is "complete", "preempted", "cancelled", "diverged" or "failed";
+  // `wall_seconds` its wall time. Flushes.
+  void end_attempt(const std::string& end, double wall_seconds);
+  // Root attribute `incomplete_reason` (complete stays 0): why the run did not finish.
+  void mark_incomplete(const std::string& reason);
+  // Writes /summary computed from the file's own rows over every attempt (so a resumed run's
+  // summary describes the whole run), then complete = 1. Call after end_attempt("complete").
+  // Returns what it wrote (for the summary line).
+  struct Summary {
+    double tokens_per_second = 0, step_time_median = 0, dropped_fraction_mean = 0;
+    double train_seconds = 0, wall_seconds = 0;
+    std::int64_t steps = 0, attempts = 0;
+    double first_loss = 0, last_loss = 0;
+    double eval_accuracy = 0, eval_macro_f1 = 0;  // the last /eval row (0 when none)
+  };
+  Summary finish();
+  [[nodiscard]] std::int64_t rows_written() const;  // /steps rows on disk
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
-// `moesim route` input: /logits [T,E] (float32 or float64, read as double), optional
-// /token_id [T] int64 (empty if absent). Throws std::runtime_error naming file and dataset.
-struct Trace {
-  std::int64_t tokens = 0;
-  std::int64_t experts = 0;
-  std::vector<double> logits;          // [T*E] row-major
-  std::vector<std::int64_t> token_id;  // [T] or empty
+// The kept rows of a result file do not reach the step a run would resume from.
+class ResumeGap : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
-Trace read_trace(const std::string& path);
-
-// `moesim route` output (outputs.md).
-struct RouteOutput {
-  std::vector<std::int64_t> token;  // kept assignments, sorted by (token, expert)
-  std::vector<std::int32_t> expert;
-  std::vector<std::int32_t> slot;
-  std::vector<double> weight;
-  std::vector<std::int64_t> dropped_token;
-  std::vector<std::int32_t> dropped_expert;
-  std::vector<std::int64_t> load_routed;  // [E]
-  std::vector<std::int64_t> load_kept;    // [E]
-  std::int64_t capacity = -1;             // per (group, expert); -1 when dropless
-  double aux_loss = 0, z_loss = 0, dropped_fraction = 0;
-  std::string config_ini;
-};
-void write_route_output(const std::string& path, const RouteOutput& out);
 
 }  // namespace moesim::io

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "moesim/comm/comm.hpp"
@@ -19,23 +20,25 @@ class Observer {
   virtual ~Observer() = default;
   virtual void on_step(const io::StepRecord& rec) = 0;
   virtual void on_eval(const io::EvalRecord& rec) = 0;
+  // Called before a checkpoint of `step` steps is written: rows up to it must reach the disk
+  // first, so that a resume from that checkpoint finds every row before it.
+  virtual void on_checkpoint(std::int64_t step) = 0;
 };
 
 struct RunResult {
-  std::vector<double> loss;  // per step (identical on every rank)
-  std::vector<double> task_loss, aux_loss, z_loss, dropped_fraction;
-  std::vector<io::EvalRecord> evals;
-  double train_seconds = 0;      // sum of step times (max over ranks)
-  double tokens_per_second = 0;  // trained tokens / train_seconds
-  double step_time_median = 0;
-  double dropped_fraction_mean = 0;
-  std::vector<std::int64_t> traffic_tokens;  // [P x P] on rank 0 (empty elsewhere)
-  std::int64_t start_step = 0;               // > 0 when resumed from a checkpoint
-  bool preempted = false;                    // stopped early on a signal (checkpoint written)
+  std::vector<double> loss;  // per step of this attempt (identical on every rank)
+  std::vector<double> task_loss, aux_loss, z_loss, dropped_fraction;  // per step, likewise
+  std::vector<io::EvalRecord> evals;                                  // evaluations of this attempt
+  std::int64_t start_step = 0;  // > 0 when resumed from a checkpoint
+  bool preempted = false;       // stopped early on a signal (checkpoint written)
+  bool diverged = false;        // stopped at a non-finite loss or gradient (no checkpoint)
+  std::string diverged_reason;  // "training diverged at step N: loss nan ..."
 };
 
-// Runs cfg.training.steps steps at the precision cfg.model.precision selects.
-// `observer` may be null (and is ignored on ranks other than 0).
-RunResult train(const Config& cfg, const comm::Comm& comm, Observer* observer);
+// Runs cfg.training.steps steps at the precision cfg.model.precision selects; with
+// resume_from > 0 first loads the checkpoint at checkpoint_path(cfg) (whose step it is; the
+// caller decided that with decide_start). `observer` may be null (ignored on ranks other than 0).
+RunResult train(const Config& cfg, const comm::Comm& comm, Observer* observer,
+                std::int64_t resume_from = 0);
 
 }  // namespace moesim::train
