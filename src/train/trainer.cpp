@@ -102,11 +102,7 @@ class Trainer {
     const std::int64_t steps = cfg_.training.steps;
     res.start_step =
         resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_) : 0;
-<<<<<<< HEAD
-    if (res.start_step > 0) model_.refresh_low_precision();  // bf16 copies of loaded weights
-=======
     model_.refresh_low_precision();  // bf16 copies from the (possibly loaded) master weights
->>>>>>> perf
     if (res.start_step == 0) evaluate(0, res);
     const std::int64_t every_ckpt = cfg_.checkpoint.every;
     for (std::int64_t step = res.start_step; step < steps; ++step) {
@@ -278,7 +274,6 @@ class Trainer {
     return rec;
   }
 
-<<<<<<< HEAD
   // Per-(layer, group, expert) routed and kept counts of this step into rec.loads_* on rank 0
   // (moesim simulate's run: workload). Groups are numbered globally: rank r holds r*Gl..
   void record_loads(io::StepRecord& rec) {
@@ -316,8 +311,6 @@ class Trainer {
           }
   }
 
-=======
->>>>>>> perf
   // Every gradient entry finite? One pass in double (NaN and Inf propagate into the sum; a sum
   // beyond 1e308 of finite float gradients is a divergence too).
   bool gradients_finite() {
