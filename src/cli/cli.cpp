@@ -23,9 +23,9 @@
 #include "moesim/io/checkpoint_file.hpp"
 #include "moesim/io/result_file.hpp"
 #include "moesim/io/routing_trace.hpp"
-#include "moesim/routing/router.hpp"
 #include "moesim/model/memory_estimate.hpp"
 #include "moesim/routing/replay.hpp"
+#include "moesim/routing/router.hpp"
 #include "moesim/train/checkpoint.hpp"
 #include "moesim/train/resume.hpp"
 #include "moesim/train/trainer.hpp"
@@ -666,8 +666,8 @@ int replay_trace(const Config& cfg_in, const comm::Comm& comm) {
             throw ConfigError("trace.input", cfg.trace.input,
                               "a trace that fits in memory: /logits [" + std::to_string(T) + ", " +
                                   std::to_string(E) + "] needs about " + model::format_bytes(need) +
-                                  " to replay, " + model::format_bytes(avail.bytes) + " available (" +
-                                  avail.source + ")");
+                                  " to replay, " + model::format_bytes(avail.bytes) +
+                                  " available (" + avail.source + ")");
         };
         io::Trace trace;
         try {

@@ -88,9 +88,9 @@ struct Pending {
   bool fill_negative = false;      // fill -1 (counts) / NaN (floats) for rows before creation
   std::string description, units;  // for a dataset created at flush time
   std::map<std::string, std::int64_t> int_attrs;  // attributes of a dataset created at flush
-  hsize_t first_row = 0;           // row index of the first buffered row
-  hsize_t rows = 0;                // buffered rows
-  std::vector<unsigned char> data;  // rows x tail elements
+  hsize_t first_row = 0;                          // row index of the first buffered row
+  hsize_t rows = 0;                               // buffered rows
+  std::vector<unsigned char> data;                // rows x tail elements
 };
 
 template <class T>
@@ -167,12 +167,12 @@ void write_pending(hid_t root, std::string_view file, const std::string& key, Pe
   const std::string full = "/" + key;
   const std::size_t slash = key.find('/');
   const std::string group_name = key.substr(0, slash), name = key.substr(slash + 1);
-  h5::Group group(link_exists(root, group_name.c_str())
-                      ? check(H5Gopen2(root, group_name.c_str(), H5P_DEFAULT), file,
-                              "/" + group_name, "opening the group")
-                      : check(H5Gcreate2(root, group_name.c_str(), H5P_DEFAULT, H5P_DEFAULT,
-                                         H5P_DEFAULT),
-                              file, "/" + group_name, "creating the group"));
+  h5::Group group(
+      link_exists(root, group_name.c_str())
+          ? check(H5Gopen2(root, group_name.c_str(), H5P_DEFAULT), file, "/" + group_name,
+                  "opening the group")
+          : check(H5Gcreate2(root, group_name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), file,
+                  "/" + group_name, "creating the group"));
   h5::Dataset ds;
   if (link_exists(group.get(), name.c_str()))
     ds = h5::Dataset(
@@ -646,8 +646,7 @@ void ResultWriter::append_step(const StepRecord& rec) {
                       "bytes of bytes_alltoall that stayed on a node (incl. a rank to itself), "
                       "all ranks",
                       "bytes", false, true);
-  m.add<std::int64_t>("steps/ranks", row, one_i64(m.meta.ranks), {},
-                      "MPI ranks the step ran on");
+  m.add<std::int64_t>("steps/ranks", row, one_i64(m.meta.ranks), {}, "MPI ranks the step ran on");
   m.add<std::int64_t>("steps/expert_load", row, std::span<const std::int64_t>(rec.expert_load),
                       {L, E}, "assignments routed to each expert before capacity");
   m.add<std::int64_t>("steps/expert_kept", row, std::span<const std::int64_t>(rec.expert_kept),

@@ -32,12 +32,12 @@ void check_trace_shape(const Config& cfg, std::int64_t T, std::int64_t E) {
     throw ConfigError("routing.group_size", std::to_string(cfg.routing.group_size),
                       "a divisor of the trace's token count (" + std::to_string(T) + ")");
   if (cfg.routing.rule == RoutingRuleKind::base && S % E != 0)
-    throw ConfigError(cfg.routing.group_size > 0 ? "routing.group_size" : "trace.input",
-                      cfg.routing.group_size > 0 ? std::to_string(cfg.routing.group_size)
-                                                 : cfg.trace.input,
-                      "routing groups of a multiple of the trace's " + std::to_string(E) +
-                          " experts when routing.rule = base (group of " + std::to_string(S) +
-                          " tokens; exactly S / E tokens per expert)");
+    throw ConfigError(
+        cfg.routing.group_size > 0 ? "routing.group_size" : "trace.input",
+        cfg.routing.group_size > 0 ? std::to_string(cfg.routing.group_size) : cfg.trace.input,
+        "routing groups of a multiple of the trace's " + std::to_string(E) +
+            " experts when routing.rule = base (group of " + std::to_string(S) +
+            " tokens; exactly S / E tokens per expert)");
 }
 
 std::int64_t replay_memory_bytes(const Config& cfg, std::int64_t T, std::int64_t E) {

@@ -408,9 +408,9 @@ class Trainer {
   struct Slots {
     std::size_t ce, aux, z, aux_gshard, importance, load, dropped, assignments, bytes;
     std::size_t bytes_inter, bytes_intra;  // the step's bytes by level (node boundary or not)
-    std::size_t routed, kept;                           // [L*E] each
-    std::size_t phase, stop, local_step, nonfinite;     // MAX reduction
-    std::size_t base_epsilon;                           // [L] MAX: routing.rule = base
+    std::size_t routed, kept;              // [L*E] each
+    std::size_t phase, stop, local_step, nonfinite;  // MAX reduction
+    std::size_t base_epsilon;                        // [L] MAX: routing.rule = base
   } slot_{};
   ReductionSlots sums_, maxes_;
   bool stop_all_ = false;  // some rank was asked to stop (signal)
