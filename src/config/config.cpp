@@ -1101,13 +1101,14 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
           "routing.dispatch", to_string(r.dispatch),
           "must be alltoallv when routing.rule = base (no capacity to pad to)");
   require_int(r.expert_groups, 1, "routing.expert_groups");
-  require(r.num_experts % r.expert_groups == 0, "routing.expert_groups",
+  // (guarded: every check runs even after an earlier one failed; no division by 0)
+  require(r.expert_groups < 1 || r.num_experts % r.expert_groups == 0, "routing.expert_groups",
           std::to_string(r.expert_groups),
           "must divide routing.num_experts = " + std::to_string(r.num_experts));
   require(r.group_limit >= 0 && r.group_limit <= r.expert_groups, "routing.group_limit",
           std::to_string(r.group_limit),
           "must be in [0, routing.expert_groups = " + std::to_string(r.expert_groups) + "]");
-  if (r.group_limit > 0 && r.group_limit < r.expert_groups) {
+  if (r.expert_groups >= 1 && r.group_limit > 0 && r.group_limit < r.expert_groups) {
     require(r.rule == RoutingRuleKind::topk || r.rule == RoutingRuleKind::switch_top1,
             "routing.group_limit", std::to_string(r.group_limit),
             "a limit below routing.expert_groups needs routing.rule = topk or switch (not " +
@@ -1207,7 +1208,7 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
       // BASE balances exactly S / E tokens per expert: the group size must be a multiple of E.
       const std::int64_t share = d.tokens_per_step / ranks;
       const std::int64_t S = r.group_size > 0 ? r.group_size : share;
-      require(S % r.num_experts == 0,
+      require(r.num_experts < 1 || S % r.num_experts == 0,
               r.group_size > 0 ? "routing.group_size" : "data.tokens_per_step",
               std::to_string(r.group_size > 0 ? r.group_size : d.tokens_per_step),
               "must give routing groups of a multiple of routing.num_experts = " + E +

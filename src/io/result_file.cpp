@@ -545,8 +545,6 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
     impl->loads_rows = keep;
   }
   if (!link_exists(root, "attempts")) (void)create_group(root, f, "/attempts", "attempts");
-  if (link_exists(root, "loads"))  // sampled loads restart with the resumed run (shapes may differ)
-    check(H5Ldelete(root, "loads", H5P_DEFAULT), f, "/loads", "removing the old samples");
   {  // an attempt still marked "running" was killed without a chance to say so
     std::vector<hsize_t> dims;
     if (link_exists(root, "/attempts/end")) {
@@ -685,10 +683,13 @@ void ResultWriter::append_step(const StepRecord& rec) {
     m.add<std::int64_t>("loads/routed", lrow, std::span<const std::int64_t>(rec.loads_routed),
                         {L, G, E},
                         "assignments routed to each expert per routing group, before capacity "
-                        "[sample, layer, group, expert]");
+                        "[sample, layer, group, expert]; -1: a group the sample's run did not have "
+                        "(a resume on another rank count with routing.group_size = 0)",
+                        nullptr, true, true);
     m.add<std::int64_t>("loads/kept", lrow, std::span<const std::int64_t>(rec.loads_kept),
                         {L, G, E},
-                        "assignments kept after capacity [sample, layer, group, expert]");
+                        "assignments kept after capacity [sample, layer, group, expert]", nullptr,
+                        true, true);
     m.loads_rows = lrow + 1;
   }
   m.step_rows = row + 1;

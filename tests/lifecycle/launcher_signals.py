@@ -55,10 +55,23 @@ def comm_of(pid):
 
 
 def main():
+    global STEPS
     t = Regression(__doc__)
-    common = [QUICKSTART, f"--training.steps={STEPS}", "--training.eval_every=50", "--output.log_every=0",
-              "--model.d_ff=64", "--data.tokens_per_step=512", "--data.eval_tokens=1024",
-              "--output.echo_config=false", "--checkpoint.every=25"]
+    small = [QUICKSTART, "--training.eval_every=50", "--output.log_every=0",
+             "--model.d_ff=64", "--data.tokens_per_step=512", "--data.eval_tokens=1024",
+             "--output.echo_config=false", "--checkpoint.every=25"]
+    # mpirun forwards SIGTERM to the ranks only after GRACE seconds: the run must still be going
+    # then, on an idle machine as on a loaded one. Time a step (two run lengths, so the start-up
+    # cost cancels) and size the run to last at least 5 x GRACE after its first checkpoint.
+    walls = []
+    for n in (20, 120):
+        r = t.mpirun(2, ["run"] + small + [f"--training.steps={n}", f"--output.file={t.path(f'probe{n}.h5')}"],
+                     timeout=180)
+        walls.append(r.seconds)
+    step = max((walls[1] - walls[0]) / 100.0, 1e-4)
+    STEPS = int(min(max(300, 25 + 5 * GRACE / step), 20000)) // 50 * 50
+    print(f"  step {1e3 * step:.2f} ms -> {STEPS} steps per run", flush=True)
+    common = small + [f"--training.steps={STEPS}"]
     os.environ.update(MOESIM_REPO=REPO, MOESIM_BIN=t.moesim, MOESIM_LAUNCHER="mpirun",
                       MOESIM_STOP_GRACE=str(GRACE), MOESIM_PREEMPTIBLE="1")
     for var in ["SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_MCA_odls_base_sigkill_timeout"]:

@@ -190,11 +190,13 @@ def main():
     try:
         t.section("item 5: a second run on the same output.file is refused and the first is untouched")
         out = t.path("shared.h5")
-        p = start(t, 2, ["run"] + COMMON + [f"--output.file={out}"])
+        # A long first run, so the second starts while it is certainly still writing.
+        p = start(t, 2, ["run"] + BASE + ["--training.steps=2000", f"--output.file={out}"])
         wait_for(out + ".ckpt", p)
+        t.check(p.poll() is None, "the first run is still running when the second starts")
         r = t.mpirun(2, ["run"] + COMMON + [f"--output.file={out}"], timeout=60)
         t.check(r.rc == 2 and "in use" in r.err, "the second run exits 2: output in use", r.describe)
-        rc, so, se = finish(p)
+        rc, so, se = finish(p, 600)
         t.check(rc == 0, "the first run completes (exit 0)", se[-800:])
         h = t.h5check(out)
         t.check(h.rc == 0, "the first run's file is valid", h.describe)
