@@ -687,9 +687,8 @@ void ResultWriter::append_step(const StepRecord& rec) {
                         "(a resume on another rank count with routing.group_size = 0)",
                         nullptr, true, true);
     m.add<std::int64_t>("loads/kept", lrow, std::span<const std::int64_t>(rec.loads_kept),
-                        {L, G, E},
-                        "assignments kept after capacity [sample, layer, group, expert]", nullptr,
-                        true, true);
+                        {L, G, E}, "assignments kept after capacity [sample, layer, group, expert]",
+                        nullptr, true, true);
     m.loads_rows = lrow + 1;
   }
   m.step_rows = row + 1;
