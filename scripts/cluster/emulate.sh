@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An emulated multi-node cluster on one machine (shared/spec/multinode.md):
+# An emulated multi-node cluster on one machine (docs/multinode.md):
 #   eval "$(scripts/cluster/emulate.sh start NODES [--bandwidth RATE] [--latency TIME] [--slots K])"
 #   scripts/cluster/emulate.sh status
 #   scripts/cluster/emulate.sh stop          # removes everything it made; safe to call twice

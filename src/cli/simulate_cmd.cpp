@@ -1,5 +1,5 @@
 // `moesim simulate`: projections of one training step to virtual rank counts, and validation
-// against measured run result files (shared/spec/simulate.md). One process; no MPI calls.
+// against measured run result files (docs/simulate.md). One process; no MPI calls.
 #include <algorithm>
 #include <chrono>
 #include <cmath>

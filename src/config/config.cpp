@@ -1085,9 +1085,8 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
                "must be a number >= 0");
   // Parts of the routing toolkit that are not built yet are refused here, with the key and
   // value, rather than failing later at run time.
-  require(
-      rule_accepted(r.rule), "routing.rule", to_string(r.rule),
-      "is not implemented (no exact balanced assignment yet); available: " + accepted_rules("|"));
+  require(rule_accepted(r.rule), "routing.rule", to_string(r.rule),
+          "is not available in this build; available: " + accepted_rules("|"));
   require(r.score == ScoreKind::softmax || r.rule == RoutingRuleKind::topk ||
               r.rule == RoutingRuleKind::switch_top1,
           "routing.score", to_string(r.score),

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Regression: `moesim simulate` and `moesim calibrate` end to end (shared/spec/simulate.md).
+"""Regression: `moesim simulate` and `moesim calibrate` end to end (docs/simulate.md).
 
 Bad input stops with exit 2 naming key and value (no output file); a projection writes the HDF5
 contract (tools/h5check.py --projection) and a CSV beside it; a 2-rank run records /loads, and

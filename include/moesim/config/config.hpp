@@ -134,7 +134,7 @@ struct BenchConfig {
 };
 
 // The machine a step is predicted on (moesim simulate) or measured on (moesim calibrate);
-// a machine file is an INI file with this section (shared/spec/simulate.md).
+// a machine file is an INI file with this section (docs/simulate.md).
 struct ClusterConfig {
   std::string file;                     // simulate: machine file to read ([cluster] keys)
   std::string output;                   // calibrate: machine file to write

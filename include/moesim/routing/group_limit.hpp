@@ -1,5 +1,5 @@
 // Node-limited routing (DeepSeek-V3's device/node-limited routing; Megatron-Core
-// moe_router_num_groups / moe_router_group_topk): shared/spec/multinode.md.
+// moe_router_num_groups / moe_router_group_topk): docs/multinode.md.
 #pragma once
 
 #include <cstdint>
