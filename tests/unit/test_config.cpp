@@ -939,7 +939,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 54);
+  EXPECT_EQ(keys, 89);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);
@@ -948,13 +948,12 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
   EXPECT_NE(help.find("\n[trace]\n"), std::string::npos);
 }
 
-// --help lists exactly the rules validate() accepts: base is refused, so it is not listed.
+// --help lists exactly the rules validate() accepts (every rule is built now, base included).
 TEST(ConfigPrint, HelpListsOnlyAcceptedRules) {
   const std::string help = help_text();
   const std::string rules = accepted_rules(" | ");
-  EXPECT_EQ(rules, "dense | topk | noisy_topk | switch | gshard | expert_choice | hash");
+  EXPECT_EQ(rules, "dense | topk | noisy_topk | switch | gshard | expert_choice | hash | base");
   EXPECT_NE(help.find("; allowed: " + rules + "\n"), std::string::npos) << help;
-  EXPECT_EQ(help.find("| base"), std::string::npos);
   for (const char* name :
        {"dense", "topk", "noisy_topk", "switch", "gshard", "expert_choice", "hash", "base"}) {
     Config c = parse_config("", "x", {std::string("--routing.rule=") + name});

@@ -93,7 +93,9 @@ TEST(RoutingConfigValidate, ImpossibleCombinationsNameKeyValueAndWhatIsAllowed) 
        {"routing.capacity_factor = 0", "must be > 0"}},
       {{"--routing.rule=expert_choice", "--routing.eval_capacity_factor=0"},
        {"routing.eval_capacity_factor = 0", "must be > 0"}},
-      {{"--routing.rule=base"}, {"routing.k = 2", "must be 1 when routing.rule = base"}},
+      // k defaults to 1 for base; an explicit k = 2 is refused.
+      {{"--routing.rule=base", "--routing.k=2"},
+       {"routing.k = 2", "must be 1 when routing.rule = base"}},
       {{"--routing.rule=base", "--routing.k=1", "--routing.group_size=6",
         "--data.tokens_per_step=12", "--data.eval_tokens=12"},
        {"routing.group_size = 6", "multiple of routing.num_experts = 4"}},
