@@ -258,8 +258,9 @@ double best_rate(double flop, Body&& body) {
 }  // namespace
 
 double fma_peak_gflops() {
-  constexpr int kAcc = 12;
-  constexpr std::int64_t kIters = 2'000'000;
+  // (unused when built without AVX2/FMA, e.g. the portable sanitizer build)
+  [[maybe_unused]] constexpr int kAcc = 12;
+  [[maybe_unused]] constexpr std::int64_t kIters = 2'000'000;
 #if defined(__AVX512F__)
   constexpr int kLanes = 16;
   volatile float sink = 0;
