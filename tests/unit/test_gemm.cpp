@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -192,6 +193,35 @@ TEST(Gemm, SignalsDuringTheKernelCorruptNothing) {
   sigaction(SIGUSR2, &old, nullptr);
   EXPECT_TRUE(exact);
   EXPECT_GT(g_signals.load(), 0);  // signals were delivered (between the GEMMs)
+}
+
+// The branch-free to_bf16 (vectorised in the expert loops) against a straightforward
+// reference, for every sign/exponent/upper-mantissa pattern with the lower 16 bits at the
+// rounding boundaries (ties, just below/above, extremes): NaN quieted, overflow to inf,
+// denormals rounded like any other value. Both the scalar and the array form.
+TEST(Gemm, Bf16ConversionMatchesReferenceOnBoundaryPatterns) {
+  const auto reference = [](std::uint32_t u) -> std::uint16_t {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    const std::uint32_t lower = u & 0xffffu, upper = u >> 16;
+    const bool up = lower > 0x8000u || (lower == 0x8000u && (upper & 1u));
+    return static_cast<std::uint16_t>(upper + (up ? 1u : 0u));
+  };
+  std::vector<float> in;
+  std::vector<std::uint16_t> want;
+  for (std::uint32_t hi = 0; hi < 0x10000u; ++hi)
+    for (std::uint32_t lo : {0x0u, 0x1u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      const std::uint32_t u = hi << 16 | lo;
+      float f;
+      std::memcpy(&f, &u, 4);
+      in.push_back(f);
+      want.push_back(reference(u));
+    }
+  std::vector<bf16> out(in.size());
+  experts::to_bf16(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < in.size(); ++i)
+    bad += out[i].bits != want[i] || experts::to_bf16(in[i]).bits != want[i];
+  EXPECT_EQ(bad, 0u);
 }
 
 TEST(Gemm, RejectsLeadingDimensionBelowRowLength) {
