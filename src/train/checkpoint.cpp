@@ -64,15 +64,13 @@ template <typename T>
 void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>& model,
                      Optimizer<T>& opt, const Config& cfg, const comm::Comm& comm) {
   ParamStore<T>& store = model.params();
-  const dispatch::Placement placement{cfg.routing.num_experts, comm.size(), comm.rank()};
   std::vector<char> bytes;
   std::vector<double> buf;
   for (std::size_t id = 0; id < store.entries().size(); ++id) {
     const auto& e = store.entry(static_cast<int>(id));
-    // Replicated tensors are identical everywhere: rank 0 contributes them.
-    if (e.kind == ParamKind::replicated && comm.rank() != 0) continue;
-    // Expert replicas (E < P) are identical: the first replica group contributes them.
-    if (e.kind == ParamKind::expert && placement.group() != 0) continue;
+    // One writer per logical tensor (replicated: rank 0; expert replicas, E < P groups or
+    // redundant slots: the first holder; set by the model).
+    if (!e.checkpoint_writer) continue;
     buf.assign(store.value(static_cast<int>(id)), store.value(static_cast<int>(id)) + e.size);
     put(bytes, tensor_name("param", e.name), buf.data(), buf.size());
     for (int s = 0; s < opt.state_slots(); ++s) {
@@ -86,6 +84,13 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
     for (int l = 0; l < model.num_layers(); ++l) {
       const std::span<double> b = model.layer(l).expert_bias();
       put(bytes, "state/layer" + std::to_string(l) + ".expert_bias", b.data(), b.size());
+      if (model.layer(l).redundant()) {  // redundant experts: slot map and load window
+        const auto map = model.layer(l).slot_expert();
+        buf.assign(map.begin(), map.end());
+        put(bytes, "state/layer" + std::to_string(l) + ".slot_expert", buf.data(), buf.size());
+        const std::span<double> w = model.layer(l).eplb_load();
+        put(bytes, "state/layer" + std::to_string(l) + ".eplb_load", w.data(), w.size());
+      }
     }
   const std::vector<char> all = comm.gatherv_bytes(bytes, 0);
   std::string problem;
@@ -117,6 +122,32 @@ std::int64_t load_checkpoint(const std::string& path, model::Model<T>& model, Op
     opt_steps = reader.meta().optimizer_steps;
     ParamStore<T>& store = model.params();
     std::vector<double> buf;
+    // Redundant experts: the stored slot map first (it names the tensors each slot reads);
+    // a checkpoint of another r (or none) keeps the initial placement and an empty window.
+    for (int l = 0; l < model.num_layers(); ++l) {
+      if (!model.layer(l).redundant()) continue;
+      const std::string n = "state/layer" + std::to_string(l) + ".slot_expert";
+      const std::string w = "state/layer" + std::to_string(l) + ".eplb_load";
+      const std::span<const std::int64_t> now = model.layer(l).slot_expert();
+      std::vector<double> map(now.size());
+      std::vector<std::int64_t> slots(now.size());
+      const std::span<double> window = model.layer(l).eplb_load();
+      bool same_r = false;
+      if (reader.has(n)) {
+        try {
+          reader.read(n, map);
+          same_r = true;
+        } catch (const std::exception&) {  // another r: the initial placement stays
+        }
+      }
+      if (same_r) {
+        for (std::size_t s = 0; s < map.size(); ++s) slots[s] = static_cast<std::int64_t>(map[s]);
+        model.layer(l).set_slot_expert(slots);
+        if (reader.has(w)) reader.read(w, window);
+      } else {
+        std::fill(window.begin(), window.end(), 0.0);
+      }
+    }
     for (std::size_t id = 0; id < store.entries().size(); ++id) {
       const auto& e = store.entry(static_cast<int>(id));
       buf.resize(static_cast<std::size_t>(e.size));

@@ -10,6 +10,7 @@
 
 #include "moesim/data/cluster_task.hpp"
 #include "moesim/dispatch/dispatcher.hpp"
+#include "moesim/dispatch/eplb.hpp"
 #include "moesim/metrics/routing_metrics.hpp"
 #include "moesim/model/model.hpp"
 #include "moesim/perf/timers.hpp"
@@ -57,7 +58,8 @@ class Trainer {
         L_(cfg.model.layers),
         E_(cfg.routing.num_experts),
         task_(cfg.data, cfg.training.seed),
-        placement_{cfg.routing.num_experts, comm.size(), comm.rank()},
+        placement_{cfg.routing.num_experts + cfg.routing.redundant_experts, comm.size(),
+                   comm.rank()},
         // Expert replicas (fewer experts than ranks) sum gradients within their set.
         replica_comm_(comm.split(placement_.replica_set(), comm.rank())),
         model_(cfg, comm, N_, Ne_),
@@ -128,15 +130,33 @@ class Trainer {
         if (observer_) observer_->on_checkpoint(done);  // rows reach the disk first
         save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
       }
+      // Redundant experts: re-place the slots from the last N steps' loads (before the
+      // checkpoint, which then holds the new map and an empty window).
+      const std::int64_t every_rebalance = cfg_.routing.rebalance_every;
+      if (cfg_.routing.redundant_experts > 0 && every_rebalance > 0 && done % every_rebalance == 0)
+        rebalance();
       if (stop_all_ && done < steps) {  // preempted: the checkpoint lets a requeued job continue
         res.preempted = true;
         break;
       }
     }
+    if (cfg_.routing.redundant_experts > 0) {
+      res.replica_mismatches = 0;
+      const std::vector<std::span<T>> arenas = expert_arenas();
+      for (int l = 0; l < L_; ++l)
+        res.replica_mismatches += model_.layer(l).replica_mismatches(arenas);
+    }
     return res;
   }
 
  private:
+  // The expert-kind arenas: values, then each optimizer state (same layout).
+  std::vector<std::span<T>> expert_arenas() {
+    std::vector<std::span<T>> arenas{model_.params().values(ParamKind::expert)};
+    for (int s = 0; s < opt_.state_slots(); ++s) arenas.push_back(opt_.state(s, ParamKind::expert));
+    return arenas;
+  }
+
   io::StepRecord train_step(std::int64_t step) {
     using perf::Phase;
     perf::PhaseTimes times;
@@ -158,6 +178,8 @@ class Trainer {
       comm_.allreduce(model_.params().grads(ParamKind::replicated), comm::ReduceOp::sum);
       if (replica_comm_.size() > 1)
         replica_comm_.allreduce(model_.params().grads(ParamKind::expert), comm::ReduceOp::sum);
+      // Redundant experts: the replicas of an expert sum their gradients.
+      for (int l = 0; l < L_; ++l) model_.layer(l).sum_replica_grads();
       opt_.step(model_.params());
       model_.refresh_low_precision();  // bf16 copies of the expert weights
     }
@@ -187,6 +209,15 @@ class Trainer {
     }
     sums_[slot_.ce] = sums.ce_sum;
     comm_.allreduce(sums_.values(), comm::ReduceOp::sum);
+    // Redundant experts: the rows each expert computed (global kept counts) since the last
+    // placement.
+    if (cfg_.routing.redundant_experts > 0)
+      for (int l = 0; l < L_; ++l) {
+        const std::span<double> w = model_.layer(l).eplb_load();
+        for (std::int64_t e = 0; e < E_; ++e)
+          w[static_cast<std::size_t>(e)] +=
+              sums_[slot_.kept + static_cast<std::size_t>(l * E_ + e)];
+      }
     // Aux-loss-free balancing: every rank updates b from the same global loads.
     for (int l = 0; l < L_; ++l)
       model_.layer(l).update_bias(sums_.slice(slot_.routed + static_cast<std::size_t>(l * E_),
@@ -272,6 +303,19 @@ class Trainer {
     }
     if (cfg_.output.loads_every > 0 && step % cfg_.output.loads_every == 0) record_loads(rec);
     return rec;
+  }
+
+  // Every layer: the slot map of its window's loads, weights and optimizer state moved to it.
+  void rebalance() {
+    const std::vector<std::span<T>> arenas = expert_arenas();
+    for (int l = 0; l < L_; ++l) {
+      model::MoELayer<T>& layer = model_.layer(l);
+      const std::vector<std::int64_t> map =
+          dispatch::eplb_placement(layer.eplb_load(), cfg_.routing.redundant_experts, P_);
+      layer.rebalance(map, arenas);
+      std::fill(layer.eplb_load().begin(), layer.eplb_load().end(), 0.0);
+    }
+    model_.refresh_low_precision();
   }
 
   // Per-(layer, group, expert) routed and kept counts of this step into rec.loads_* on rank 0
