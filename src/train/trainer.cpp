@@ -134,7 +134,7 @@ class Trainer {
       // checkpoint, which then holds the new map and an empty window).
       const std::int64_t every_rebalance = cfg_.routing.rebalance_every;
       if (cfg_.routing.redundant_experts > 0 && every_rebalance > 0 && done % every_rebalance == 0)
-        rebalance();
+        res.slots_moved += rebalance();
       if (stop_all_ && done < steps) {  // preempted: the checkpoint lets a requeued job continue
         res.preempted = true;
         break;
@@ -306,16 +306,21 @@ class Trainer {
   }
 
   // Every layer: the slot map of its window's loads, weights and optimizer state moved to it.
-  void rebalance() {
+  // Returns the number of slots (all layers) that changed expert.
+  std::int64_t rebalance() {
     const std::vector<std::span<T>> arenas = expert_arenas();
+    std::int64_t moved = 0;
     for (int l = 0; l < L_; ++l) {
       model::MoELayer<T>& layer = model_.layer(l);
       const std::vector<std::int64_t> map =
           dispatch::eplb_placement(layer.eplb_load(), cfg_.routing.redundant_experts, P_);
+      for (std::size_t s = 0; s < map.size(); ++s)
+        moved += map[s] != layer.slot_expert()[s] ? 1 : 0;
       layer.rebalance(map, arenas);
       std::fill(layer.eplb_load().begin(), layer.eplb_load().end(), 0.0);
     }
     model_.refresh_low_precision();
+    return moved;
   }
 
   // Per-(layer, group, expert) routed and kept counts of this step into rec.loads_* on rank 0

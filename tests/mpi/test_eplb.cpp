@@ -173,40 +173,67 @@ TEST(Eplb, ReplicaCheckDetectsADifference) {
 }
 
 // Loss curve with r redundant experts (rebalanced twice during the run) equals r = 0 up to
-// summation order; replicas (weights and Adam state) bitwise identical at the end.
+// summation order; replicas (weights and Adam state) bitwise identical at the end. Two
+// regimes per rule: capacity 1 with drops (drops must match exactly), and dropless without a
+// balance loss (skewed loads: the rebalances must move slots, or the move path is untested).
 TEST(Eplb, SameLossCurveAsWithoutReplicas) {
   const comm::Comm comm = comm::Comm::world();
-  for (const RoutingRuleKind rule : {RoutingRuleKind::topk, RoutingRuleKind::switch_top1}) {
-    Config cfg = tiny();
-    cfg.routing.rule = rule;
-    cfg.routing.k = rule == RoutingRuleKind::switch_top1 ? 1 : 2;
-    const train::RunResult plain = train::train(cfg, comm, nullptr);
-    cfg.routing.redundant_experts = 4;
-    cfg.routing.rebalance_every = 3;
-    const train::RunResult eplb = train::train(cfg, comm, nullptr);
-    const comm::Comm self = comm::Comm::self();
-    Config one = cfg;
-    one.routing.redundant_experts = 0;
-    const train::RunResult ref = train::train(one, self, nullptr);  // every expert on 1 rank
-    ASSERT_EQ(plain.loss.size(), eplb.loss.size());
-    double worst = 0;
-    for (std::size_t i = 0; i < plain.loss.size(); ++i) {
-      const double rel = std::abs(eplb.loss[i] - plain.loss[i]) / std::abs(plain.loss[i]);
-      worst = std::max(worst, rel);
-      EXPECT_LT(rel, 1e-12) << "step " << i;
-      EXPECT_LT(std::abs(eplb.loss[i] - ref.loss[i]) / std::abs(ref.loss[i]), 1e-12);
-      EXPECT_EQ(eplb.dropped_fraction[i], plain.dropped_fraction[i]) << "step " << i;
+  for (const RoutingRuleKind rule : {RoutingRuleKind::topk, RoutingRuleKind::switch_top1})
+    for (const bool skewed : {false, true}) {
+      Config cfg = tiny();
+      cfg.routing.rule = rule;
+      cfg.routing.k = rule == RoutingRuleKind::switch_top1 ? 1 : 2;
+      if (skewed) {
+        cfg.routing.capacity_factor = Rational{0, 1};
+        cfg.routing.eval_capacity_factor = Rational{0, 1};
+        cfg.routing.aux_loss_coef = 0;
+        cfg.model.init_scale = 3.0;
+      }
+      const train::RunResult plain = train::train(cfg, comm, nullptr);
+      cfg.routing.redundant_experts = 4;
+      cfg.routing.rebalance_every = 3;
+      const train::RunResult eplb = train::train(cfg, comm, nullptr);
+      const comm::Comm self = comm::Comm::self();
+      Config one = cfg;
+      one.routing.redundant_experts = 0;
+      const train::RunResult ref = train::train(one, self, nullptr);  // every expert on 1 rank
+      ASSERT_EQ(plain.loss.size(), eplb.loss.size());
+      double worst = 0;
+      for (std::size_t i = 0; i < plain.loss.size(); ++i) {
+        const double rel = std::abs(eplb.loss[i] - plain.loss[i]) / std::abs(plain.loss[i]);
+        worst = std::max(worst, rel);
+        EXPECT_LT(rel, 1e-12) << "step " << i;
+        EXPECT_LT(std::abs(eplb.loss[i] - ref.loss[i]) / std::abs(ref.loss[i]), 1e-12);
+        EXPECT_EQ(eplb.dropped_fraction[i], plain.dropped_fraction[i]) << "step " << i;
+      }
+      ASSERT_EQ(eplb.evals.size(), plain.evals.size());
+      for (std::size_t i = 0; i < plain.evals.size(); ++i)
+        EXPECT_NEAR(eplb.evals[i].loss, plain.evals[i].loss, 1e-12 * std::abs(plain.evals[i].loss));
+      EXPECT_LT(plain.loss.back(), plain.loss.front());
+      EXPECT_EQ(eplb.replica_mismatches, 0);
+      EXPECT_EQ(plain.replica_mismatches, -1);
+      if (skewed) {
+        EXPECT_GT(eplb.slots_moved, 0) << "no slot moved: the move path is untested";
+      } else {
+        EXPECT_GT(plain.dropped_fraction.front(), 0) << "no drops: capacity untested";
+      }
+      // The other exchanges move the same rows between the same slots: bitwise the same run
+      // (the padded one needs a capacity).
+      const DispatchKind kind = skewed ? DispatchKind::hierarchical : DispatchKind::alltoall_padded;
+      Config other = cfg;
+      other.routing.dispatch = kind;
+      const train::RunResult o = train::train(other, comm, nullptr);
+      ASSERT_EQ(o.loss.size(), eplb.loss.size());
+      for (std::size_t i = 0; i < o.loss.size(); ++i)
+        EXPECT_EQ(o.loss[i], eplb.loss[i]) << to_string(kind) << " step " << i;
+      EXPECT_EQ(o.replica_mismatches, 0);
+      if (comm.rank() == 0)
+        std::printf(
+            "[eplb] %s%s, P=%d, r=4: worst relative loss difference vs r=0 %.2e (%lld "
+            "slots moved)\n",
+            to_string(rule), skewed ? " skewed dropless" : " capacity 1", comm.size(), worst,
+            static_cast<long long>(eplb.slots_moved));
     }
-    ASSERT_EQ(eplb.evals.size(), plain.evals.size());
-    for (std::size_t i = 0; i < plain.evals.size(); ++i)
-      EXPECT_NEAR(eplb.evals[i].loss, plain.evals[i].loss, 1e-12 * std::abs(plain.evals[i].loss));
-    EXPECT_LT(plain.loss.back(), plain.loss.front());
-    EXPECT_EQ(eplb.replica_mismatches, 0);
-    EXPECT_EQ(plain.replica_mismatches, -1);
-    if (comm.rank() == 0)
-      std::printf("[eplb] %s, P=%d, r=4: worst relative loss difference vs r=0 %.2e\n",
-                  to_string(rule), comm.size(), worst);
-  }
 }
 
 // A skewed workload (switch top-1, dropless, no balance loss: the router concentrates the 8
@@ -257,7 +284,11 @@ TEST(Eplb, CheckpointResumesWithAnotherRAndRankCount) {
   Config cfg = tiny();
   cfg.routing.num_experts = 6;
   cfg.routing.redundant_experts = 2;  // 8 slots: 1, 2 or 4 ranks
-  cfg.routing.rebalance_every = 3;
+  cfg.routing.rebalance_every = 4;
+  cfg.routing.capacity_factor = Rational{0, 1};  // skewed loads: the step-4 rebalance moves slots
+  cfg.routing.eval_capacity_factor = Rational{0, 1};
+  cfg.routing.aux_loss_coef = 0;
+  cfg.model.init_scale = 3.0;
   cfg.training.steps = 10;
   cfg.training.eval_every = 5;
   cfg.checkpoint.file = dir + "/run.ckpt";
@@ -265,7 +296,8 @@ TEST(Eplb, CheckpointResumesWithAnotherRAndRankCount) {
   Config half = cfg;
   half.training.steps = 5;
   half.checkpoint.every = 5;
-  train::train(half, comm, nullptr);
+  const train::RunResult first = train::train(half, comm, nullptr);
+  EXPECT_GT(first.slots_moved, 0) << "the checkpoint holds the initial placement: untested";
   comm.barrier();
   Config rest_cfg = cfg;
   rest_cfg.checkpoint.resume = true;

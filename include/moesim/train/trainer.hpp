@@ -36,6 +36,7 @@ struct RunResult {
   // Redundant experts: (replica, arena) pairs that differ bitwise from their expert's first
   // replica at the end of the run (checked once; 0 expected; -1 without redundant experts).
   std::int64_t replica_mismatches = -1;
+  std::int64_t slots_moved = 0;  // redundant experts: slots that changed expert in rebalances
 };
 
 // Runs cfg.training.steps steps at the precision cfg.model.precision selects; with
