@@ -205,13 +205,36 @@ def check_run(c, allow_incomplete):
             pmax = int(step_ranks.max())
             if (step_ranks < 1).any():
                 c.problem("/steps/ranks: values < 1")
-        if "/steps/traffic_tokens" in c.f and len(step_ranks):
-            tt = c.f["/steps/traffic_tokens"][:]
-            for i, p in enumerate(step_ranks[:len(tt)]):
-                blk = tt[i]
-                if (blk[:p, :p] < 0).any() or (blk[p:, :] != -1).any() or (blk[:, p:] != -1).any():
-                    c.problem(f"/steps/traffic_tokens row {i}: needs counts >= 0 for its {p} ranks and -1 beyond")
+        def rank_block_ok(blk, p):  # counts >= 0 for the step's p ranks, -1 beyond
+            if blk.ndim == 1:
+                return not ((blk[:p] < 0).any() or (blk[p:] != -1).any())
+            return not ((blk[:p, :p] < 0).any() or (blk[p:, :] != -1).any() or (blk[:, p:] != -1).any())
+        sent = c.f["/steps/tokens_sent"][:] if "/steps/tokens_sent" in c.f else None
+        if sent is not None and len(step_ranks):
+            for i, p in enumerate(step_ranks[:len(sent)]):
+                if not rank_block_ok(sent[i], p):
+                    c.problem(f"/steps/tokens_sent row {i}: needs counts >= 0 for its {p} ranks and -1 beyond")
                     break
+        # /traffic/tokens: sampled [T, P, P] matrices (output.traffic_every); each sample's row
+        # sums are that step's /steps/tokens_sent
+        if "/traffic/tokens" in c.f:
+            tt = c.f["/traffic/tokens"][:]
+            tstep = c.f["/traffic/step"][:] if "/traffic/step" in c.f else None
+            if tstep is None or len(tstep) != tt.shape[0]:
+                c.problem("/traffic/step: missing or not one row per /traffic/tokens sample")
+            elif cols.get("step") is not None:
+                srow = {int(s): i for i, s in enumerate(cols["step"])}
+                for j, s in enumerate(tstep):
+                    i = srow.get(int(s))
+                    if i is None:
+                        continue  # a sample of a step whose row a kill lost (kept rows end earlier)
+                    p = int(step_ranks[i])
+                    if not rank_block_ok(tt[j], p):
+                        c.problem(f"/traffic/tokens sample {j}: needs counts >= 0 for its {p} ranks and -1 beyond")
+                        break
+                    if sent is not None and not np.array_equal(tt[j][:p, :p].sum(axis=1), sent[i][:p]):
+                        c.problem(f"/traffic/tokens sample {j} (step {s}): row sums differ from /steps/tokens_sent")
+                        break
 
     # /attempts: one row per attempt (job, requeue, resubmission)
     if "attempts" in c.f and len(c.f["attempts"].keys()):
@@ -257,6 +280,16 @@ def check_run(c, allow_incomplete):
                 c.problem(f"/summary/traffic_tokens: shape {traffic.shape}, expected ({pmax}, {pmax})")
             if (traffic < 0).any():
                 c.problem("/summary/traffic_tokens: negative values")
+            # its row sums are the tokens each rank sent over the steps it covers
+            ds = c.f["/summary/traffic_tokens"]
+            first, through = ds.attrs.get("first_step"), ds.attrs.get("through_step")
+            if "/steps/tokens_sent" in c.f and first is not None and through is not None and cols.get("step") is not None:
+                st = np.asarray(cols["step"])
+                sel = (st >= int(first)) & (st < int(through))
+                sent_all = np.where(c.f["/steps/tokens_sent"][:] < 0, 0, c.f["/steps/tokens_sent"][:])
+                want = sent_all[sel].sum(axis=0) if sel.any() else np.zeros(traffic.shape[0], dtype=np.int64)
+                if want.shape[0] == traffic.shape[0] and not np.array_equal(traffic.sum(axis=1), want):
+                    c.problem("/summary/traffic_tokens: row sums differ from /steps/tokens_sent summed over [first_step, through_step)")
         t = cols.get("time_step")
         if t is not None and len(t) and vals["step_time_median"] is not None:
             if abs(vals["step_time_median"] - float(np.median(t))) > 1e-12 * max(1.0, float(np.median(t))):

@@ -136,6 +136,15 @@ class RunReporter final : public train::Observer {
     }
   }
   void on_checkpoint(std::int64_t /*step*/) override { flush(); }
+  void on_traffic_begin(io::ResultWriter::Traffic kind, std::int64_t step,
+                        std::int64_t ranks) override {
+    writer_.traffic_begin(kind, step, ranks);
+  }
+  void on_traffic_rows(std::int64_t first_rank, std::int64_t count,
+                       std::span<const std::int64_t> rows) override {
+    writer_.traffic_rows(first_rank, count, rows);
+  }
+  void on_traffic_end() override { writer_.traffic_end(); }
   void flush() {
     writer_.flush();
     last_flush_ = std::chrono::steady_clock::now();

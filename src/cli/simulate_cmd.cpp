@@ -308,7 +308,7 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
       const simulate::Projection p =
           simulate::project(rc, sc, M, *src, rc.simulate.steps, &traffic);
       // The traffic the model derives from the recorded loads at the run's rank count must be
-      // the one the run measured (/steps/traffic_tokens of the first sampled step).
+      // the one the run measured (/traffic/tokens at the first loads sample).
       std::int64_t match = -1;  // -1: not checkable (no loads or no traffic rows)
       if (!run.loads_routed.empty() && !run.traffic_at_first_sample.empty())
         match = traffic == run.traffic_at_first_sample ? 1 : 0;
@@ -346,7 +346,7 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
     tm.name = "traffic_matches_run";
     tm.description =
         "1: the rank x rank rows derived from the run's recorded loads equal its measured "
-        "/steps/traffic_tokens (first sampled step); 0: they differ; -1: not checkable";
+        "/traffic/tokens at the first loads sample; 0: they differ; -1: not checkable";
     tm.i64 = traffic_col;
     file.validation.push_back(tm);
     std::vector<std::string> phases{"step"};

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
+#include <exception>
 #include <map>
 #include <string>
 #include <utility>
@@ -200,6 +202,43 @@ std::vector<char> Comm::gatherv_bytes(std::span<const char> send, int root) cons
                     root, impl_->comm),
         "MPI_Gatherv");
   return out;
+}
+
+void Comm::gather_rows_raw(const void* row, std::size_t bytes, int root, std::int64_t block_rows,
+                           const std::function<void(int, int, const void*)>& on_block) const {
+  constexpr int kTag = 7301;  // only this function uses it on this communicator
+  const int P = impl_->size;
+  const int count = to_int_count(bytes, "MPI_Ssend");
+  if (impl_->rank != root) {
+    check(MPI_Ssend(row, count, MPI_BYTE, root, kTag, impl_->comm), "MPI_Ssend");
+    return;
+  }
+  const int B = static_cast<int>(std::clamp<std::int64_t>(block_rows, 1, P));
+  std::vector<char> block(bytes * static_cast<std::size_t>(B));
+  std::vector<MPI_Request> req(static_cast<std::size_t>(B));
+  std::exception_ptr failure;
+  for (int first = 0; first < P; first += B) {
+    const int n = std::min(B, P - first);
+    int posted = 0;
+    for (int i = 0; i < n; ++i) {
+      char* dst = block.data() + bytes * static_cast<std::size_t>(i);
+      if (first + i == root) {
+        if (bytes) std::memcpy(dst, row, bytes);
+        continue;
+      }
+      check(MPI_Irecv(dst, count, MPI_BYTE, first + i, kTag, impl_->comm,
+                      &req[static_cast<std::size_t>(posted++)]),
+            "MPI_Irecv");
+    }
+    check(MPI_Waitall(posted, req.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    if (failure) continue;  // keep receiving: every rank's send must complete
+    try {
+      on_block(first, n, block.data());
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
 }
 
 void Comm::allgather_raw(const void* send, void* recv, std::size_t n, DType t) const {

@@ -409,6 +409,11 @@ const std::vector<Field>& fields() {
         "output.loads_every", "integer >= 0",
         "record the per-(layer, group, expert) routed and kept counts (/loads/*, for moesim "
         "simulate's run: workload) every N steps (0 = never)"));
+    t.push_back(make_field<&C::output, &OutputConfig::traffic_every>(
+        "output.traffic_every", "integer >= 0",
+        "record the step's rank x rank traffic matrix (/traffic/tokens [T, P, P]) every N steps "
+        "(0 = never); P^2 * 8 bytes per sample, streamed (the run's sum is always kept in "
+        "/summary/traffic_tokens)"));
     // trace
     t.push_back(
         make_field<&C::trace, &TraceConfig::input>("trace.input", "path (route: required)",
@@ -1247,6 +1252,7 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
     require(!cfg.output.file.empty(), "output.file", cfg.output.file, "must be a non-empty path");
     require_int(cfg.output.log_every, 0, "output.log_every");
     require_int(cfg.output.loads_every, 0, "output.loads_every");
+    require_int(cfg.output.traffic_every, 0, "output.traffic_every");
     require_int(cfg.bench.warmup, 0, "bench.warmup");
     require_int(cfg.bench.iterations, 1, "bench.iterations");
     require_int(cfg.checkpoint.every, 0, "checkpoint.every");

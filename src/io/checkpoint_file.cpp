@@ -3,6 +3,9 @@
 // one 1-D float64 dataset per tensor, its name used as the HDF5 path (groups are created for
 // the "kind/" prefixes), each with a `checksum` attribute (FNV-1a 64 of its values' bytes).
 // Reading verifies both, so flipped bytes are found before training resumes from them.
+// A format-3 manifest has the same root attributes plus /index/name, /index/shard (the shard
+// of each tensor) and /shards/file (shard paths relative to the manifest's directory); its
+// meta_checksum covers the index. Each shard is a file of the single-file layout.
 #include "moesim/io/checkpoint_file.hpp"
 
 #include <cstdio>
@@ -70,53 +73,171 @@ std::string get_string(hid_t loc, const std::string& file, const char* name) {
 
 }  // namespace
 
-std::uint64_t checkpoint_meta_checksum(const CheckpointMeta& m) {
+std::uint64_t checkpoint_meta_checksum(const CheckpointMeta& m, const CheckpointIndex* index) {
   std::uint64_t h = kFnvOffset;
   for (std::int64_t v : {m.format_version, m.step, m.optimizer_steps, m.ranks})
     h = fnv1a64(&v, sizeof v, h);
   h = fnv1a64(m.precision, h);
-  return fnv1a64(m.config_ini, h);
+  h = fnv1a64(m.config_ini, h);
+  if (index) {
+    for (const std::string& f : index->shard_files) h = fnv1a64(f + '\n', h);
+    for (std::size_t i = 0; i < index->names.size(); ++i) {
+      h = fnv1a64(index->names[i] + '\n', h);
+      const std::int32_t s = index->shard_of[i];
+      h = fnv1a64(&s, sizeof s, h);
+    }
+  }
+  return h;
+}
+
+namespace {
+
+void put_meta(hid_t root, const std::string& file, const CheckpointMeta& meta,
+              const CheckpointIndex* index) {
+  put_int(root, file, "format_version", meta.format_version);
+  put_int(root, file, "step", meta.step);
+  put_int(root, file, "optimizer_steps", meta.optimizer_steps);
+  put_int(root, file, "ranks", meta.ranks);
+  put_string(root, file, "precision", meta.precision);
+  put_string(root, file, "config", meta.config_ini);
+  put_u64(root, file, "meta_checksum", checkpoint_meta_checksum(meta, index));
+}
+
+// A 1-D dataset of variable-length strings (h5py reads them as str).
+void put_strings(hid_t loc, const std::string& file, const char* name,
+                 const std::vector<std::string>& values) {
+  h5::Type type(check(H5Tcopy(H5T_C_S1), file, name, "copying the string type"));
+  check(H5Tset_size(type.get(), H5T_VARIABLE), file, name, "sizing the string type");
+  check(H5Tset_cset(type.get(), H5T_CSET_UTF8), file, name, "setting the character set");
+  const hsize_t n = values.size();
+  h5::Space space(check(H5Screate_simple(1, &n, nullptr), file, name, "creating the dataspace"));
+  h5::Dataset ds(
+      check(H5Dcreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+            file, name, "creating the dataset"));
+  std::vector<const char*> ptr;
+  ptr.reserve(values.size());
+  for (const std::string& v : values) ptr.push_back(v.c_str());
+  if (n > 0)
+    check(H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptr.data()), file, name,
+          "writing the dataset");
+}
+
+std::vector<std::string> get_strings(hid_t loc, const std::string& file, const char* name) {
+  h5::Dataset ds(check(H5Dopen2(loc, name, H5P_DEFAULT), file, name, "opening the dataset"));
+  h5::Space space(check(H5Dget_space(ds.get()), file, name, "reading the dataspace"));
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  h5::Type type(check(H5Tcopy(H5T_C_S1), file, name, "copying the string type"));
+  check(H5Tset_size(type.get(), H5T_VARIABLE), file, name, "sizing the string type");
+  check(H5Tset_cset(type.get(), H5T_CSET_UTF8), file, name, "setting the character set");
+  std::vector<char*> ptr(static_cast<std::size_t>(std::max<hssize_t>(n, 0)), nullptr);
+  std::vector<std::string> out;
+  if (ptr.empty()) return out;
+  check(H5Dread(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptr.data()), file, name,
+        "reading the dataset");
+  for (char* p : ptr) out.emplace_back(p ? p : "");
+  (void)H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, ptr.data());
+  return out;
+}
+
+void rename_into_place(const std::string& tmp, const std::string& path) {
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec)
+    throw std::runtime_error("cannot rename checkpoint '" + tmp + "' to '" + path +
+                             "': " + ec.message());
+}
+
+}  // namespace
+
+struct CheckpointWriter::Impl {
+  std::string path, tmp;
+  h5::File file;
+  h5::Plist lcpl;
+  bool committed = false;
+};
+
+CheckpointWriter::CheckpointWriter(std::string path) : impl_(std::make_unique<Impl>()) {
+  h5::ErrorSilencer quiet;
+  Impl& m = *impl_;
+  m.path = std::move(path);
+  m.tmp = m.path + ".tmp";
+  m.lcpl = h5::Plist(check(H5Pcreate(H5P_LINK_CREATE), m.tmp, "", "creating link properties"));
+  check(H5Pset_create_intermediate_group(m.lcpl.get(), 1), m.tmp, "",
+        "setting intermediate groups");
+  m.file = h5::File(check(H5Fcreate(m.tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), m.tmp,
+                          "", "creating the checkpoint file"));
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (impl_ && !impl_->committed) {
+    impl_->file.reset();
+    std::remove(impl_->tmp.c_str());
+  }
+}
+
+void CheckpointWriter::add(const std::string& name, std::span<const double> values) {
+  h5::ErrorSilencer quiet;
+  Impl& m = *impl_;
+  const hsize_t n = values.size();
+  h5::Space space(check(H5Screate_simple(1, &n, nullptr), m.tmp, name, "creating the dataspace"));
+  h5::Dataset ds(check(H5Dcreate2(m.file.get(), name.c_str(), H5T_IEEE_F64LE, space.get(),
+                                  m.lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+                       m.tmp, name, "creating the dataset"));
+  if (n > 0)
+    check(H5Dwrite(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+          m.tmp, name, "writing the dataset");
+  put_u64(ds.get(), m.tmp, "checksum", fnv1a64(values.data(), values.size() * sizeof(double)));
+}
+
+void CheckpointWriter::commit(const CheckpointMeta& meta) {
+  h5::ErrorSilencer quiet;
+  Impl& m = *impl_;
+  put_meta(m.file.get(), m.tmp, meta, nullptr);
+  check(H5Fflush(m.file.get(), H5F_SCOPE_GLOBAL), m.tmp, "", "flushing");
+  check(m.file.close(), m.tmp, "", "closing");
+  rename_into_place(m.tmp, m.path);
+  m.committed = true;
 }
 
 void write_checkpoint(const std::string& path, const CheckpointMeta& meta,
                       const std::vector<CheckpointEntry>& entries) {
+  CheckpointWriter w(path);
+  for (const CheckpointEntry& e : entries) w.add(e.name, e.data);
+  w.commit(meta);
+}
+
+void write_checkpoint_manifest(const std::string& path, const CheckpointMeta& meta,
+                               const CheckpointIndex& index) {
+  if (index.names.size() != index.shard_of.size())
+    throw std::logic_error("checkpoint manifest: names and shard_of differ in length");
   h5::ErrorSilencer quiet;
   const std::string tmp = path + ".tmp";
   try {
     {
-      h5::Plist lcpl(check(H5Pcreate(H5P_LINK_CREATE), tmp, "", "creating link properties"));
-      check(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp, "",
-            "setting intermediate groups");
       h5::File file(check(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp, "",
-                          "creating the checkpoint file"));
+                          "creating the checkpoint manifest"));
       const hid_t root = file.get();
-      put_int(root, tmp, "format_version", meta.format_version);
-      put_int(root, tmp, "step", meta.step);
-      put_int(root, tmp, "optimizer_steps", meta.optimizer_steps);
-      put_int(root, tmp, "ranks", meta.ranks);
-      put_string(root, tmp, "precision", meta.precision);
-      put_string(root, tmp, "config", meta.config_ini);
-      put_u64(root, tmp, "meta_checksum", checkpoint_meta_checksum(meta));
-      for (const CheckpointEntry& e : entries) {
-        const hsize_t n = e.data.size();
-        h5::Space space(
-            check(H5Screate_simple(1, &n, nullptr), tmp, e.name, "creating the dataspace"));
-        h5::Dataset ds(check(H5Dcreate2(root, e.name.c_str(), H5T_IEEE_F64LE, space.get(),
-                                        lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
-                             tmp, e.name, "creating the dataset"));
-        if (n > 0)
-          check(H5Dwrite(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, e.data.data()),
-                tmp, e.name, "writing the dataset");
-        put_u64(ds.get(), tmp, "checksum", fnv1a64(e.data.data(), e.data.size() * sizeof(double)));
-      }
-      check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), tmp, "", "flushing");
+      put_meta(root, tmp, meta, &index);
+      h5::Group shards(check(H5Gcreate2(root, "shards", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), tmp,
+                             "/shards", "creating the group"));
+      put_strings(shards.get(), tmp, "file", index.shard_files);
+      h5::Group idx(check(H5Gcreate2(root, "index", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), tmp,
+                          "/index", "creating the group"));
+      put_strings(idx.get(), tmp, "name", index.names);
+      const hsize_t n = index.shard_of.size();
+      h5::Space space(
+          check(H5Screate_simple(1, &n, nullptr), tmp, "/index/shard", "creating the dataspace"));
+      h5::Dataset ds(check(H5Dcreate2(idx.get(), "shard", H5T_STD_I32LE, space.get(), H5P_DEFAULT,
+                                      H5P_DEFAULT, H5P_DEFAULT),
+                           tmp, "/index/shard", "creating the dataset"));
+      if (n > 0)
+        check(H5Dwrite(ds.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                       index.shard_of.data()),
+              tmp, "/index/shard", "writing the dataset");
+      check(H5Fflush(root, H5F_SCOPE_GLOBAL), tmp, "", "flushing");
       check(file.close(), tmp, "", "closing");
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec)
-      throw std::runtime_error("cannot rename checkpoint '" + tmp + "' to '" + path +
-                               "': " + ec.message());
+    rename_into_place(tmp, path);
   } catch (...) {
     std::remove(tmp.c_str());
     throw;
@@ -127,6 +248,29 @@ struct CheckpointReader::Impl {
   std::string path;
   h5::File file;
   CheckpointMeta meta;
+  // A manifest: its shards (opened on first use) and the shard of each tensor.
+  bool manifest = false;
+  std::vector<std::string> shard_paths;
+  std::map<std::string, std::int32_t> shard_of;
+  mutable std::vector<std::unique_ptr<CheckpointReader>> shards;
+
+  const CheckpointReader& shard(std::int32_t i) const {
+    auto& r = shards[static_cast<std::size_t>(i)];
+    if (!r) {
+      try {
+        r = std::make_unique<CheckpointReader>(shard_paths[static_cast<std::size_t>(i)]);
+      } catch (const std::exception& e) {
+        throw std::runtime_error("checkpoint '" + path + "': shard " + std::to_string(i) + ": " +
+                                 e.what());
+      }
+      if (r->meta().step != meta.step || r->impl_->manifest)
+        throw std::runtime_error("checkpoint '" + path + "' is inconsistent: shard '" +
+                                 shard_paths[static_cast<std::size_t>(i)] + "' is of step " +
+                                 std::to_string(r->meta().step) + ", the manifest of step " +
+                                 std::to_string(meta.step));
+    }
+    return *r;
+  }
 };
 
 CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
@@ -137,26 +281,56 @@ CheckpointReader::CheckpointReader(const std::string& path) : impl_(std::make_un
   const hid_t root = impl_->file.get();
   CheckpointMeta& m = impl_->meta;
   m.format_version = get_int(root, path, "format_version");
-  if (m.format_version != kCheckpointFormat)
-    throw std::runtime_error("checkpoint '" + path + "' has format_version " +
-                             std::to_string(m.format_version) + "; this build reads format " +
-                             std::to_string(kCheckpointFormat));
+  if (m.format_version != kCheckpointFormat && m.format_version != 2)
+    throw std::runtime_error(
+        "checkpoint '" + path + "' has format_version " + std::to_string(m.format_version) +
+        "; this build reads formats 2 and " + std::to_string(kCheckpointFormat));
   m.step = get_int(root, path, "step");
   m.optimizer_steps = get_int(root, path, "optimizer_steps");
   m.ranks = get_int(root, path, "ranks");
   m.precision = get_string(root, path, "precision");
   m.config_ini = get_string(root, path, "config");
-  if (get_u64(root, path, "meta_checksum") != checkpoint_meta_checksum(m))
+  CheckpointIndex index;
+  impl_->manifest = H5Lexists(root, "index", H5P_DEFAULT) > 0;
+  if (impl_->manifest) {
+    index.shard_files = get_strings(root, path, "/shards/file");
+    index.names = get_strings(root, path, "/index/name");
+    h5::Dataset ds(check(H5Dopen2(root, "/index/shard", H5P_DEFAULT), path, "/index/shard",
+                         "opening the dataset"));
+    index.shard_of.resize(index.names.size());
+    if (!index.shard_of.empty())
+      check(
+          H5Dread(ds.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, index.shard_of.data()),
+          path, "/index/shard", "reading the dataset");
+  }
+  if (get_u64(root, path, "meta_checksum") !=
+      checkpoint_meta_checksum(m, impl_->manifest ? &index : nullptr))
     throw std::runtime_error("checkpoint '" + path +
                              "' is corrupt: its header (step, config, ...) does not match its "
                              "checksum");
+  if (impl_->manifest) {
+    const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    for (const std::string& f : index.shard_files) impl_->shard_paths.push_back((dir / f).string());
+    impl_->shards.resize(index.shard_files.size());
+    for (std::size_t i = 0; i < index.names.size(); ++i) {
+      const std::int32_t sh = index.shard_of[i];
+      if (sh < 0 || static_cast<std::size_t>(sh) >= index.shard_files.size())
+        throw std::runtime_error("checkpoint '" + path + "' is corrupt: tensor '" + index.names[i] +
+                                 "' in shard " + std::to_string(sh) + " of " +
+                                 std::to_string(index.shard_files.size()));
+      impl_->shard_of[index.names[i]] = sh;
+    }
+  }
 }
 
 CheckpointReader::~CheckpointReader() = default;
 
 const CheckpointMeta& CheckpointReader::meta() const { return impl_->meta; }
 
+std::vector<std::string> CheckpointReader::shard_paths() const { return impl_->shard_paths; }
+
 bool CheckpointReader::has(const std::string& name) const {
+  if (impl_->manifest) return impl_->shard_of.count(name) > 0;
   h5::ErrorSilencer quiet;
   // Walk the path one link at a time: H5Lexists fails on a missing intermediate group.
   std::size_t pos = 0;
@@ -170,6 +344,16 @@ bool CheckpointReader::has(const std::string& name) const {
 }
 
 void CheckpointReader::verify() const {
+  if (impl_->manifest) {
+    for (std::size_t i = 0; i < impl_->shards.size(); ++i)
+      impl_->shard(static_cast<std::int32_t>(i)).verify();
+    for (const auto& [name, sh] : impl_->shard_of)
+      if (!impl_->shard(sh).has(name))
+        throw std::runtime_error("checkpoint '" + impl_->path + "' is inconsistent: shard '" +
+                                 impl_->shard_paths[static_cast<std::size_t>(sh)] +
+                                 "' has no tensor '" + name + "'");
+    return;
+  }
   h5::ErrorSilencer quiet;
   std::vector<std::string> names;
   auto visit = [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
@@ -197,6 +381,10 @@ void CheckpointReader::read(const std::string& name, std::span<double> out) cons
   const std::string& path = impl_->path;
   if (!has(name))
     throw std::runtime_error("checkpoint '" + path + "' has no tensor '" + name + "'");
+  if (impl_->manifest) {
+    impl_->shard(impl_->shard_of.at(name)).read(name, out);
+    return;
+  }
   h5::Dataset ds(check(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), path, name,
                        "opening the dataset"));
   h5::Space space(check(H5Dget_space(ds.get()), path, name, "reading the dataspace"));

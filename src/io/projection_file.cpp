@@ -182,11 +182,12 @@ MeasuredRun read_measured_run(const std::string& path) {
       const std::vector<std::int64_t> gs = read_i64(root, path, "/loads/group_size", nullptr);
       if (!gs.empty()) r.loads_group_size = gs[0];
     }
-    if (!r.loads_step.empty() && exists(root, "/steps/traffic_tokens") &&
-        exists(root, "/steps/step")) {
+    // The sampled traffic matrix of the first loads sample's step (/traffic/tokens [T, P, P],
+    // output.traffic_every), if that step was sampled.
+    if (!r.loads_step.empty() && exists(root, "/traffic/tokens") && exists(root, "/traffic/step")) {
       std::vector<hsize_t> tdims;
-      const std::vector<std::int64_t> all = read_i64(root, path, "/steps/traffic_tokens", &tdims);
-      const std::vector<std::int64_t> steps = read_i64(root, path, "/steps/step", nullptr);
+      const std::vector<std::int64_t> all = read_i64(root, path, "/traffic/tokens", &tdims);
+      const std::vector<std::int64_t> steps = read_i64(root, path, "/traffic/step", nullptr);
       const std::size_t cells = tdims.size() == 3 ? tdims[1] * tdims[2] : 0;
       for (std::size_t i = 0; i < steps.size() && cells > 0; ++i)
         if (steps[i] == r.loads_step[0] && (i + 1) * cells <= all.size())

@@ -289,6 +289,82 @@ double median_of(std::vector<double> v) {
   return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
+// ---- streamed [P, P] traffic matrices ----
+
+// Rows of a P-wide matrix per block of a streamed copy: about 1 MiB of values, at least one row.
+hsize_t block_rows_for(hsize_t width) {
+  return std::max<hsize_t>(1, (hsize_t{1} << 17) / std::max<hsize_t>(width, 1));
+}
+
+// An int64 matrix dataset with growable axes, fill -1 (cells of ranks a matrix did not have).
+// lead_axis: a leading unlimited axis of samples ([0, W, W]); otherwise [W, W].
+h5::Dataset create_matrix(hid_t group, std::string_view file, const std::string& full,
+                          const char* name, hsize_t width, bool lead_axis,
+                          const char* description) {
+  const int rank = lead_axis ? 3 : 2;
+  const hsize_t c = std::clamp<hsize_t>(width, 1, 128);
+  std::vector<hsize_t> dims, maxdims(static_cast<std::size_t>(rank), H5S_UNLIMITED), chunk;
+  if (lead_axis) {
+    dims = {0, width, width};
+    chunk = {1, c, c};
+  } else {
+    dims = {width, width};
+    chunk = {c, c};
+  }
+  h5::Space space(check(H5Screate_simple(rank, dims.data(), maxdims.data()), file, full,
+                        "creating the dataspace"));
+  h5::Plist dcpl(
+      check(H5Pcreate(H5P_DATASET_CREATE), file, full, "creating the creation property list"));
+  check(H5Pset_chunk(dcpl.get(), rank, chunk.data()), file, full, "setting the chunk shape");
+  const std::int64_t fill = -1;
+  check(H5Pset_fill_value(dcpl.get(), H5T_NATIVE_INT64, &fill), file, full, "setting the fill");
+  h5::Dataset ds(check(H5Dcreate2(group, name, Elem<std::int64_t>::file(), space.get(), H5P_DEFAULT,
+                                  dcpl.get(), H5P_DEFAULT),
+                       file, full, "creating the dataset"));
+  describe(ds.get(), file, full, description);
+  return ds;
+}
+
+// Reads or writes the hyperslab start/count of an int64 dataset.
+void slab_io(hid_t ds, std::string_view file, std::string_view full,
+             const std::vector<hsize_t>& start, const std::vector<hsize_t>& count,
+             std::int64_t* data, bool write) {
+  h5::Space fspace(check(H5Dget_space(ds), file, full, "getting the dataspace"));
+  check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                            nullptr),
+        file, full, "selecting a block");
+  h5::Space mspace(check(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr),
+                         file, full, "creating the memory dataspace"));
+  if (cells_of(count) == 0) return;
+  if (write)
+    check(H5Dwrite(ds, H5T_NATIVE_INT64, mspace.get(), fspace.get(), H5P_DEFAULT, data), file, full,
+          "writing a block");
+  else
+    check(H5Dread(ds, H5T_NATIVE_INT64, mspace.get(), fspace.get(), H5P_DEFAULT, data), file, full,
+          "reading a block");
+}
+
+h5::Group open_or_create_group(hid_t root, std::string_view file, const char* name) {
+  const std::string full = std::string("/") + name;
+  return h5::Group(link_exists(root, name)
+                       ? check(H5Gopen2(root, name, H5P_DEFAULT), file, full, "opening the group")
+                       : check(H5Gcreate2(root, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), file,
+                               full, "creating the group"));
+}
+
+void set_int_attr(hid_t loc, std::string_view file, std::string_view owner, const char* name,
+                  std::int64_t v) {
+  if (H5Aexists(loc, name) > 0)
+    overwrite_scalar_attr<std::int64_t>(loc, file, owner, name, v);
+  else
+    write_scalar_attr<std::int64_t>(loc, file, owner, name, v);
+}
+
+const char* const kTotalSlot[2] = {"total_0", "total_1"};
+constexpr const char* kTotalDescription =
+    "tokens dispatched from rank r (row) to rank s (column), summed over steps [first_step, "
+    "through_step) (attributes); two alternating slots, the one with the larger through_step is "
+    "the newest; through_step -1: an update was interrupted";
 }  // namespace
 
 // ======================= ResultWriter =======================
@@ -310,6 +386,17 @@ struct ResultWriter::Impl {
   double attempt_wall = 0;
   std::int64_t attempt_last_step = 0;
   bool finished = false;
+  // Streamed traffic matrices (traffic_begin .. traffic_end).
+  h5::File stream_file;
+  bool streaming = false;
+  Traffic stream_kind = Traffic::sample;
+  std::int64_t stream_step = 0;
+  hsize_t stream_ranks = 0, stream_width = 0;
+  hsize_t traffic_samples = 0;        // /traffic/tokens rows so far
+  int total_base = -1;                // slot holding the running sum (-1: none yet)
+  hsize_t total_base_width = 0;       // its [W, W]
+  std::int64_t total_first_step = 0;  // first step the running sum covers
+  std::vector<std::int64_t> stream_buf, base_buf;
 
   void require_open(const char* what) const {
     if (finished)
@@ -544,6 +631,31 @@ ResultWriter::ResultWriter(const std::string& path, const RunMetadata& meta,
     for (const std::string& name : children(g.get())) resize_rows(root, f, "/loads/" + name, keep);
     impl->loads_rows = keep;
   }
+  impl->total_first_step = resume_step;
+  if (link_exists(root, "traffic")) {
+    // Sampled matrices: keep the samples of steps before it (like /loads).
+    if (link_exists(root, "/traffic/step")) {
+      const std::vector<std::int64_t> sampled = read_all<std::int64_t>(root, f, "/traffic/step");
+      hsize_t keep = 0;
+      while (keep < sampled.size() && sampled[keep] < resume_step) ++keep;
+      resize_rows(root, f, "/traffic/step", keep);
+      if (link_exists(root, "/traffic/tokens")) resize_rows(root, f, "/traffic/tokens", keep);
+      impl->traffic_samples = keep;
+    }
+    // The running sum continues from the slot that covers exactly the steps before it.
+    h5::Group g(check(H5Gopen2(root, "traffic", H5P_DEFAULT), f, "/traffic", "opening the group"));
+    for (int i = 0; i < 2; ++i) {
+      if (!link_exists(g.get(), kTotalSlot[i])) continue;
+      h5::Dataset ds(check(H5Dopen2(g.get(), kTotalSlot[i], H5P_DEFAULT), f, "/traffic",
+                           "opening the running traffic sum"));
+      if (H5Aexists(ds.get(), "through_step") <= 0 ||
+          read_int_attr(ds.get(), f, "through_step") != resume_step)
+        continue;
+      impl->total_base = i;
+      impl->total_first_step = read_int_attr(ds.get(), f, "first_step");
+      impl->total_base_width = extent(ds.get(), f, "/traffic")[0];
+    }
+  }
   if (!link_exists(root, "attempts")) (void)create_group(root, f, "/attempts", "attempts");
   {  // an attempt still marked "running" was killed without a chance to say so
     std::vector<hsize_t> dims;
@@ -625,7 +737,7 @@ void ResultWriter::append_step(const StepRecord& rec) {
                                std::to_string(want));
   };
   require_size("load_imbalance", rec.load_imbalance.size(), L);
-  require_size("traffic_tokens", rec.traffic_tokens.size(), P * P);
+  require_size("tokens_sent", rec.tokens_sent.size(), P);
   require_size("base_epsilon", rec.base_epsilon.size(), L);
   require_size("rank_rows", rec.rank_rows.size(), L * P);
   const hsize_t row = m.step_rows;
@@ -653,13 +765,12 @@ void ResultWriter::append_step(const StepRecord& rec) {
     m.add<double>("steps/load_imbalance", row, std::span<const double>(rec.load_imbalance), {L},
                   "max / mean of expert_load over the experts of each MoE layer [step, layer]",
                   nullptr, false, true);
-  if (!rec.traffic_tokens.empty()) {
-    m.add<std::int64_t>("steps/traffic_tokens", row,
-                        std::span<const std::int64_t>(rec.traffic_tokens), {P, P},
-                        "tokens dispatched from rank r (row) to rank s (column) in the step, all "
-                        "layers [step, r, s]; -1: a rank the step did not have",
+  if (!rec.tokens_sent.empty())
+    m.add<std::int64_t>("steps/tokens_sent", row, std::span<const std::int64_t>(rec.tokens_sent),
+                        {P},
+                        "token rows each rank dispatched in the step, all layers, to every rank "
+                        "including itself [step, rank]; -1: a rank the step did not have",
                         nullptr, true, true);
-  }
   if (!rec.rank_rows.empty())
     m.add<std::int64_t>("steps/rank_rows", row, std::span<const std::int64_t>(rec.rank_rows),
                         {L, P},
@@ -766,9 +877,6 @@ ResultWriter::Summary ResultWriter::finish() {
   const std::vector<double> t = read_all<double>(root, f, "/steps/time_step");
   const std::vector<double> dropped = read_all<double>(root, f, "/steps/dropped_fraction");
   const std::vector<double> wall = read_all<double>(root, f, "/attempts/wall_seconds");
-  std::vector<hsize_t> tdims;
-  const std::vector<std::int64_t> traffic =
-      read_all<std::int64_t>(root, f, "/steps/traffic_tokens", &tdims);
   const std::vector<double> loss = read_all<double>(root, f, "/steps/loss");
   double train_seconds = 0, dsum = 0, wall_seconds = 0;
   for (double v : t) train_seconds += v;
@@ -806,18 +914,40 @@ ResultWriter::Summary ResultWriter::finish() {
                       "every step of every attempt: tokens_per_second = tokens_per_step * steps / "
                       "train_seconds (sum of /steps/time_step); step_time_median over "
                       "/steps/time_step; wall_seconds sums /attempts/wall_seconds");
-    // traffic_tokens [P, P] summed over the run (cells a step did not have, -1, are skipped).
-    const hsize_t P = tdims.size() == 3 ? tdims[1] : static_cast<hsize_t>(m.meta.ranks);
-    std::vector<std::int64_t> total(P * P, 0);
-    if (tdims.size() == 3)
-      for (hsize_t s = 0; s < tdims[0]; ++s)
-        for (hsize_t i = 0; i < P * P; ++i) {
-          const std::int64_t v = traffic[s * P * P + i];
-          if (v > 0) total[i] += v;
-        }
-    const std::array<hsize_t, 2> dims{P, P};
-    write_array(g, f, "/summary", "traffic_tokens", dims, total,
-                "tokens sent from rank r (row) to rank s (column), summed over the run");
+    // traffic_tokens [W, W]: a streamed copy of the newest running sum (traffic_end(total)).
+    const hsize_t W = m.total_base >= 0 ? m.total_base_width : static_cast<hsize_t>(m.meta.ranks);
+    const std::string full = "/summary/traffic_tokens";
+    const std::array<hsize_t, 2> dims{W, W};
+    h5::Space space(
+        check(H5Screate_simple(2, dims.data(), nullptr), f, full, "creating the dataspace"));
+    h5::Dataset out(check(H5Dcreate2(g, "traffic_tokens", Elem<std::int64_t>::file(), space.get(),
+                                     H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                          f, full, "creating the dataset"));
+    std::int64_t through = m.total_first_step;
+    if (m.total_base >= 0) {
+      const std::string slot = std::string("/traffic/") + kTotalSlot[m.total_base];
+      h5::Dataset in(
+          check(H5Dopen2(root, slot.c_str(), H5P_DEFAULT), f, slot, "opening the running sum"));
+      through = read_int_attr(in.get(), f, "through_step");
+      const hsize_t B = block_rows_for(W);
+      std::vector<std::int64_t> block;
+      for (hsize_t r = 0; r < W; r += B) {
+        const hsize_t n = std::min(B, W - r);
+        block.resize(n * W);
+        slab_io(in.get(), f, slot, {r, 0}, {n, W}, block.data(), false);
+        slab_io(out.get(), f, full, {r, 0}, {n, W}, block.data(), true);
+      }
+    } else if (W > 0) {
+      const std::vector<std::int64_t> zeros(W * W, 0);
+      check(H5Dwrite(out.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data()), f,
+            full, "writing the dataset");
+    }
+    describe(out.get(), f, full,
+             "tokens sent from rank r (row) to rank s (column), summed over the steps "
+             "[first_step, through_step) (attributes; the whole run unless a resume could not "
+             "continue the running sum)");
+    write_scalar_attr<std::int64_t>(out.get(), f, full, "first_step", m.total_first_step);
+    write_scalar_attr<std::int64_t>(out.get(), f, full, "through_step", through);
   }
   {  // routing.rule = base: the largest final auction epsilon of the whole run
     const std::vector<double> eps = read_all<double>(root, f, "/steps/base_epsilon");
@@ -838,6 +968,158 @@ ResultWriter::Summary ResultWriter::finish() {
   m.finished = true;
   check(file.close(), f, "/", "closing the result file");
   return sum;
+}
+
+void ResultWriter::traffic_begin(Traffic kind, std::int64_t step, std::int64_t ranks) {
+  Impl& m = *impl_;
+  m.require_open("traffic_begin");
+  if (m.streaming) throw std::logic_error("ResultWriter::traffic_begin: a stream is open");
+  h5::ErrorSilencer quiet;
+  const std::string_view f = m.path;
+  m.stream_file = m.open_rw();
+  m.streaming = true;
+  m.stream_kind = kind;
+  m.stream_step = step;
+  m.stream_ranks = static_cast<hsize_t>(ranks);
+  try {
+    const hid_t root = m.stream_file.get();
+    h5::Group g = open_or_create_group(root, f, "traffic");
+    if (kind == Traffic::sample) {
+      if (!link_exists(g.get(), "step")) {
+        const std::span<const hsize_t> scalar_row{};
+        (void)create_extendible(g.get(), f, "/traffic", "step", Elem<std::int64_t>::file(),
+                                scalar_row, kRowChunk, "training step of each sampled matrix");
+      }
+      h5::Dataset ds =
+          link_exists(g.get(), "tokens")
+              ? h5::Dataset(check(H5Dopen2(g.get(), "tokens", H5P_DEFAULT), f, "/traffic/tokens",
+                                  "opening the dataset"))
+              : create_matrix(g.get(), f, "/traffic/tokens", "tokens", m.stream_ranks, true,
+                              "tokens dispatched from rank r (row) to rank s (column) "
+                              "in the sampled step, all layers [sample, r, s] "
+                              "(output.traffic_every); -1: a rank the step did not "
+                              "have");
+      std::vector<hsize_t> dims = extent(ds.get(), f, "/traffic/tokens");
+      m.stream_width = std::max(dims[1], m.stream_ranks);
+      dims = {m.traffic_samples + 1, m.stream_width, m.stream_width};
+      check(H5Dset_extent(ds.get(), dims.data()), f, "/traffic/tokens", "extending the dataset");
+    } else {
+      const int target = m.total_base == 0 ? 1 : 0;
+      const std::string full = std::string("/traffic/") + kTotalSlot[target];
+      m.stream_width = std::max(m.total_base_width, m.stream_ranks);
+      h5::Dataset ds = link_exists(g.get(), kTotalSlot[target])
+                           ? h5::Dataset(check(H5Dopen2(g.get(), kTotalSlot[target], H5P_DEFAULT),
+                                               f, full, "opening the dataset"))
+                           : create_matrix(g.get(), f, full, kTotalSlot[target], m.stream_width,
+                                           false, kTotalDescription);
+      const std::vector<hsize_t> dims{m.stream_width, m.stream_width};
+      check(H5Dset_extent(ds.get(), dims.data()), f, full, "sizing the running sum");
+      // Invalid until traffic_end: a kill in between leaves the other slot as the newest.
+      set_int_attr(ds.get(), f, full, "through_step", -1);
+      set_int_attr(ds.get(), f, full, "first_step", m.total_first_step);
+      check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
+    }
+  } catch (...) {
+    m.stream_file = h5::File{};
+    m.streaming = false;
+    throw;
+  }
+}
+
+void ResultWriter::traffic_rows(std::int64_t first_rank, std::int64_t count,
+                                std::span<const std::int64_t> rows) {
+  Impl& m = *impl_;
+  if (!m.streaming) throw std::logic_error("ResultWriter::traffic_rows: no stream is open");
+  h5::ErrorSilencer quiet;
+  const std::string_view f = m.path;
+  const auto first = static_cast<hsize_t>(first_rank), n = static_cast<hsize_t>(count);
+  const hsize_t P = m.stream_ranks, W = m.stream_width;
+  if (rows.size() != n * P || first + n > P)
+    throw std::logic_error("ResultWriter::traffic_rows: rows [" + std::to_string(first) + ", " +
+                           std::to_string(first + n) + ") of " + std::to_string(rows.size()) +
+                           " values for " + std::to_string(P) + " ranks");
+  try {
+    const hid_t root = m.stream_file.get();
+    if (m.stream_kind == Traffic::sample) {
+      h5::Dataset ds(check(H5Dopen2(root, "/traffic/tokens", H5P_DEFAULT), f, "/traffic/tokens",
+                           "opening the dataset"));
+      m.stream_buf.assign(rows.begin(), rows.end());
+      slab_io(ds.get(), f, "/traffic/tokens", {m.traffic_samples, first, 0}, {1, n, P},
+              m.stream_buf.data(), true);
+      return;
+    }
+    const int target = m.total_base == 0 ? 1 : 0;
+    const std::string full = std::string("/traffic/") + kTotalSlot[target];
+    m.stream_buf.assign(n * W, 0);
+    for (hsize_t i = 0; i < n; ++i)
+      std::copy_n(rows.begin() + static_cast<std::ptrdiff_t>(i * P), P,
+                  m.stream_buf.begin() + static_cast<std::ptrdiff_t>(i * W));
+    const hsize_t Wb = m.total_base_width;
+    if (m.total_base >= 0 && first < Wb) {  // add the running sum so far
+      const hsize_t nb = std::min(n, Wb - first);
+      const std::string base = std::string("/traffic/") + kTotalSlot[m.total_base];
+      h5::Dataset in(
+          check(H5Dopen2(root, base.c_str(), H5P_DEFAULT), f, base, "opening the running sum"));
+      m.base_buf.resize(nb * Wb);
+      slab_io(in.get(), f, base, {first, 0}, {nb, Wb}, m.base_buf.data(), false);
+      for (hsize_t i = 0; i < nb; ++i)
+        for (hsize_t j = 0; j < Wb; ++j) m.stream_buf[i * W + j] += m.base_buf[i * Wb + j];
+    }
+    h5::Dataset out(
+        check(H5Dopen2(root, full.c_str(), H5P_DEFAULT), f, full, "opening the running sum"));
+    slab_io(out.get(), f, full, {first, 0}, {n, W}, m.stream_buf.data(), true);
+  } catch (...) {
+    m.stream_file = h5::File{};
+    m.streaming = false;
+    throw;
+  }
+}
+
+void ResultWriter::traffic_end() {
+  Impl& m = *impl_;
+  if (!m.streaming) throw std::logic_error("ResultWriter::traffic_end: no stream is open");
+  h5::ErrorSilencer quiet;
+  const std::string_view f = m.path;
+  try {
+    const hid_t root = m.stream_file.get();
+    if (m.stream_kind == Traffic::sample) {
+      h5::Dataset ds(check(H5Dopen2(root, "/traffic/step", H5P_DEFAULT), f, "/traffic/step",
+                           "opening the dataset"));
+      std::vector<hsize_t> dims{m.traffic_samples + 1};
+      check(H5Dset_extent(ds.get(), dims.data()), f, "/traffic/step", "extending the dataset");
+      std::int64_t step = m.stream_step;
+      slab_io(ds.get(), f, "/traffic/step", {m.traffic_samples}, {1}, &step, true);
+      ++m.traffic_samples;
+    } else {
+      const int target = m.total_base == 0 ? 1 : 0;
+      const std::string full = std::string("/traffic/") + kTotalSlot[target];
+      h5::Dataset out(
+          check(H5Dopen2(root, full.c_str(), H5P_DEFAULT), f, full, "opening the running sum"));
+      const hsize_t P = m.stream_ranks, W = m.stream_width, Wb = m.total_base_width;
+      if (m.total_base >= 0 && Wb > P) {  // ranks of an earlier attempt that this one lacks
+        const std::string base = std::string("/traffic/") + kTotalSlot[m.total_base];
+        h5::Dataset in(
+            check(H5Dopen2(root, base.c_str(), H5P_DEFAULT), f, base, "opening the running sum"));
+        const hsize_t B = block_rows_for(W);
+        for (hsize_t r = P; r < Wb; r += B) {
+          const hsize_t n = std::min(B, Wb - r);
+          m.base_buf.resize(n * Wb);
+          slab_io(in.get(), f, base, {r, 0}, {n, Wb}, m.base_buf.data(), false);
+          slab_io(out.get(), f, full, {r, 0}, {n, Wb}, m.base_buf.data(), true);
+        }
+      }
+      check(H5Fflush(root, H5F_SCOPE_LOCAL), f, "/", "flushing the result file");
+      set_int_attr(out.get(), f, full, "through_step", m.stream_step);
+      m.total_base = target;
+      m.total_base_width = W;
+    }
+    check(m.stream_file.close(), f, "/", "closing the result file (traffic)");
+  } catch (...) {
+    m.stream_file = h5::File{};
+    m.streaming = false;
+    throw;
+  }
+  m.streaming = false;
 }
 
 ResultFileState probe_result_file(const std::string& path) {

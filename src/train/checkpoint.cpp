@@ -1,10 +1,14 @@
 // Checkpoint save/load and stop signals (checkpoint.hpp).
 #include "moesim/train/checkpoint.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 
 #include "moesim/dispatch/dispatcher.hpp"
@@ -22,36 +26,15 @@ std::string tensor_name(const char* kind, const std::string& name) {
 }
 const char* const kStateKinds[] = {"state0", "state1"};
 
-// Flat byte stream of (name, values) pairs for the gather to rank 0.
-void put(std::vector<char>& out, const std::string& name, const double* v, std::uint64_t n) {
-  const auto len = static_cast<std::uint32_t>(name.size());
-  out.insert(out.end(), reinterpret_cast<const char*>(&len),
-             reinterpret_cast<const char*>(&len) + sizeof len);
-  out.insert(out.end(), name.begin(), name.end());
-  out.insert(out.end(), reinterpret_cast<const char*>(&n),
-             reinterpret_cast<const char*>(&n) + sizeof n);
-  out.insert(out.end(), reinterpret_cast<const char*>(v), reinterpret_cast<const char*>(v + n));
-}
+// The shard directory of a checkpoint: "<file>.d" beside it; each checkpoint gets its own
+// subdirectory "s<step>-<token>" (token: unique per write, so a rewrite of the same step never
+// touches the shards the committed manifest refers to).
+std::filesystem::path shard_root(const std::string& path) { return path + ".d"; }
 
-std::vector<io::CheckpointEntry> parse(const std::vector<char>& bytes) {
-  std::vector<io::CheckpointEntry> out;
-  std::size_t pos = 0;
-  while (pos < bytes.size()) {
-    std::uint32_t len = 0;
-    std::memcpy(&len, bytes.data() + pos, sizeof len);
-    pos += sizeof len;
-    io::CheckpointEntry e;
-    e.name.assign(bytes.data() + pos, len);
-    pos += len;
-    std::uint64_t n = 0;
-    std::memcpy(&n, bytes.data() + pos, sizeof n);
-    pos += sizeof n;
-    e.data.resize(n);
-    std::memcpy(e.data.data(), bytes.data() + pos, n * sizeof(double));
-    pos += n * sizeof(double);
-    out.push_back(std::move(e));
-  }
-  return out;
+std::string unique_token() {
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now).count();
+  return std::to_string(ns) + "-" + std::to_string(static_cast<long long>(::getpid()));
 }
 
 }  // namespace
@@ -63,46 +46,105 @@ std::string checkpoint_path(const Config& cfg) {
 template <typename T>
 void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>& model,
                      Optimizer<T>& opt, const Config& cfg, const comm::Comm& comm) {
+  namespace fs = std::filesystem;
   ParamStore<T>& store = model.params();
-  std::vector<char> bytes;
-  std::vector<double> buf;
-  for (std::size_t id = 0; id < store.entries().size(); ++id) {
-    const auto& e = store.entry(static_cast<int>(id));
-    // One writer per logical tensor (replicated: rank 0; expert replicas, E < P groups or
-    // redundant slots: the first holder; set by the model).
-    if (!e.checkpoint_writer) continue;
-    buf.assign(store.value(static_cast<int>(id)), store.value(static_cast<int>(id)) + e.size);
-    put(bytes, tensor_name("param", e.name), buf.data(), buf.size());
-    for (int s = 0; s < opt.state_slots(); ++s) {
-      const T* st = opt.state(s, e.kind).data() + e.offset;
-      buf.assign(st, st + e.size);
-      put(bytes, tensor_name(kStateKinds[s], e.name), buf.data(), buf.size());
-    }
-  }
-  // Router state: the aux-loss-free expert bias of each layer (identical on every rank).
-  if (comm.rank() == 0)
-    for (int l = 0; l < model.num_layers(); ++l) {
-      const std::span<double> b = model.layer(l).expert_bias();
-      put(bytes, "state/layer" + std::to_string(l) + ".expert_bias", b.data(), b.size());
-      if (model.layer(l).redundant()) {  // redundant experts: slot map and load window
-        const auto map = model.layer(l).slot_expert();
-        buf.assign(map.begin(), map.end());
-        put(bytes, "state/layer" + std::to_string(l) + ".slot_expert", buf.data(), buf.size());
-        const std::span<double> w = model.layer(l).eplb_load();
-        put(bytes, "state/layer" + std::to_string(l) + ".eplb_load", w.data(), w.size());
-      }
-    }
-  const std::vector<char> all = comm.gatherv_bytes(bytes, 0);
-  std::string problem;
+  io::CheckpointMeta meta;
+  meta.step = step;
+  meta.optimizer_steps = opt.steps_taken();
+  meta.ranks = comm.size();
+  meta.precision = to_string(cfg.model.precision);
+  meta.config_ini = to_ini(cfg);
+  // Rank 0 names this checkpoint's shard directory and creates it; the broadcast orders it
+  // before any rank writes into it.
+  const fs::path root = shard_root(path);
+  const std::string root_name = root.filename().string();
+  std::string subdir, problem;
   if (comm.rank() == 0) {
-    io::CheckpointMeta meta;
-    meta.step = step;
-    meta.optimizer_steps = opt.steps_taken();
-    meta.ranks = comm.size();
-    meta.precision = to_string(cfg.model.precision);
-    meta.config_ini = to_ini(cfg);
+    subdir = "s" + std::to_string(step) + "-" + unique_token();
+    std::error_code ec;
+    fs::create_directories(root / subdir, ec);
+    if (ec) problem = "cannot create '" + (root / subdir).string() + "': " + ec.message();
+  }
+  comm.bcast(problem, 0);
+  if (!problem.empty()) throw std::runtime_error("writing checkpoint: " + problem);
+  comm.bcast(subdir, 0);
+  const std::string shard_rel =
+      root_name + "/" + subdir + "/r" + std::to_string(comm.rank()) + ".h5";
+  // Every rank writes the tensors it owns into its own shard, one tensor buffer at a time:
+  // no rank ever holds more than its own parameters plus one converted tensor.
+  std::string names;  // "<rank>\t<name>\n" lines, for the manifest
+  try {
+    io::CheckpointWriter shard((root.parent_path() / shard_rel).string());
+    std::vector<double> buf;
+    auto add = [&](const std::string& name, const auto* v, std::int64_t n) {
+      buf.assign(v, v + n);
+      shard.add(name, buf);
+      names += std::to_string(comm.rank()) + '\t' + name + '\n';
+    };
+    for (std::size_t id = 0; id < store.entries().size(); ++id) {
+      const auto& e = store.entry(static_cast<int>(id));
+      // One writer per logical tensor (replicated: rank 0; expert replicas, E < P groups or
+      // redundant slots: the first holder; set by the model).
+      if (!e.checkpoint_writer) continue;
+      add(tensor_name("param", e.name), store.value(static_cast<int>(id)), e.size);
+      for (int s = 0; s < opt.state_slots(); ++s)
+        add(tensor_name(kStateKinds[s], e.name), opt.state(s, e.kind).data() + e.offset, e.size);
+    }
+    // Router state: the aux-loss-free expert bias of each layer (identical on every rank).
+    if (comm.rank() == 0)
+      for (int l = 0; l < model.num_layers(); ++l) {
+        const std::span<double> b = model.layer(l).expert_bias();
+        add("state/layer" + std::to_string(l) + ".expert_bias", b.data(),
+            static_cast<std::int64_t>(b.size()));
+        if (model.layer(l).redundant()) {  // redundant experts: slot map and load window
+          const auto map = model.layer(l).slot_expert();
+          add("state/layer" + std::to_string(l) + ".slot_expert", map.data(),
+              static_cast<std::int64_t>(map.size()));
+          const std::span<double> w = model.layer(l).eplb_load();
+          add("state/layer" + std::to_string(l) + ".eplb_load", w.data(),
+              static_cast<std::int64_t>(w.size()));
+        }
+      }
+    shard.commit(meta);
+  } catch (const std::exception& e) {
+    problem = "rank " + std::to_string(comm.rank()) + ": " + e.what();
+  }
+  // Any rank's failure fails the checkpoint everywhere; the committed one stays in place.
+  const auto failed = comm.allreduce<std::int64_t>(problem.empty() ? 0 : 1, comm::ReduceOp::sum);
+  const std::vector<char> all_names =
+      comm.gatherv_bytes(failed > 0 ? std::span<const char>(problem.data(), problem.size())
+                                    : std::span<const char>(names.data(), names.size()),
+                         0);
+  if (failed > 0) {
+    std::string msg = problem;
+    if (comm.rank() == 0) msg.assign(all_names.begin(), all_names.end());
+    comm.bcast(msg, 0);
+    throw std::runtime_error("writing checkpoint: " + msg);
+  }
+  // Rank 0 commits: the manifest (shards + the shard of every tensor) renamed into place.
+  // Then the shard directories of earlier checkpoints go.
+  if (comm.rank() == 0) {
     try {
-      io::write_checkpoint(path, meta, parse(all));
+      io::CheckpointIndex index;
+      for (int r = 0; r < comm.size(); ++r)
+        index.shard_files.push_back(root_name + "/" + subdir + "/r" + std::to_string(r) + ".h5");
+      std::size_t pos = 0;
+      while (pos < all_names.size()) {
+        const auto tab = static_cast<std::size_t>(
+            std::find(all_names.begin() + static_cast<std::ptrdiff_t>(pos), all_names.end(), '\t') -
+            all_names.begin());
+        const auto nl = static_cast<std::size_t>(
+            std::find(all_names.begin() + static_cast<std::ptrdiff_t>(tab), all_names.end(), '\n') -
+            all_names.begin());
+        index.shard_of.push_back(std::stoi(std::string(all_names.data() + pos, tab - pos)));
+        index.names.emplace_back(all_names.data() + tab + 1, nl - tab - 1);
+        pos = nl + 1;
+      }
+      io::write_checkpoint_manifest(path, meta, index);
+      // Committed: earlier checkpoints' shards (and those of writes that never committed) go.
+      std::error_code ec;
+      for (const auto& dir : fs::directory_iterator(root, ec))
+        if (dir.path().filename() != subdir) fs::remove_all(dir.path(), ec);
     } catch (const std::exception& e) {
       problem = e.what();
     }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <span>
 
@@ -104,6 +105,7 @@ class Trainer {
     const std::int64_t steps = cfg_.training.steps;
     res.start_step =
         resume_from > 0 ? load_checkpoint(checkpoint_path(cfg_), model_, opt_, comm_) : 0;
+    totalled_through_ = res.start_step;
     model_.refresh_low_precision();  // bf16 copies from the (possibly loaded) master weights
     if (res.start_step == 0) evaluate(0, res);
     const std::int64_t every_ckpt = cfg_.checkpoint.every;
@@ -128,6 +130,7 @@ class Trainer {
       const bool periodic = every_ckpt > 0 && (done % every_ckpt == 0 || done == steps);
       if (periodic || stop_all_) {
         if (observer_) observer_->on_checkpoint(done);  // rows reach the disk first
+        update_traffic_total(done);                     // the sum that resumes with it
         save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
       }
       // Redundant experts: re-place the slots from the last N steps' loads (before the
@@ -140,6 +143,11 @@ class Trainer {
         break;
       }
     }
+    // The run's traffic sum through its last step (unless a checkpoint just wrote it); a
+    // diverged run is incomplete and keeps the sum of its last checkpoint.
+    if (!res.diverged &&
+        totalled_through_ != res.start_step + static_cast<std::int64_t>(res.loss.size()))
+      update_traffic_total(res.start_step + static_cast<std::int64_t>(res.loss.size()));
     if (cfg_.routing.redundant_experts > 0) {
       res.replica_mismatches = 0;
       const std::vector<std::span<T>> arenas = expert_arenas();
@@ -285,9 +293,15 @@ class Trainer {
       for (int p = 0; p < P_; ++p)
         step_sent_[static_cast<std::size_t>(p)] +=
             model_.layer(l).stats().sent_to[static_cast<std::size_t>(p)];
-    if (comm_.rank() == 0) rec.traffic_tokens.assign(static_cast<std::size_t>(P_ * P_), 0);
-    comm_.gather(std::span<const std::int64_t>(step_sent_),
-                 std::span<std::int64_t>(rec.traffic_tokens), 0);
+    // O(P) per step: what each rank sent. The P x P matrix is sampled (output.traffic_every)
+    // and summed over the run (update_traffic_total), both streamed a block of rows at a time.
+    std::int64_t sent = 0;
+    for (const std::int64_t v : step_sent_) sent += v;
+    if (comm_.rank() == 0) rec.tokens_sent.assign(static_cast<std::size_t>(P_), 0);
+    comm_.gather(std::span<const std::int64_t>(&sent, 1), std::span<std::int64_t>(rec.tokens_sent),
+                 0);
+    if (cfg_.output.traffic_every > 0 && step % cfg_.output.traffic_every == 0)
+      stream_traffic(io::ResultWriter::Traffic::sample, step, step_sent_);
     // Rows each rank's routed experts computed, per layer: gathered [P, L], written [L, P].
     rows_local_.assign(static_cast<std::size_t>(L_), 0);
     for (int l = 0; l < L_; ++l)
@@ -321,6 +335,42 @@ class Trainer {
     }
     model_.refresh_low_precision();
     return moved;
+  }
+
+  // Collective: streams every rank's `row` of a P x P traffic matrix to rank 0's observer, a
+  // block of rows at a time (rank 0 holds ~1 MiB of it, never P x P). A failure on rank 0
+  // (the result file) is rethrown after every rank's row was received.
+  void stream_traffic(io::ResultWriter::Traffic kind, std::int64_t step,
+                      std::span<const std::int64_t> row) {
+    std::exception_ptr failure;
+    bool open = false;
+    if (observer_) {
+      try {
+        observer_->on_traffic_begin(kind, step, P_);
+        open = true;
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    const std::int64_t block = std::max<std::int64_t>(1, (std::int64_t{1} << 17) / P_);
+    try {
+      comm_.gather_rows_blocked<std::int64_t>(
+          row, 0, block, [&](int first, int n, std::span<const std::int64_t> rows) {
+            if (open) observer_->on_traffic_rows(first, n, rows);
+          });
+      if (open) observer_->on_traffic_end();
+    } catch (...) {
+      if (!failure) failure = std::current_exception();
+    }
+    if (failure) std::rethrow_exception(failure);
+  }
+
+  // Collective: adds the traffic since the last update to the result file's running sum,
+  // which then covers the steps before `through_step` (a checkpoint of that step resumes it).
+  void update_traffic_total(std::int64_t through_step) {
+    stream_traffic(io::ResultWriter::Traffic::total, through_step, traffic_);
+    std::fill(traffic_.begin(), traffic_.end(), 0);
+    totalled_through_ = through_step;
   }
 
   // Per-(layer, group, expert) routed and kept counts of this step into rec.loads_* on rank 0
@@ -451,7 +501,9 @@ class Trainer {
   std::vector<std::int32_t> y_, ye_, ce_;  // labels; ce_: clusters of the held-out tokens
   std::vector<std::int64_t> step_sent_, cluster_expert_;  // metric scratch
   std::vector<std::int64_t> rows_local_, rows_all_;       // rank_rows gather buffers
-  std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank, whole run
+  std::vector<std::int64_t> traffic_;  // rows this rank dispatched to each rank since the last
+                                       // update_traffic_total
+  std::int64_t totalled_through_ = 0;  // steps the result file's traffic sum covers
   std::vector<std::int64_t> loads_local_, loads_all_;  // record_loads scratch (sampled steps)
   // Per-step reductions with named slots (allocated once in the constructor).
   struct Slots {

@@ -98,6 +98,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.checkpoint.file, b.checkpoint.file);
   EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
   EXPECT_EQ(a.output.loads_every, b.output.loads_every);
+  EXPECT_EQ(a.output.traffic_every, b.output.traffic_every);
   EXPECT_EQ(a.cluster.file, b.cluster.file);
   EXPECT_EQ(a.cluster.output, b.cluster.output);
   EXPECT_EQ(a.cluster.name, b.cluster.name);
@@ -194,6 +195,7 @@ Config all_non_default() {
   c.checkpoint.file = "ck.h5";
   c.checkpoint.resume = true;
   c.output.loads_every = 0;
+  c.output.traffic_every = 7;
   c.cluster.file = "m.ini";
   c.cluster.output = "o.ini";
   c.cluster.name = "box";
@@ -920,7 +922,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 91u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 92u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -938,7 +940,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 91u);
+  EXPECT_EQ(rows, 92u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -965,7 +967,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 91);  // every field of config.hpp
+  EXPECT_EQ(keys, 92);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);
@@ -1050,6 +1052,8 @@ TEST(ConfigValidate, SimulateAndClusterKeys) {
             std::string::npos);
   EXPECT_EQ(err({"--cluster.output=m.ini"}, Mode::calibrate, 2), "");
   EXPECT_NE(err({}, Mode::calibrate, 2).find("cluster.output"), std::string::npos);
+  EXPECT_NE(err({"--output.traffic_every=-2"}, Mode::run, 1).find("output.traffic_every = -2"),
+            std::string::npos);
   EXPECT_NE(err({"--output.loads_every=-1"}, Mode::run, 1).find("output.loads_every = -1"),
             std::string::npos);
 }

@@ -193,7 +193,7 @@ StepRecord step(std::int64_t s) {
   r.time_backward = 0.5 + x;
   r.time_sync = 0.6 + x;
   r.bytes_alltoall = (std::int64_t{1} << 40) + s;
-  r.traffic_tokens = {s + 1, 2, 3, 4 * s};  // [kP x kP]
+  r.tokens_sent = {s + 1, 2 * s};  // [kP]
   return r;
 }
 
@@ -208,6 +208,19 @@ EvalRecord eval(std::int64_t s) {
 }
 
 // A run's end as the program does it: the attempt ends, then finish() writes /summary.
+// Streams a [P, P] traffic matrix in row blocks of `block` ranks, as the trainer does.
+void stream(ResultWriter& w, ResultWriter::Traffic kind, std::int64_t step, std::int64_t P,
+            const std::vector<std::int64_t>& m, std::int64_t block = 1) {
+  w.traffic_begin(kind, step, P);
+  for (std::int64_t r = 0; r < P; r += block) {
+    const std::int64_t n = std::min(block, P - r);
+    w.traffic_rows(r, n,
+                   std::span<const std::int64_t>(m).subspan(static_cast<std::size_t>(r * P),
+                                                            static_cast<std::size_t>(n * P)));
+  }
+  w.traffic_end();
+}
+
 void finish_run(ResultWriter& w, double wall = 99.5) {
   AttemptInfo a;
   a.job_id = "42";
@@ -239,6 +252,10 @@ TEST_F(IoTest, RunFileRoundTrip) {
     w.append_eval(eval(5));
     w.flush();
     w.append_eval(eval(10));
+    // The run's traffic sum, in two updates (the second adds to the first).
+    stream(w, ResultWriter::Traffic::total, 6, kP, {1 + 6, 6, 9, 0});
+    stream(w, ResultWriter::Traffic::total, 11, kP, {11, 0, 0, 60});
+    stream(w, ResultWriter::Traffic::sample, 10, kP, {3, 1, 4, 1});
     finish_run(w);
   }
   Id f(open_ro(p), H5Fclose);
@@ -331,6 +348,15 @@ TEST_F(IoTest, RunFileRoundTrip) {
   const Data tr = read_ds(f, "/summary/traffic_tokens", H5T_STD_I64LE);
   EXPECT_EQ(tr.dims, (std::vector<hsize_t>{kP, kP}));
   EXPECT_EQ(tr.i64, (std::vector<std::int64_t>{1 + 6 + 11, 6, 9, 60}));
+  EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "first_step"), 0);
+  EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "through_step"), 11);
+  const Data ts = read_ds(f, "/traffic/tokens", H5T_STD_I64LE);
+  EXPECT_EQ(ts.dims, (std::vector<hsize_t>{1, kP, kP}));
+  EXPECT_EQ(ts.i64, (std::vector<std::int64_t>{3, 1, 4, 1}));
+  EXPECT_EQ(read_ds(f, "/traffic/step", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{10}));
+  const Data sent = read_ds(f, "/steps/tokens_sent", H5T_STD_I64LE);
+  EXPECT_EQ(sent.dims, (std::vector<hsize_t>{3, kP}));
+  EXPECT_EQ(sent.i64, (std::vector<std::int64_t>{1, 0, 6, 10, 11, 20}));
   EXPECT_EQ(read_ds(f, "/steps/ranks", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{kP, kP, kP}));
 }
 
@@ -418,8 +444,8 @@ TEST_F(IoTest, SizeMismatchesThrow) {
             std::string::npos);
 
   r = step(1);
-  r.traffic_tokens.pop_back();
-  EXPECT_NE(error_of([&] { w.append_step(r); }).find("traffic_tokens row has 3 values"),
+  r.tokens_sent.pop_back();
+  EXPECT_NE(error_of([&] { w.append_step(r); }).find("tokens_sent row has 1 values"),
             std::string::npos);
 
   finish_run(w);
@@ -509,27 +535,82 @@ TEST_F(IoTest, RankAxesGrowWhenAResumedRunHasMoreRanks) {
   const fs::path p = file("grow.h5");
   {
     ResultWriter w(p.string(), meta());
-    w.append_step(step(0));  // 2 ranks: traffic [2 x 2]
+    w.append_step(step(0));  // 2 ranks: tokens_sent [2]
+    stream(w, ResultWriter::Traffic::sample, 0, kP, {1, 2, 3, 0});
     w.flush();
+    stream(w, ResultWriter::Traffic::total, 1, kP, {1, 2, 3, 0});  // as before checkpoint 1
   }
   RunMetadata m4 = meta();
   m4.ranks = 3;
   {
     ResultWriter w(p.string(), m4, 1);
     StepRecord r = step(1);
-    r.traffic_tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9};  // [3 x 3]
+    r.tokens_sent = {7, 8, 9};  // [3]
     w.append_step(r);
+    const std::vector<std::int64_t> m{1, 2, 3, 4, 5, 6, 7, 8, 9};  // [3 x 3]
+    stream(w, ResultWriter::Traffic::sample, 1, 3, m, 2);
+    stream(w, ResultWriter::Traffic::total, 2, 3, m, 2);
     (void)w.finish();
   }
   Id f(open_ro(p), H5Fclose);
-  const Data tr = read_ds(f, "/steps/traffic_tokens", H5T_STD_I64LE);
+  const Data sent = read_ds(f, "/steps/tokens_sent", H5T_STD_I64LE);
+  EXPECT_EQ(sent.dims, (std::vector<hsize_t>{2, 3}));
+  EXPECT_EQ(sent.i64, (std::vector<std::int64_t>{1, 0, -1, 7, 8, 9}));  // -1: no rank 2 at step 0
+  const Data tr = read_ds(f, "/traffic/tokens", H5T_STD_I64LE);
   EXPECT_EQ(tr.dims, (std::vector<hsize_t>{2, 3, 3}));
-  // Row 0 (2 ranks): its 2 x 2 block, -1 where rank 2 did not exist.
+  // Sample 0 (2 ranks): its 2 x 2 block, -1 where rank 2 did not exist.
   EXPECT_EQ(tr.i64, (std::vector<std::int64_t>{1, 2, -1, 3, 0, -1, -1, -1, -1,  //
                                                1, 2, 3, 4, 5, 6, 7, 8, 9}));
   EXPECT_EQ(read_ds(f, "/steps/ranks", H5T_STD_I64LE).i64, (std::vector<std::int64_t>{2, 3}));
+  // The resume continued the sum of the slot through step 1 (its checkpoint's step).
   EXPECT_EQ(read_ds(f, "/summary/traffic_tokens", H5T_STD_I64LE).i64,
             (std::vector<std::int64_t>{2, 4, 3, 7, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "first_step"), 0);
+  EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "through_step"), 2);
+}
+
+TEST_F(IoTest, TrafficSumSurvivesAKillDuringItsUpdateAndFewerRanks) {
+  const fs::path p = file("killed.h5");
+  {
+    ResultWriter w(p.string(), meta());
+    for (std::int64_t s = 0; s < 4; ++s) w.append_step(step(s));
+    w.flush();
+    stream(w, ResultWriter::Traffic::total, 2, kP, {1, 1, 1, 1});  // checkpoint 2
+    stream(w, ResultWriter::Traffic::total, 4, kP, {2, 2, 2, 2});  // checkpoint 4
+    // The update for checkpoint 6 is killed after its first row block: its slot (the one of
+    // step 2) is invalid, the slot of step 4 intact.
+    w.traffic_begin(ResultWriter::Traffic::total, 6, kP);
+    const std::vector<std::int64_t> row{100, 100};
+    w.traffic_rows(0, 1, row);
+  }  // killed: no traffic_end, no finish
+  {  // resume from checkpoint 4 on one rank: continues the sum of step 4, rank 1's row kept
+    RunMetadata m1 = meta();
+    m1.ranks = 1;
+    ResultWriter w(p.string(), m1, 4);
+    StepRecord r = step(4);
+    r.tokens_sent = {5};
+    w.append_step(r);
+    stream(w, ResultWriter::Traffic::total, 5, 1, {10});
+    (void)w.finish();
+  }
+  {
+    Id f(open_ro(p), H5Fclose);
+    EXPECT_EQ(read_ds(f, "/summary/traffic_tokens", H5T_STD_I64LE).i64,
+              (std::vector<std::int64_t>{13, 3, 3, 3}));
+    EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "first_step"), 0);
+    EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "through_step"), 5);
+  }
+  {  // resume from a step no slot ends at (an older checkpoint): the sum restarts there, and
+     // says so
+    ResultWriter w(p.string(), meta(), 3);
+    stream(w, ResultWriter::Traffic::total, 4, kP, {1, 0, 0, 1});
+    (void)w.finish();
+  }
+  Id f(open_ro(p), H5Fclose);
+  EXPECT_EQ(read_ds(f, "/summary/traffic_tokens", H5T_STD_I64LE).i64,
+            (std::vector<std::int64_t>{1, 0, 0, 1}));
+  EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "first_step"), 3);
+  EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "through_step"), 4);
 }
 
 // ======================= read_trace =======================

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -134,6 +135,24 @@ class Comm {
     gather_raw(send.data(), recv.data(), send.size(), dtype_of<T>(), root);
   }
 
+  // Gathers every rank's `row` (same length everywhere) to `root`, a block of at most
+  // `block_rows` ranks at a time: on root, `on_block(first_rank, ranks, rows)` receives the
+  // rows of ranks [first_rank, first_rank + ranks), row-major. Root never holds more than one
+  // block (P x P matrices at thousands of ranks); the other ranks send synchronously
+  // (MPI_Ssend), so no row waits in root's unexpected-message queue. If `on_block` throws, root
+  // still receives every row (no rank is left waiting) and rethrows at the end.
+  template <typename T>
+  void gather_rows_blocked(
+      std::span<const T> row, int root, std::int64_t block_rows,
+      const std::function<void(int, int, std::span<const T>)>& on_block) const {
+    gather_rows_raw(row.data(), row.size() * sizeof(T), root, block_rows,
+                    [&](int first, int ranks, const void* data) {
+                      on_block(first, ranks,
+                               std::span<const T>(static_cast<const T*>(data),
+                                                  row.size() * static_cast<std::size_t>(ranks)));
+                    });
+  }
+
   // Gathers a variable number of bytes from every rank to `root`, concatenated in rank
   // order (empty on other ranks). For rare, bulky transfers such as checkpoints.
   [[nodiscard]] std::vector<char> gatherv_bytes(std::span<const char> send, int root) const;
@@ -170,6 +189,8 @@ class Comm {
   void bcast_raw(void* data, std::size_t n, DType t, int root) const;
   void gather_raw(const void* send, void* recv, std::size_t n, DType t, int root) const;
   void allgather_raw(const void* send, void* recv, std::size_t n, DType t) const;
+  void gather_rows_raw(const void* row, std::size_t bytes, int root, std::int64_t block_rows,
+                       const std::function<void(int, int, const void*)>& on_block) const;
   void alltoall_raw(const void* send, void* recv, std::size_t n_per_peer, DType t) const;
   void alltoall_rows_raw(const void* send, void* recv, std::int64_t rows, std::int64_t row_width,
                          DType t) const;

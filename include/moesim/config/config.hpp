@@ -116,7 +116,9 @@ struct OutputConfig {
   std::string file = "moesim_result.h5";  // result file path
   std::int64_t log_every = 10;            // progress line every N steps (0 = none)
   bool echo_config = true;                // print the resolved config on rank 0
-  std::int64_t loads_every = 10;  // record per-group loads (/loads/*) every N steps (0 = never)
+  std::int64_t loads_every = 10;     // record per-group loads (/loads/*) every N steps (0 = never)
+  std::int64_t traffic_every = 100;  // record the step's P x P traffic matrix (/traffic/tokens)
+                                     // every N steps (0 = never)
 };
 
 struct TraceConfig {

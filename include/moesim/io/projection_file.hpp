@@ -43,7 +43,7 @@ struct MeasuredRun {
   // /loads/* (empty when the run did not record them): [T, L, G, E]
   std::vector<std::int64_t> loads_step, loads_routed, loads_kept;
   std::int64_t loads_layers = 0, loads_groups = 0, loads_experts = 0, loads_group_size = 0;
-  // /steps/traffic_tokens [P*P] of the step of the first loads sample (empty if either is absent)
+  // /traffic/tokens [P*P] of the step of the first loads sample (empty if not sampled)
   std::vector<std::int64_t> traffic_at_first_sample;
 };
 // Throws std::runtime_error naming the file and object.

@@ -1,13 +1,16 @@
 // HDF5 result files of outputs.md. Written by one process (rank 0) with the default
 // (serial) file driver: every metric is reduced to rank 0 before it is written, so no
 // collective HDF5 calls are needed. The root attribute `complete` is 0 until finish().
-// Rank-shaped datasets (e.g. /steps/traffic_tokens [S, P, P]) grow along their rank axes when a
-// run resumes on more ranks; cells of ranks a step did not have read as -1, and /steps/ranks
-// says how many ranks each step ran on.
+// Rank-shaped datasets (e.g. /steps/tokens_sent [S, P]) grow along their rank axes when a run
+// resumes on more ranks; cells of ranks a step did not have read as -1, and /steps/ranks says
+// how many ranks each step ran on. Nothing per step is larger than O(P + L*E) (docs/outputs.md,
+// "Size of a result file"): P x P traffic matrices are sampled (/traffic/tokens) or summed over
+// the run, and streamed to the file a block of rows at a time.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,12 +47,13 @@ struct StepRecord {
   std::int64_t bytes_inter_node = 0;        // part of bytes_alltoall that crossed a node boundary
   std::int64_t bytes_intra_node = 0;        // part that stayed on a node (incl. to itself)
   // Research metrics, written as /steps/<name> when non-empty:
-  std::vector<double> load_imbalance;        // [L] max/mean of expert_load per layer
-  std::vector<std::int64_t> traffic_tokens;  // [P*P] tokens sent from rank r (row) to s this step
-  std::vector<std::int64_t> rank_rows;       // [L*P] rows each rank's routed experts computed
-                                             //     (layer, rank) this step
-  std::vector<double> base_epsilon;          // [L] routing.rule = base: final auction epsilon
-                                             //     (largest over the layer's groups and ranks)
+  std::vector<double> load_imbalance;     // [L] max/mean of expert_load per layer
+  std::vector<std::int64_t> tokens_sent;  // [P] rows each rank dispatched this step (all
+                                          //     layers, to every rank incl. itself)
+  std::vector<std::int64_t> rank_rows;    // [L*P] rows each rank's routed experts computed
+                                          //     (layer, rank) this step
+  std::vector<double> base_epsilon;       // [L] routing.rule = base: final auction epsilon
+                                          //     (largest over the layer's groups and ranks)
   // Sampled per-group loads (output.loads_every), written as /loads/* when non-empty:
   std::int64_t loads_groups = 0;           // G, routing groups per layer over all ranks
   std::int64_t loads_group_size = 0;       // tokens per routing group
@@ -130,6 +134,22 @@ class ResultWriter {
     double eval_accuracy = 0, eval_macro_f1 = 0;  // the last /eval row (0 when none)
   };
   Summary finish();
+
+  // Streamed [P, P] traffic matrices (tokens dispatched from rank r, the row, to rank s). Rank 0
+  // receives them a block of rows at a time and never holds P x P; between begin and end the
+  // file is open. `sample`: the matrix of one step, appended to /traffic/step [T] and
+  // /traffic/tokens [T, P, P] (output.traffic_every). `total`: the tokens dispatched since the
+  // previous total (deltas), added to the run's running sum, which is kept in two alternating
+  // slots (/traffic/total_0, /traffic/total_1, attributes first_step and through_step) so that
+  // the sum of the last checkpoint survives a kill during the next update; a resume from step c
+  // continues the slot whose through_step is c. finish() copies the newest slot into
+  // /summary/traffic_tokens.
+  enum class Traffic { sample, total };
+  void traffic_begin(Traffic kind, std::int64_t step, std::int64_t ranks);
+  // Rows of ranks [first_rank, first_rank + count), each `ranks` values (row-major).
+  void traffic_rows(std::int64_t first_rank, std::int64_t count,
+                    std::span<const std::int64_t> rows);
+  void traffic_end();
   [[nodiscard]] std::int64_t rows_written() const;  // /steps rows on disk
 
  private:

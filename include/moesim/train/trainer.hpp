@@ -23,6 +23,13 @@ class Observer {
   // Called before a checkpoint of `step` steps is written: rows up to it must reach the disk
   // first, so that a resume from that checkpoint finds every row before it.
   virtual void on_checkpoint(std::int64_t step) = 0;
+  // A streamed P x P traffic matrix (io::ResultWriter::traffic_begin/rows/end): a sample of
+  // `step`, or the running sum through `step`. Default: ignored.
+  virtual void on_traffic_begin(io::ResultWriter::Traffic /*kind*/, std::int64_t /*step*/,
+                                std::int64_t /*ranks*/) {}
+  virtual void on_traffic_rows(std::int64_t /*first_rank*/, std::int64_t /*count*/,
+                               std::span<const std::int64_t> /*rows*/) {}
+  virtual void on_traffic_end() {}
 };
 
 struct RunResult {
