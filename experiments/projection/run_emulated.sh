@@ -19,10 +19,12 @@ trap 'eval "$(scripts/cluster/emulate.sh stop 2>/dev/null)" || true' EXIT
 eval "$(scripts/cluster/emulate.sh start 2 --bandwidth "$BW")"
 { date -u; cat /proc/loadavg; } > "$OUT/machine.txt"
 MPI=(mpirun -n 4 --map-by ppr:2:node)
-"${MPI[@]}" "$B" calibrate $D/validate_layer.ini --cluster.output="$M" | tee "$OUT/calibrate.log"
+if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then  # SKIP_CALIBRATE=1 reuses the machine file
+  "${MPI[@]}" "$B" calibrate $D/validate_layer.ini --cluster.output="$M" | tee "$OUT/calibrate.log"
+fi
 runs=()
 for dispatch in alltoallv hierarchical; do
-  "${MPI[@]}" "$B" run $D/validate_layer.ini --routing.dispatch=$dispatch \
+  "${MPI[@]}" "$B" run $D/validate_layer.ini --routing.dispatch=$dispatch --data.eval_tokens=1024 \
     --output.file="$OUT/val_layer_${dispatch}_2x2.h5"
   "${MPI[@]}" "$B" run experiments/quickstart.ini --training.steps=60 --training.eval_every=0 \
     --output.log_every=0 --output.echo_config=false --output.loads_every=5 \

@@ -115,6 +115,7 @@ Scenario make_scenario_sized(const Config& cfg, std::int64_t P, std::int64_t ran
                  : a == "padded"                                         ? Algorithm::padded
                  : a == "flat"                                           ? Algorithm::flat
                  : cfg.routing.dispatch == DispatchKind::alltoall_padded ? Algorithm::padded
+                 : cfg.routing.dispatch == DispatchKind::hierarchical    ? Algorithm::hierarchical
                                                                          : Algorithm::flat;
   if (sc.algorithm == Algorithm::padded && sc.capacity < 0)
     throw ConfigError("simulate.algorithm", "padded",
