@@ -23,6 +23,7 @@ if [[ "${SKIP_SANITIZERS:-0}" != 1 ]]; then
         -DMOESIM_WERROR=ON >/dev/null
   cmake --build "$root/build-asan" -j "$jobs"
   echo "== tests (ASan + UBSan) =="
-  # The slurm tier ran above; it drives the job scripts, which do not change with sanitizers.
-  ctest --test-dir "$root/build-asan" --output-on-failure -j "$jobs" -LE "slurm|cluster"
+  # The slurm, cluster and scale tiers ran above: they drive the job scripts and many ranks
+  # (64 sanitized processes on 2 cores would only measure the sanitizer).
+  ctest --test-dir "$root/build-asan" --output-on-failure -j "$jobs" -LE "slurm|cluster|scale"
 fi

@@ -107,3 +107,13 @@ set_tests_properties(regression_multinode PROPERTIES TIMEOUT 300 PROCESSORS 2
 # GEMM interface (experts/gemm.hpp) vs a naive loop; float32/bf16 layers vs float64.
 moesim_add_test(NAME test_gemm SOURCES unit/test_gemm.cpp)
 moesim_add_test(NAME test_precision SOURCES mpi/test_precision.cpp RANKS 1 2 4 TIMEOUT 120)
+
+# Scale tier (issue 12): the real program at 1, 8, 16, 32 and 64 ranks oversubscribed on a tiny
+# float64 model, against the 1-rank run, with the bookkeeping costs measured per rank count
+# (result-file bytes, checkpoint shards, rank-0 vs median peak memory; tests/scale/scale.py).
+add_test(NAME scale_ranks
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/scale/scale.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(scale_ranks PROPERTIES TIMEOUT 900 PROCESSORS 2 LABELS scale
+                     ENVIRONMENT "${MOESIM_TEST_ENV}")

@@ -30,6 +30,7 @@
 #include "moesim/train/resume.hpp"
 #include "moesim/train/trainer.hpp"
 #include "moesim/util/file_lock.hpp"
+#include "moesim/util/memory.hpp"
 #include "moesim/util/paths.hpp"
 
 namespace moesim::cli {
@@ -481,6 +482,16 @@ int run_experiment(const Config& cfg, const comm::Comm& comm) {
   train::install_stop_signal_handlers();  // SIGTERM / SIGUSR1: checkpoint at the next step, exit
   const train::RunResult res = train::train(
       cfg, comm, reporter.get(), start.kind == train::StartKind::resume ? start.step : 0);
+  {  // every rank's peak memory, so rank 0's can be compared with the others' (docs/scale.md)
+    const std::int64_t rss = util::peak_rss_bytes();
+    std::vector<std::int64_t> all(comm.rank() == 0 ? static_cast<std::size_t>(comm.size()) : 0U);
+    comm.gather(std::span<const std::int64_t>(&rss, 1), std::span<std::int64_t>(all), 0);
+    if (writer && !all.empty()) {
+      std::vector<std::int64_t> sorted = all;
+      std::sort(sorted.begin(), sorted.end());
+      writer->set_attempt_memory(all[0], sorted[sorted.size() / 2], sorted.back());
+    }
+  }
   if (res.preempted) {
     if (comm.rank() == 0) {
       writer->end_attempt("preempted", reporter->wall_seconds());  // complete stays 0

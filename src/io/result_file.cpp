@@ -362,9 +362,11 @@ void set_int_attr(hid_t loc, std::string_view file, std::string_view owner, cons
 
 const char* const kTotalSlot[2] = {"total_0", "total_1"};
 constexpr const char* kTotalDescription =
-    "tokens dispatched from rank r (row) to rank s (column), summed over steps [first_step, "
-    "through_step) (attributes); two alternating slots, the one with the larger through_step is "
-    "the newest; through_step -1: an update was interrupted";
+    "tokens dispatched from rank r (row) to rank s (column), summed over the steps [first_step, "
+    "through_step) (attributes: the whole run unless a resume could not continue the sum); the "
+    "run keeps two alternating slots /traffic/total_0 and total_1, the one with the larger "
+    "through_step is the newest (through_step -1: an update was interrupted); "
+    "/summary/traffic_tokens is a link to the newest";
 }  // namespace
 
 // ======================= ResultWriter =======================
@@ -385,6 +387,7 @@ struct ResultWriter::Impl {
   std::string attempt_end = "running";
   double attempt_wall = 0;
   std::int64_t attempt_last_step = 0;
+  std::int64_t rss_rank0 = 0, rss_median = 0, rss_max = 0;
   bool finished = false;
   // Streamed traffic matrices (traffic_begin .. traffic_end).
   h5::File stream_file;
@@ -481,6 +484,12 @@ struct ResultWriter::Impl {
             "steps completed when the attempt last wrote its rows (its end, unless killed)");
     put_i64("ranks", attempt.ranks, "MPI ranks of the attempt");
     put_f64("wall_seconds", attempt_wall, "wall time of the attempt so far", "s");
+    put_i64("peak_rss_rank0", rss_rank0,
+            "peak resident set size of rank 0 in bytes (0: the attempt did not report it)");
+    put_i64("peak_rss_median", rss_median,
+            "median over the ranks of their peak resident set size, bytes (0: not reported)");
+    put_i64("peak_rss_max", rss_max,
+            "largest peak resident set size of any rank, bytes (0: not reported)");
     put_text("end", attempt_end,
              "how the attempt ended: complete, preempted, cancelled, diverged, failed, or running "
              "(still running, or killed without a chance to say so) / interrupted (found running "
@@ -709,6 +718,14 @@ void ResultWriter::begin_attempt(const AttemptInfo& attempt) {
   m.flush_now();
 }
 
+void ResultWriter::set_attempt_memory(std::int64_t rank0, std::int64_t median, std::int64_t max) {
+  Impl& m = *impl_;
+  m.require_open("set_attempt_memory");
+  m.rss_rank0 = rank0;
+  m.rss_median = median;
+  m.rss_max = max;
+}
+
 void ResultWriter::append_step(const StepRecord& rec) {
   Impl& m = *impl_;
   m.require_open("append_step");
@@ -914,40 +931,25 @@ ResultWriter::Summary ResultWriter::finish() {
                       "every step of every attempt: tokens_per_second = tokens_per_step * steps / "
                       "train_seconds (sum of /steps/time_step); step_time_median over "
                       "/steps/time_step; wall_seconds sums /attempts/wall_seconds");
-    // traffic_tokens [W, W]: a streamed copy of the newest running sum (traffic_end(total)).
-    const hsize_t W = m.total_base >= 0 ? m.total_base_width : static_cast<hsize_t>(m.meta.ranks);
-    const std::string full = "/summary/traffic_tokens";
-    const std::array<hsize_t, 2> dims{W, W};
-    h5::Space space(
-        check(H5Screate_simple(2, dims.data(), nullptr), f, full, "creating the dataspace"));
-    h5::Dataset out(check(H5Dcreate2(g, "traffic_tokens", Elem<std::int64_t>::file(), space.get(),
-                                     H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                          f, full, "creating the dataset"));
-    std::int64_t through = m.total_first_step;
+    // traffic_tokens [W, W]: the newest running sum itself (a hard link to its slot, so the
+    // file holds no third P x P copy); its attributes first_step / through_step say which
+    // steps it covers. Without any (a run of zero steps): zeros [P, P].
     if (m.total_base >= 0) {
       const std::string slot = std::string("/traffic/") + kTotalSlot[m.total_base];
-      h5::Dataset in(
-          check(H5Dopen2(root, slot.c_str(), H5P_DEFAULT), f, slot, "opening the running sum"));
-      through = read_int_attr(in.get(), f, "through_step");
-      const hsize_t B = block_rows_for(W);
-      std::vector<std::int64_t> block;
-      for (hsize_t r = 0; r < W; r += B) {
-        const hsize_t n = std::min(B, W - r);
-        block.resize(n * W);
-        slab_io(in.get(), f, slot, {r, 0}, {n, W}, block.data(), false);
-        slab_io(out.get(), f, full, {r, 0}, {n, W}, block.data(), true);
-      }
-    } else if (W > 0) {
-      const std::vector<std::int64_t> zeros(W * W, 0);
-      check(H5Dwrite(out.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data()), f,
-            full, "writing the dataset");
+      check(H5Lcreate_hard(root, slot.c_str(), g, "traffic_tokens", H5P_DEFAULT, H5P_DEFAULT), f,
+            "/summary/traffic_tokens", "linking the run's traffic sum");
+    } else {
+      const auto P = static_cast<hsize_t>(m.meta.ranks);
+      const std::array<hsize_t, 2> dims{P, P};
+      write_array(g, f, "/summary", "traffic_tokens", dims, std::vector<std::int64_t>(P * P, 0),
+                  "tokens sent from rank r (row) to rank s (column), summed over the run");
+      h5::Dataset out(check(H5Dopen2(g, "traffic_tokens", H5P_DEFAULT), f,
+                            "/summary/traffic_tokens", "opening the dataset"));
+      write_scalar_attr<std::int64_t>(out.get(), f, "/summary/traffic_tokens", "first_step",
+                                      m.total_first_step);
+      write_scalar_attr<std::int64_t>(out.get(), f, "/summary/traffic_tokens", "through_step",
+                                      m.total_first_step);
     }
-    describe(out.get(), f, full,
-             "tokens sent from rank r (row) to rank s (column), summed over the steps "
-             "[first_step, through_step) (attributes; the whole run unless a resume could not "
-             "continue the running sum)");
-    write_scalar_attr<std::int64_t>(out.get(), f, full, "first_step", m.total_first_step);
-    write_scalar_attr<std::int64_t>(out.get(), f, full, "through_step", through);
   }
   {  // routing.rule = base: the largest final auction epsilon of the whole run
     const std::vector<double> eps = read_all<double>(root, f, "/steps/base_epsilon");

@@ -115,8 +115,11 @@ class ResultWriter {
   ResultWriter& operator=(const ResultWriter&) = delete;
 
   void begin_attempt(const AttemptInfo& attempt);  // a new /attempts row ("running"); flushed
-  void append_step(const StepRecord& rec);         // buffers one /steps row
-  void append_eval(const EvalRecord& rec);         // buffers one /eval row
+  // Peak resident set sizes of the attempt (bytes): rank 0, the median and the largest over
+  // all ranks (/attempts/peak_rss_rank0, peak_rss_median, peak_rss_max; 0 until set).
+  void set_attempt_memory(std::int64_t rank0, std::int64_t median, std::int64_t max);
+  void append_step(const StepRecord& rec);  // buffers one /steps row
+  void append_eval(const EvalRecord& rec);  // buffers one /eval row
   void flush();  // writes the buffered rows and the attempt's progress; file closed after
   // Ends the attempt: `end` is "complete", "preempted", "cancelled", "diverged" or "failed";
   // `wall_seconds` its wall time. Flushes.
