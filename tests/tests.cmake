@@ -28,6 +28,7 @@ foreach(moesim_regression_script IN ITEMS cli_errors route_reference run_smoke s
 endforeach()
 moesim_add_test(NAME test_checkpoint SOURCES mpi/test_checkpoint.cpp RANKS 1 2 4 TIMEOUT 120)
 moesim_add_test(NAME test_layouts SOURCES mpi/test_layouts.cpp RANKS 2 4 TIMEOUT 120)
+moesim_add_test(NAME test_eplb SOURCES mpi/test_eplb.cpp RANKS 1 2 4 TIMEOUT 180)
 moesim_add_test(NAME test_metrics SOURCES unit/test_metrics.cpp)
 moesim_add_test(NAME test_resume SOURCES unit/test_resume.cpp)
 

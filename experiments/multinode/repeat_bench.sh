@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Three repeats of the 4-node unshaped small-message bench, flat vs hierarchical (README.md).
 set -e
-cd /work/wt/multinode
+cd "$(dirname "$(realpath "$0")")/../.."
 export MOESIM_CLUSTER_NAME=mrep MOESIM_CLUSTER_DIR=/tmp/moesim-cluster-rep
 trap 'scripts/cluster/emulate.sh stop >/dev/null 2>&1 || true' EXIT
 eval "$(scripts/cluster/emulate.sh start 4)"

@@ -258,6 +258,12 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
         [](const P& p) { return p.load_imbalance; });
     col("dropped_fraction", "dropped / routed assignments", "",
         [](const P& p) { return p.dropped_fraction; });
+    col("result_bytes_per_step",
+        "bytes moesim run writes to /steps per step at this rank count (docs/scale.md)", "B",
+        [](const P& p) { return p.result_bytes_per_step; });
+    col("traffic_matrix_bytes",
+        "bytes of one P x P traffic matrix (a /traffic/tokens sample or a running-sum slot)", "B",
+        [](const P& p) { return p.traffic_matrix_bytes; });
     {
       io::NamedColumn c;
       c.name = "simulate_seconds";

@@ -345,6 +345,15 @@ const std::vector<Field>& fields() {
         "routing.group_limit", "integer in [0, routing.expert_groups]",
         "node-limited routing (topk, switch): keep the M groups with the largest sum of their "
         "top-ceil(k/M) scores, then top-k inside them; 0 = no limit"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::redundant_experts>(
+        "routing.redundant_experts", "integer >= 0; run: num_experts + r divisible by the ranks",
+        "redundant experts (DeepSeek EPLB): E + r expert slots per layer; the r extra slots "
+        "replicate the hottest experts and the slots are packed onto ranks to balance rows "
+        "(docs/eplb.md)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::rebalance_every>(
+        "routing.rebalance_every", "integer >= 0",
+        "redundant experts: re-place the slots every N steps from the loads of the last N "
+        "steps (0 = keep the initial placement: replicas of experts 0..r-1)"));
     // training
     t.push_back(make_field<&C::training, &TrainingConfig::steps>("training.steps", "integer >= 1",
                                                                  "optimizer steps"));
@@ -1045,7 +1054,17 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
   const RoutingConfig& r = cfg.routing;
   const std::string E = std::to_string(r.num_experts);
   require_int(r.num_experts, 1, "routing.num_experts");
-  if (run && r.num_experts >= 1) {
+  require_int(r.redundant_experts, 0, "routing.redundant_experts");
+  require_int(r.rebalance_every, 0, "routing.rebalance_every");
+  if (run && r.num_experts >= 1 && r.redundant_experts > 0 && ranks >= 1) {
+    // E + r slots spread evenly over the ranks; the E < P replica groups do not apply.
+    require((r.num_experts + r.redundant_experts) % ranks == 0, "routing.redundant_experts",
+            std::to_string(r.redundant_experts),
+            "must make routing.num_experts + routing.redundant_experts (" + E + " + " +
+                std::to_string(r.redundant_experts) + ") divisible by the number of MPI ranks (" +
+                nranks + ")");
+  }
+  if (run && r.num_experts >= 1 && r.redundant_experts <= 0) {
     require(r.num_experts % ranks == 0 || ranks % r.num_experts == 0, "routing.num_experts", E,
             "must be divisible by the number of MPI ranks (" + nranks +
                 ") or divide it (fewer experts than ranks: each expert is replicated on ranks / "

@@ -73,7 +73,9 @@ MemoryEstimate estimate_memory(const Config& cfg, int ranks) {
   // Registration order of Model: input.w, input.b, per layer (gate, noise | experts), head.
   // Every tensor starts on a 64-byte boundary; layers are alike, so one layer's block times L.
   auto up = [&](i128 x) { return ceil_div(x, per_line) * per_line; };
-  const i128 local = E >= P ? E / P : 1;  // experts hosted per rank (E < P: one replica each)
+  // experts hosted per rank (E < P: one replica each; redundant experts: (E + r) / P slots)
+  const i128 r_slots = cfg.routing.redundant_experts;
+  const i128 local = r_slots > 0 ? (E + r_slots) / P : (E >= P ? E / P : 1);
   i128 rep_layer = 0;
   if (rule != RoutingRuleKind::hash) rep_layer = add(rep_layer, up(mul(d, E)));        // gate
   if (rule == RoutingRuleKind::noisy_topk) rep_layer = add(rep_layer, up(mul(d, E)));  // noise

@@ -31,6 +31,10 @@ Model<T>::Model(const Config& cfg, const comm::Comm& comm, std::int64_t train_to
   w_head_ =
       store_.add("head.w", ParamKind::replicated, d_ * C, s / std::sqrt(static_cast<double>(d_)));
   b_head_ = store_.add("head.b", ParamKind::replicated, C, 0.0);
+  // Replicated tensors are identical everywhere: rank 0 writes them into checkpoints.
+  for (std::size_t id = 0; id < store_.entries().size(); ++id)
+    if (store_.entry(static_cast<int>(id)).kind == ParamKind::replicated)
+      store_.set_checkpoint_writer(static_cast<int>(id), comm.rank() == 0);
   store_.allocate();
   store_.initialize(cfg.training.seed);
   for (auto& layer : layers_) layer->bind(store_);

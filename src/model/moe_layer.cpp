@@ -2,10 +2,13 @@
 #include "moesim/model/moe_layer.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <type_traits>
 
+#include "moesim/dispatch/eplb.hpp"
 #include "moesim/experts/gemm.hpp"
 #include "moesim/routing/losses.hpp"
 #include "moesim/routing/random.hpp"
@@ -45,7 +48,8 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       f_(cfg.model.d_ff),
       E_(cfg.routing.num_experts),
       index_(index),
-      placement_{cfg.routing.num_experts, comm.size(), comm.rank()},
+      // Redundant experts: E + r slots placed like E + r experts (one replica group).
+      placement_{cfg.routing.num_experts + cfg.routing.redundant_experts, comm.size(), comm.rank()},
       router_train_(
           std::make_unique<routing::Router>(cfg.routing, group_tokens(cfg.routing, train_tokens))),
       router_eval_(
@@ -65,6 +69,26 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
       aux_batch_(cfg.routing.aux_scope == AuxScope::batch && router_train_->rule().learned()),
       bf16_(cfg.model.precision == Precision::bfloat16 && std::is_same_v<T, float>) {
   batch_sums_.resize(static_cast<std::size_t>(2 * E_ + 2));
+  r_ = cfg.routing.redundant_experts;
+  store_ = &store;
+  prefix_ = "layer" + std::to_string(index);
+  expert_size_ = 2 * d_ * f_ + f_ + d_;
+  if (r_ > 0) {
+    const std::int64_t slots = E_ + r_;
+    old_map_.resize(static_cast<std::size_t>(slots));
+    slot_count_.resize(static_cast<std::size_t>(slots));
+    eplb_load_.assign(static_cast<std::size_t>(E_), 0.0);
+    rep_buf_.resize(static_cast<std::size_t>(r_ * expert_size_));
+    move_tmp_.resize(static_cast<std::size_t>(3 * expert_size_));
+    move_stage_.resize(static_cast<std::size_t>(placement_.per_rank() * 3 * expert_size_));
+    // Before allocate() and initialize(): replicas of an expert get its name, hence its values.
+    set_slot_expert(dispatch::eplb_initial_placement(E_, r_, comm.size()));
+  } else {
+    // Expert replica groups (E < P): the first group writes the experts into checkpoints.
+    for (std::int64_t j = 0; j < experts_.count(); ++j)
+      for (const int id : experts_.tensor_ids(j))
+        store.set_checkpoint_writer(id, placement_.group() == 0);
+  }
   batch_dp_.resize(static_cast<std::size_t>(E_));
   const std::int64_t n = std::max(train_tokens, eval_tokens);
   if (shared_ > 0) {
@@ -85,6 +109,7 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
   const auto send_max = static_cast<std::size_t>(train_tokens * kmax);
   kept_token_.reserve(send_max);
   kept_expert_.reserve(send_max);
+  if (r_ > 0) kept_slot_.reserve(send_max);
   kept_weight_.reserve(send_max);
   kept_cand_.reserve(send_max);
   dweight_.reserve(send_max);
@@ -120,6 +145,187 @@ void MoELayer<T>::bind(ParamStore<T>& store) {
 }
 
 template <typename T>
+void MoELayer<T>::set_slot_expert(std::span<const std::int64_t> map) {
+  const std::int64_t slots = E_ + r_;
+  if (r_ <= 0 || static_cast<std::int64_t>(map.size()) != slots)
+    throw std::logic_error("MoELayer::set_slot_expert: not a map of E + r slots");
+  std::vector<std::int64_t> count(static_cast<std::size_t>(E_), 0);
+  for (const std::int64_t e : map) {
+    if (e < 0 || e >= E_) throw std::logic_error("MoELayer::set_slot_expert: expert out of range");
+    ++count[static_cast<std::size_t>(e)];
+  }
+  for (const std::int64_t c : count)
+    if (c == 0) throw std::logic_error("MoELayer::set_slot_expert: an expert has no slot");
+  slot_expert_.assign(map.begin(), map.end());
+  // Replica lists (slots ascending per expert) and the row of each replicated expert.
+  rep_off_.assign(static_cast<std::size_t>(E_) + 1, 0);
+  for (std::int64_t e = 0; e < E_; ++e)
+    rep_off_[static_cast<std::size_t>(e) + 1] =
+        rep_off_[static_cast<std::size_t>(e)] + count[static_cast<std::size_t>(e)];
+  rep_slot_.assign(static_cast<std::size_t>(slots), 0);
+  std::vector<std::int64_t> cursor(rep_off_.begin(), rep_off_.end() - 1);
+  for (std::int64_t s = 0; s < slots; ++s)
+    rep_slot_[static_cast<std::size_t>(
+        cursor[static_cast<std::size_t>(map[static_cast<std::size_t>(s)])]++)] = s;
+  rep_index_.assign(static_cast<std::size_t>(E_), -1);
+  multi_ = 0;
+  for (std::int64_t e = 0; e < E_; ++e)
+    if (count[static_cast<std::size_t>(e)] > 1) rep_index_[static_cast<std::size_t>(e)] = multi_++;
+  // This rank's slots: logical names and checkpoint writers.
+  static const char* const kSuffix[] = {".w1", ".b1", ".w2", ".b2"};
+  const std::int64_t first = placement_.first_local();
+  for (std::int64_t j = 0; j < experts_.count(); ++j) {
+    const std::int64_t s = first + j;
+    const std::int64_t e = map[static_cast<std::size_t>(s)];
+    const bool writer =
+        rep_slot_[static_cast<std::size_t>(rep_off_[static_cast<std::size_t>(e)])] == s;
+    const std::array<int, 4> ids = experts_.tensor_ids(j);
+    for (std::size_t t = 0; t < ids.size(); ++t) {
+      store_->rename(ids[t], prefix_ + ".expert" + std::to_string(e) + kSuffix[t]);
+      store_->set_checkpoint_writer(ids[t], writer);
+    }
+  }
+}
+
+template <typename T>
+std::int32_t MoELayer<T>::pick_slot(std::int64_t expert, std::int64_t group_id) {
+  // The replica with the fewest rows given so far in this group; ties go to the first in the
+  // order that starts at replica (global group id mod replicas), so that experts with one
+  // row per group still spread over their replicas (a fixed "lowest slot" tie rule would
+  // send every such row to the first replica).
+  const auto b = static_cast<std::size_t>(rep_off_[static_cast<std::size_t>(expert)]);
+  const auto c = static_cast<std::size_t>(rep_off_[static_cast<std::size_t>(expert) + 1]) - b;
+  const auto start = static_cast<std::size_t>(group_id) % c;
+  std::int64_t best = rep_slot_[b + start];
+  for (std::size_t t = 1; t < c; ++t) {
+    const std::int64_t s = rep_slot_[b + (start + t) % c];
+    if (slot_count_[static_cast<std::size_t>(s)] < slot_count_[static_cast<std::size_t>(best)])
+      best = s;
+  }
+  ++slot_count_[static_cast<std::size_t>(best)];
+  return static_cast<std::int32_t>(best);
+}
+
+template <typename T>
+void MoELayer<T>::sum_replica_grads() {
+  if (r_ <= 0 || multi_ == 0) return;
+  const std::size_t n = static_cast<std::size_t>(multi_ * expert_size_);
+  std::fill_n(rep_buf_.begin(), n, T(0));
+  const std::int64_t first = placement_.first_local();
+  // Add, per local slot of a replicated expert, its gradient into the expert's row; sum over
+  // all ranks; every replica takes the same sum.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (std::int64_t j = 0; j < experts_.count(); ++j) {
+      const std::int64_t row =
+          rep_index_[static_cast<std::size_t>(slot_expert_[static_cast<std::size_t>(first + j)])];
+      if (row < 0) continue;
+      T* buf = rep_buf_.data() + row * expert_size_;
+      for (const int id : experts_.tensor_ids(j)) {
+        T* g = store_->grad(id);
+        const std::int64_t size = store_->entry(id).size;
+        if (pass == 0)
+          for (std::int64_t i = 0; i < size; ++i) buf[i] += g[i];
+        else
+          std::copy_n(buf, size, g);
+        buf += size;
+      }
+    }
+    if (pass == 0) comm_.allreduce(std::span<T>(rep_buf_.data(), n), comm::ReduceOp::sum);
+  }
+}
+
+template <typename T>
+void MoELayer<T>::rebalance(std::span<const std::int64_t> map,
+                            std::span<const std::span<T>> arenas) {
+  if (r_ <= 0) return;
+  const std::int64_t slots = E_ + r_;
+  if (static_cast<std::int64_t>(map.size()) != slots || arenas.size() > 3)
+    throw std::logic_error("MoELayer::rebalance: bad map or arenas");
+  std::copy(slot_expert_.begin(), slot_expert_.end(), old_map_.begin());
+  const std::int64_t first = placement_.first_local();
+  const std::int64_t per = placement_.per_rank();
+  const std::int64_t chunk = static_cast<std::int64_t>(arenas.size()) * expert_size_;
+  // Copies slot j's tensors out of (or into) every arena, as one chunk.
+  auto io = [&](std::int64_t j, T* chunk_data, bool out) {
+    T* c = chunk_data;
+    for (const std::span<T>& a : arenas)
+      for (const int id : experts_.tensor_ids(j)) {
+        const auto& e = store_->entry(id);
+        T* v = a.data() + e.offset;
+        if (out)
+          std::copy_n(v, e.size, c);
+        else
+          std::copy_n(c, e.size, v);
+        c += e.size;
+      }
+  };
+  // Experts in ascending order; each one a new slot needs is broadcast once from its first
+  // old holder, before any slot is overwritten (staged per receiving slot).
+  for (std::int64_t e = 0; e < E_; ++e) {
+    bool needed = false;
+    for (std::int64_t s = 0; s < slots; ++s)
+      needed = needed || (map[static_cast<std::size_t>(s)] == e &&
+                          old_map_[static_cast<std::size_t>(s)] != e);
+    if (!needed) continue;
+    const std::int64_t src =
+        rep_slot_[static_cast<std::size_t>(rep_off_[static_cast<std::size_t>(e)])];
+    const int root = static_cast<int>(src / per);
+    if (comm_.rank() == root) io(src - first, move_tmp_.data(), true);
+    comm_.bcast(std::span<T>(move_tmp_.data(), static_cast<std::size_t>(chunk)), root);
+    for (std::int64_t j = 0; j < per; ++j) {
+      const auto s = static_cast<std::size_t>(first + j);
+      if (map[s] == e && old_map_[s] != e)
+        std::copy_n(move_tmp_.data(), chunk, move_stage_.data() + j * chunk);
+    }
+  }
+  for (std::int64_t j = 0; j < per; ++j) {
+    const auto s = static_cast<std::size_t>(first + j);
+    if (map[s] != old_map_[s]) io(j, move_stage_.data() + j * chunk, false);
+  }
+  set_slot_expert(map);
+}
+
+template <typename T>
+std::int64_t MoELayer<T>::replica_mismatches(std::span<const std::span<T>> arenas) {
+  if (r_ <= 0) return 0;
+  const std::int64_t first = placement_.first_local();
+  const std::int64_t per = placement_.per_rank();
+  std::int64_t bad = 0;
+  for (std::int64_t e = 0; e < E_; ++e) {
+    const auto b = static_cast<std::size_t>(rep_off_[static_cast<std::size_t>(e)]);
+    const auto end = static_cast<std::size_t>(rep_off_[static_cast<std::size_t>(e) + 1]);
+    if (end - b < 2) continue;
+    const std::int64_t src = rep_slot_[b];
+    const int root = static_cast<int>(src / per);
+    for (const std::span<T>& a : arenas) {
+      const std::array<int, 4> ids = experts_.tensor_ids(comm_.rank() == root ? src - first : 0);
+      T* c = move_tmp_.data();
+      for (const int id : ids) {
+        const auto& t = store_->entry(id);
+        if (comm_.rank() == root) std::copy_n(a.data() + t.offset, t.size, c);
+        c += t.size;
+      }
+      comm_.bcast(std::span<T>(move_tmp_.data(), static_cast<std::size_t>(expert_size_)), root);
+      for (std::size_t i = b + 1; i < end; ++i) {
+        const std::int64_t s = rep_slot_[i];
+        if (s / per != comm_.rank()) continue;
+        const T* ref = move_tmp_.data();
+        for (const int id : experts_.tensor_ids(s - first)) {
+          const auto& t = store_->entry(id);
+          if (std::memcmp(ref, a.data() + t.offset, static_cast<std::size_t>(t.size) * sizeof(T)) !=
+              0) {
+            ++bad;
+            break;
+          }
+          ref += t.size;
+        }
+      }
+    }
+  }
+  return comm_.allreduce<std::int64_t>(bad, comm::ReduceOp::sum);
+}
+
+template <typename T>
 void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf::PhaseTimes* times,
                           const PassInfo& pass) {
   using perf::Phase;
@@ -151,6 +357,7 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
     stats_.groups = G;
     kept_token_.clear();
     kept_expert_.clear();
+    kept_slot_.clear();
     kept_weight_.clear();
     kept_cand_.clear();
     for (std::int64_t g = 0; g < G; ++g) {
@@ -182,11 +389,15 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
         stats_.routed[e] += r.routed[e];
         stats_.kept[e] += r.kept[e];
       }
+      // Redundant experts: each kept assignment goes to a replica of its expert (per group).
+      if (r_ > 0) std::fill(slot_count_.begin(), slot_count_.end(), 0);
+      const std::int64_t group_id = ctx.first_token / S;  // global: rank-count independent
       for (std::size_t i = 0; i < r.cands.size(); ++i) {
         const routing::Candidate& c = r.cands[i];
         if (!c.kept) continue;
         kept_token_.push_back(static_cast<std::int32_t>(g * S + c.token));
         kept_expert_.push_back(c.expert);
+        if (r_ > 0) kept_slot_.push_back(pick_slot(c.expert, group_id));
         kept_weight_.push_back(c.weight);
         kept_cand_.push_back(cand_offset_[static_cast<std::size_t>(g)] +
                              static_cast<std::int64_t>(i));
@@ -218,7 +429,7 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
   }
   {  // dispatch: pack -> counts -> alltoallv -> unpack
     perf::ScopedTimer timer(times, Phase::dispatch);
-    dispatch::pack_plan(kept_token_, kept_expert_, placement_, plan_);
+    dispatch::pack_plan(kept_token_, r_ > 0 ? kept_slot_ : kept_expert_, placement_, plan_);
     if (bf16_) {  // gather + round to bf16 in one pass
       ensure(send16_, plan_.total_send * d_);
       if constexpr (std::is_same_v<T, float>)

@@ -115,6 +115,7 @@ Scenario make_scenario_sized(const Config& cfg, std::int64_t P, std::int64_t ran
                  : a == "padded"                                         ? Algorithm::padded
                  : a == "flat"                                           ? Algorithm::flat
                  : cfg.routing.dispatch == DispatchKind::alltoall_padded ? Algorithm::padded
+                 : cfg.routing.dispatch == DispatchKind::hierarchical    ? Algorithm::hierarchical
                                                                          : Algorithm::flat;
   if (sc.algorithm == Algorithm::padded && sc.capacity < 0)
     throw ConfigError("simulate.algorithm", "padded",
@@ -373,6 +374,9 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
                   out.time_backward + out.time_sync + out.time_other;
   out.load_imbalance = imbalance_sum / (st * static_cast<double>(L));
   out.dropped_fraction = routed_total > 0 ? (routed_total - kept_total) / routed_total : 0.0;
+  out.result_bytes_per_step =
+      result_bytes_per_step(P, L, E, cfg.routing.rule == RoutingRuleKind::base);
+  out.traffic_matrix_bytes = 8.0 * static_cast<double>(P) * static_cast<double>(P);
   return out;
 }
 

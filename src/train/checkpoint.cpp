@@ -48,7 +48,6 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
                      Optimizer<T>& opt, const Config& cfg, const comm::Comm& comm) {
   namespace fs = std::filesystem;
   ParamStore<T>& store = model.params();
-  const dispatch::Placement placement{cfg.routing.num_experts, comm.size(), comm.rank()};
   io::CheckpointMeta meta;
   meta.step = step;
   meta.optimizer_steps = opt.steps_taken();
@@ -84,10 +83,9 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
     };
     for (std::size_t id = 0; id < store.entries().size(); ++id) {
       const auto& e = store.entry(static_cast<int>(id));
-      // Replicated tensors are identical everywhere: rank 0 writes them.
-      if (e.kind == ParamKind::replicated && comm.rank() != 0) continue;
-      // Expert replicas (E < P) are identical: the first replica group writes them.
-      if (e.kind == ParamKind::expert && placement.group() != 0) continue;
+      // One writer per logical tensor (replicated: rank 0; expert replicas, E < P groups or
+      // redundant slots: the first holder; set by the model).
+      if (!e.checkpoint_writer) continue;
       add(tensor_name("param", e.name), store.value(static_cast<int>(id)), e.size);
       for (int s = 0; s < opt.state_slots(); ++s)
         add(tensor_name(kStateKinds[s], e.name), opt.state(s, e.kind).data() + e.offset, e.size);
@@ -98,6 +96,14 @@ void save_checkpoint(const std::string& path, std::int64_t step, model::Model<T>
         const std::span<double> b = model.layer(l).expert_bias();
         add("state/layer" + std::to_string(l) + ".expert_bias", b.data(),
             static_cast<std::int64_t>(b.size()));
+        if (model.layer(l).redundant()) {  // redundant experts: slot map and load window
+          const auto map = model.layer(l).slot_expert();
+          add("state/layer" + std::to_string(l) + ".slot_expert", map.data(),
+              static_cast<std::int64_t>(map.size()));
+          const std::span<double> w = model.layer(l).eplb_load();
+          add("state/layer" + std::to_string(l) + ".eplb_load", w.data(),
+              static_cast<std::int64_t>(w.size()));
+        }
       }
     shard.commit(meta);
   } catch (const std::exception& e) {
@@ -158,6 +164,32 @@ std::int64_t load_checkpoint(const std::string& path, model::Model<T>& model, Op
     opt_steps = reader.meta().optimizer_steps;
     ParamStore<T>& store = model.params();
     std::vector<double> buf;
+    // Redundant experts: the stored slot map first (it names the tensors each slot reads);
+    // a checkpoint of another r (or none) keeps the initial placement and an empty window.
+    for (int l = 0; l < model.num_layers(); ++l) {
+      if (!model.layer(l).redundant()) continue;
+      const std::string n = "state/layer" + std::to_string(l) + ".slot_expert";
+      const std::string w = "state/layer" + std::to_string(l) + ".eplb_load";
+      const std::span<const std::int64_t> now = model.layer(l).slot_expert();
+      std::vector<double> map(now.size());
+      std::vector<std::int64_t> slots(now.size());
+      const std::span<double> window = model.layer(l).eplb_load();
+      bool same_r = false;
+      if (reader.has(n)) {
+        try {
+          reader.read(n, map);
+          same_r = true;
+        } catch (const std::exception&) {  // another r: the initial placement stays
+        }
+      }
+      if (same_r) {
+        for (std::size_t s = 0; s < map.size(); ++s) slots[s] = static_cast<std::int64_t>(map[s]);
+        model.layer(l).set_slot_expert(slots);
+        if (reader.has(w)) reader.read(w, window);
+      } else {
+        std::fill(window.begin(), window.end(), 0.0);
+      }
+    }
     for (std::size_t id = 0; id < store.entries().size(); ++id) {
       const auto& e = store.entry(static_cast<int>(id));
       buf.resize(static_cast<std::size_t>(e.size));

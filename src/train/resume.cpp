@@ -42,7 +42,8 @@ bool may_differ_on_resume(const std::string& key) {
   const auto section = key.substr(0, key.find('.'));
   return section == "output" || section == "checkpoint" || section == "bench" ||
          section == "trace" || key == "training.steps" || key == "training.eval_every" ||
-         key == "routing.dispatch";
+         key == "routing.dispatch" || key == "routing.redundant_experts" ||
+         key == "routing.rebalance_every";
 }
 
 std::vector<std::string> trajectory_differences(const std::string& stored_ini, const Config& now) {

@@ -11,6 +11,7 @@
 
 #include "moesim/data/cluster_task.hpp"
 #include "moesim/dispatch/dispatcher.hpp"
+#include "moesim/dispatch/eplb.hpp"
 #include "moesim/metrics/routing_metrics.hpp"
 #include "moesim/model/model.hpp"
 #include "moesim/perf/timers.hpp"
@@ -58,7 +59,8 @@ class Trainer {
         L_(cfg.model.layers),
         E_(cfg.routing.num_experts),
         task_(cfg.data, cfg.training.seed),
-        placement_{cfg.routing.num_experts, comm.size(), comm.rank()},
+        placement_{cfg.routing.num_experts + cfg.routing.redundant_experts, comm.size(),
+                   comm.rank()},
         // Expert replicas (fewer experts than ranks) sum gradients within their set.
         replica_comm_(comm.split(placement_.replica_set(), comm.rank())),
         model_(cfg, comm, N_, Ne_),
@@ -131,6 +133,11 @@ class Trainer {
         update_traffic_total(done);                     // the sum that resumes with it
         save_checkpoint(checkpoint_path(cfg_), done, model_, opt_, cfg_, comm_);
       }
+      // Redundant experts: re-place the slots from the last N steps' loads (before the
+      // checkpoint, which then holds the new map and an empty window).
+      const std::int64_t every_rebalance = cfg_.routing.rebalance_every;
+      if (cfg_.routing.redundant_experts > 0 && every_rebalance > 0 && done % every_rebalance == 0)
+        res.slots_moved += rebalance();
       if (stop_all_ && done < steps) {  // preempted: the checkpoint lets a requeued job continue
         res.preempted = true;
         break;
@@ -141,10 +148,23 @@ class Trainer {
     if (!res.diverged &&
         totalled_through_ != res.start_step + static_cast<std::int64_t>(res.loss.size()))
       update_traffic_total(res.start_step + static_cast<std::int64_t>(res.loss.size()));
+    if (cfg_.routing.redundant_experts > 0) {
+      res.replica_mismatches = 0;
+      const std::vector<std::span<T>> arenas = expert_arenas();
+      for (int l = 0; l < L_; ++l)
+        res.replica_mismatches += model_.layer(l).replica_mismatches(arenas);
+    }
     return res;
   }
 
  private:
+  // The expert-kind arenas: values, then each optimizer state (same layout).
+  std::vector<std::span<T>> expert_arenas() {
+    std::vector<std::span<T>> arenas{model_.params().values(ParamKind::expert)};
+    for (int s = 0; s < opt_.state_slots(); ++s) arenas.push_back(opt_.state(s, ParamKind::expert));
+    return arenas;
+  }
+
   io::StepRecord train_step(std::int64_t step) {
     using perf::Phase;
     perf::PhaseTimes times;
@@ -166,6 +186,8 @@ class Trainer {
       comm_.allreduce(model_.params().grads(ParamKind::replicated), comm::ReduceOp::sum);
       if (replica_comm_.size() > 1)
         replica_comm_.allreduce(model_.params().grads(ParamKind::expert), comm::ReduceOp::sum);
+      // Redundant experts: the replicas of an expert sum their gradients.
+      for (int l = 0; l < L_; ++l) model_.layer(l).sum_replica_grads();
       opt_.step(model_.params());
       model_.refresh_low_precision();  // bf16 copies of the expert weights
     }
@@ -195,6 +217,15 @@ class Trainer {
     }
     sums_[slot_.ce] = sums.ce_sum;
     comm_.allreduce(sums_.values(), comm::ReduceOp::sum);
+    // Redundant experts: the rows each expert computed (global kept counts) since the last
+    // placement.
+    if (cfg_.routing.redundant_experts > 0)
+      for (int l = 0; l < L_; ++l) {
+        const std::span<double> w = model_.layer(l).eplb_load();
+        for (std::int64_t e = 0; e < E_; ++e)
+          w[static_cast<std::size_t>(e)] +=
+              sums_[slot_.kept + static_cast<std::size_t>(l * E_ + e)];
+      }
     // Aux-loss-free balancing: every rank updates b from the same global loads.
     for (int l = 0; l < L_; ++l)
       model_.layer(l).update_bias(sums_.slice(slot_.routed + static_cast<std::size_t>(l * E_),
@@ -286,6 +317,24 @@ class Trainer {
     }
     if (cfg_.output.loads_every > 0 && step % cfg_.output.loads_every == 0) record_loads(rec);
     return rec;
+  }
+
+  // Every layer: the slot map of its window's loads, weights and optimizer state moved to it.
+  // Returns the number of slots (all layers) that changed expert.
+  std::int64_t rebalance() {
+    const std::vector<std::span<T>> arenas = expert_arenas();
+    std::int64_t moved = 0;
+    for (int l = 0; l < L_; ++l) {
+      model::MoELayer<T>& layer = model_.layer(l);
+      const std::vector<std::int64_t> map =
+          dispatch::eplb_placement(layer.eplb_load(), cfg_.routing.redundant_experts, P_);
+      for (std::size_t s = 0; s < map.size(); ++s)
+        moved += map[s] != layer.slot_expert()[s] ? 1 : 0;
+      layer.rebalance(map, arenas);
+      std::fill(layer.eplb_load().begin(), layer.eplb_load().end(), 0.0);
+    }
+    model_.refresh_low_precision();
+    return moved;
   }
 
   // Collective: streams every rank's `row` of a P x P traffic matrix to rank 0's observer, a

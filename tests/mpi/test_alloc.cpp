@@ -52,6 +52,7 @@ struct AllocCase {
   double jitter = 0, bias_rate = 0;
   DispatchKind dispatch = DispatchKind::alltoallv;
   std::int64_t expert_groups = 1, group_limit = 0;
+  std::int64_t redundant = 0;  // routing.redundant_experts (replica choice, gradient sums)
 };
 }  // namespace
 
@@ -71,6 +72,8 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
        DispatchKind::hierarchical},
       {"topk/group_limit", RoutingRuleKind::topk, DropPolicyKind::position, 1, 0, 0,
        DispatchKind::hierarchical, 2, 1},
+      {"topk/redundant_experts", RoutingRuleKind::topk, DropPolicyKind::position, 2, 0, 0,
+       DispatchKind::alltoallv, 1, 0, comm.size()},
   };
   for (const AllocCase& ac : cases) {
     const DropPolicyKind policy = ac.policy;
@@ -87,6 +90,7 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
     cfg.routing.dispatch = ac.dispatch;
     cfg.routing.expert_groups = ac.expert_groups;
     cfg.routing.group_limit = ac.group_limit;
+    cfg.routing.redundant_experts = ac.redundant;
     const std::int64_t N = 64;
     ParamStore<float> store;
     model::MoELayer<float> layer(cfg, 0, comm, store, N, N);
@@ -112,6 +116,7 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
       const std::int64_t first = (step * comm.size() + comm.rank()) * N;
       layer.forward(x.data(), y.data(), N, true, nullptr, model::PassInfo{step, first});
       layer.backward(y.data(), dx.data(), routing::LossScales{0.01, 0.02, 0.03, 0.04, 0.001, {}});
+      layer.sum_replica_grads();
       std::fill(load.begin(), load.end(), static_cast<double>(step));
       load[0] += 1.0;  // unbalanced: the bias moves
       layer.update_bias(load);

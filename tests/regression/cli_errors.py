@@ -136,6 +136,11 @@ error_case("negative capacity factor", ["run", base, "--routing.capacity_factor=
            ["routing.capacity_factor", "-1", ">= 0"])
 error_case("experts not divisible by the rank count", ["run", R.path("experts3.ini")],
            ["routing.num_experts", "3", "divisible"])
+error_case("redundant experts: E + r slots not divisible by the rank count",
+           ["run", base, "--routing.redundant_experts=1"],
+           ["routing.redundant_experts", "1", "(4 + 1) divisible by the number of MPI ranks (2)"])
+error_case("negative redundant experts", ["run", base, "--routing.redundant_experts=-2"],
+           ["routing.redundant_experts", "-2", ">= 0"])
 error_case("group size does not divide the rank's share",
            ["run", base, "--data.tokens_per_step=1000", "--routing.group_size=256"],
            ["routing.group_size", "256", "divide"])

@@ -4,7 +4,7 @@
 Bad input stops with exit 2 naming key and value (no output file); a projection writes the HDF5
 contract (tools/h5check.py --projection) and a CSV beside it; a 2-rank run records /loads, and
 the rank x rank traffic the model derives from those loads equals the run's measured
-/steps/traffic_tokens; `--simulate.validate` writes /validation; the recorded run drives a
+the sampled /traffic/tokens; `--simulate.validate` writes /validation; the recorded run drives a
 `run:` projection; `calibrate` on 2 ranks writes a machine file that `simulate` accepts.
 """
 import csv
@@ -81,7 +81,7 @@ with open(R.path("proj.csv")) as fh:
     rows = list(csv.DictReader(fh))
 R.check(len(rows) == 4 and "time_step" in rows[0], f"CSV beside it: {len(rows)} rows")
 
-R.section("a 2-rank run records /loads; traffic from them == measured traffic_tokens")
+R.section("a 2-rank run records /loads; traffic from them == measured /traffic/tokens")
 run = R.path("run.h5")
 res = R.mpirun(2, ["run", LAYER] + SMALL + ["--output.loads_every=2", f"--output.file={run}"], timeout=240)
 R.check(res.rc == 0, "moesim run exits 0", res.describe)

@@ -86,6 +86,8 @@ def main():
         replicated = [n for n in names if not re.search(r"\.expert\d+\.", n)]
         t.check(all(s == 0 for n, s in zip(names, shard) if n in replicated) and replicated,
                 f"{P} ranks: replicated tensors in rank 0's shard only")
+        formula = 8 * (20 + 2 * E + 1 * (1 + P) + P)  # docs/scale.md, L = 1
+        t.check(per_step == formula, f"{P} ranks: {per_step:.0f} bytes per step = the formula of docs/scale.md ({formula})")
         rows[P] = dict(file=os.path.getsize(out), per_step=per_step, ckpt_manifest=os.path.getsize(ck),
                        shard0=shard_bytes[0], shard_max=max(shard_bytes), shards=len(files),
                        rss0=rss0, rssm=rssm, seconds=r.seconds)

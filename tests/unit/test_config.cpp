@@ -189,6 +189,8 @@ Config all_non_default() {
   c.routing.dispatch = DispatchKind::alltoall_padded;
   c.routing.expert_groups = 4;
   c.routing.group_limit = 2;
+  c.routing.redundant_experts = 8;
+  c.routing.rebalance_every = 25;
   c.checkpoint.every = 10;
   c.checkpoint.file = "ck.h5";
   c.checkpoint.resume = true;
@@ -610,6 +612,30 @@ TEST(ConfigValidate, NumExpertsDivisibleByRanks) {
   EXPECT_NO_THROW(validate(c, Mode::route, 3));
 }
 
+// Redundant experts: E + r slots must spread evenly over the ranks; E itself need not.
+TEST(ConfigValidate, RedundantExpertsSlotsDivisibleByRanks) {
+  Config c;
+  c.routing.num_experts = 4;
+  c.routing.redundant_experts = 2;
+  c.data.tokens_per_step = 4 * 128;
+  c.data.eval_tokens = 4 * 128;
+  const std::string msg = validate_error(c, Mode::run, 4);
+  EXPECT_NE(msg.find("bad parameter routing.redundant_experts = 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("(4 + 2) divisible by the number of MPI ranks (4)"), std::string::npos) << msg;
+  c.routing.redundant_experts = 4;  // 8 slots on 4 ranks
+  EXPECT_NO_THROW(validate(c, Mode::run, 4));
+  c.routing.num_experts = 3;  // 3 + 1 slots on 4 ranks: E < P needs no replica groups here
+  c.routing.redundant_experts = 1;
+  EXPECT_NO_THROW(validate(c, Mode::run, 4));
+  c.routing.redundant_experts = -1;
+  EXPECT_NE(validate_error(c, Mode::run, 1).find("routing.redundant_experts = -1"),
+            std::string::npos);
+  c.routing.redundant_experts = 0;
+  c.routing.rebalance_every = -5;
+  EXPECT_NE(validate_error(c, Mode::run, 1).find("routing.rebalance_every = -5"),
+            std::string::npos);
+}
+
 TEST(ConfigValidate, KAboveNumExperts) {
   Config c;
   c.routing.k = 7;
@@ -896,7 +922,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 90u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 92u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -914,7 +940,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 90u);
+  EXPECT_EQ(rows, 92u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -941,7 +967,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 90);  // every field of config.hpp
+  EXPECT_EQ(keys, 92);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moesim/io/result_file.hpp"
+#include "moesim/simulate/projection.hpp"
 
 namespace fs = std::filesystem;
 using namespace moesim::io;
@@ -567,6 +568,40 @@ TEST_F(IoTest, RankAxesGrowWhenAResumedRunHasMoreRanks) {
             (std::vector<std::int64_t>{2, 4, 3, 7, 5, 6, 7, 8, 9}));
   EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "first_step"), 0);
   EXPECT_EQ(attr_i64(f, "/summary/traffic_tokens", "through_step"), 2);
+}
+
+// docs/scale.md's per-step size formula (simulate::result_bytes_per_step, also a column of
+// moesim simulate) against what the writer really puts in /steps.
+TEST_F(IoTest, PerStepBytesMatchTheScaleFormula) {
+  const fs::path p = file("bytes.h5");
+  constexpr std::int64_t kSteps = 3;
+  {
+    ResultWriter w(p.string(), meta());
+    for (std::int64_t s = 0; s < kSteps; ++s) {
+      StepRecord r = step(s);
+      r.load_imbalance.assign(kL, 1.5);
+      r.rank_rows.assign(kL * kP, 7);
+      w.append_step(r);
+    }
+    w.flush();
+  }
+  Id f(open_ro(p), H5Fclose);
+  Id steps(H5Gopen2(f, "/steps", H5P_DEFAULT), H5Gclose);
+  hsize_t bytes = 0;
+  auto add = [](hid_t g, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    const hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
+    const hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+    *static_cast<hsize_t*>(data) +=
+        static_cast<hsize_t>(H5Sget_simple_extent_npoints(sp)) * H5Tget_size(ty);
+    H5Tclose(ty);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    return 0;
+  };
+  hsize_t idx = 0;
+  ASSERT_GE(H5Literate(steps, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, +add, &bytes), 0);
+  EXPECT_EQ(static_cast<double>(bytes),
+            kSteps * moesim::simulate::result_bytes_per_step(kP, kL, kE, false));
 }
 
 TEST_F(IoTest, TrafficSumSurvivesAKillDuringItsUpdateAndFewerRanks) {

@@ -119,6 +119,8 @@ TEST(Resume, CadencePathsAndStepsMayDiffer) {
   later.output.file = "/tmp/elsewhere.h5";
   later.checkpoint.every = 3;
   later.routing.dispatch = DispatchKind::alltoall_padded;
+  later.routing.redundant_experts = 4;  // redundant experts: summation order only (docs/eplb.md)
+  later.routing.rebalance_every = 7;
   EXPECT_TRUE(trajectory_differences(to_ini(c), later).empty());
   Config lr = c;
   lr.training.learning_rate = 0.5;

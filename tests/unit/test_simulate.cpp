@@ -235,6 +235,19 @@ TEST(Projection, HierarchicalUsesOneInterNodeMessagePerNode) {
   EXPECT_NEAR(ph.time_dispatch - counts, 3 * M.alpha_inter + 1 * M.alpha_intra, 1e-15);
 }
 
+// Validation predicts each run with its own exchange: without simulate.algorithm, the run's
+// routing.dispatch decides (a hierarchical run was predicted as flat before).
+TEST(Projection, TheRunsDispatchChoosesTheAlgorithm) {
+  Config cfg = small_config();
+  EXPECT_EQ(make_scenario(cfg, 4, 2).algorithm, Algorithm::flat);
+  cfg.routing.dispatch = DispatchKind::hierarchical;
+  EXPECT_EQ(make_scenario(cfg, 4, 2).algorithm, Algorithm::hierarchical);
+  cfg.routing.dispatch = DispatchKind::alltoall_padded;
+  EXPECT_EQ(make_scenario(cfg, 4, 2).algorithm, Algorithm::padded);
+  cfg.simulate.algorithm = "flat";  // an explicit choice wins
+  EXPECT_EQ(make_scenario(cfg, 4, 2).algorithm, Algorithm::flat);
+}
+
 TEST(Projection, ScenarioErrorsNameTheRankCount) {
   Config cfg = small_config();
   EXPECT_THROW(make_scenario(cfg, 3, 1), ConfigError);  // 4 experts on 3 ranks

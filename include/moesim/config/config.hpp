@@ -83,6 +83,8 @@ struct RoutingConfig {
   DispatchKind dispatch = DispatchKind::alltoallv;  // token exchange implementation
   std::int64_t expert_groups = 1;  // G groups of E/G consecutive experts (node-limited routing)
   std::int64_t group_limit = 0;    // topk: experts only from the M best groups; 0 = all groups
+  std::int64_t redundant_experts = 0;  // EPLB: r extra expert slots per layer (hot-expert replicas)
+  std::int64_t rebalance_every = 100;  // EPLB: re-place the slots every N steps; 0 = never
 };
 
 struct TrainingConfig {

@@ -4,6 +4,7 @@
 // expert and matrix, no padding to capacity, no copies.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -29,6 +30,11 @@ class ExpertBank {
 
   [[nodiscard]] std::int64_t count() const { return count_; }
   [[nodiscard]] std::int64_t first() const { return first_; }
+  // Store ids of expert j's (local index) tensors W1, b1, W2, b2.
+  [[nodiscard]] std::array<int, 4> tensor_ids(std::int64_t j) const {
+    const Ids& i = ids_[static_cast<std::size_t>(j)];
+    return {i.w1, i.b1, i.w2, i.b2};
+  }
 
   // x [rows x d_model] expert-major, slice j = rows [offset[j], offset[j+1]).
   // Writes activation a [rows x d_ff] and output y; h [rows x d_ff] receives the

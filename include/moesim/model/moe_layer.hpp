@@ -89,6 +89,33 @@ class MoELayer {
   [[nodiscard]] const std::vector<double>& probs() const { return probs_; }
   [[nodiscard]] const std::vector<routing::GroupRouting>& groups() const { return groups_; }
 
+  // --- Redundant experts (routing.redundant_experts = r > 0; docs/eplb.md) ---
+  // This rank hosts slots [first, first + per) of the E + r slots (dispatch/eplb.hpp); a
+  // slot's tensors carry the logical name of the expert it holds ("layer0.expert3.w1").
+  [[nodiscard]] bool redundant() const { return r_ > 0; }
+  [[nodiscard]] const dispatch::Placement& placement() const { return placement_; }
+  // slot_expert[s]: the logical expert slot s holds ([E + r]; empty when r = 0).
+  [[nodiscard]] std::span<const std::int64_t> slot_expert() const { return slot_expert_; }
+  // Rows each expert computed (all ranks) since the last placement: the trainer adds every
+  // step's global kept counts; rebalancing reads and clears it. Checkpointed state.
+  [[nodiscard]] std::span<double> eplb_load() { return eplb_load_; }
+  // Adopts a slot map without moving data (initial placement, checkpoint load before the
+  // tensors are read): renames this rank's slot tensors, sets their checkpoint writers (the
+  // lowest slot of each expert) and the replica lists.
+  void set_slot_expert(std::span<const std::int64_t> map);
+  // Collective: moves to the new map. A slot that changes expert receives the weights and
+  // every optimizer state of that expert from its first holder under the old map (broadcast
+  // through comm). `arenas`: the expert-kind arenas laid out like the store's (values, then
+  // each optimizer state), in the same order on every rank.
+  void rebalance(std::span<const std::int64_t> map, std::span<const std::span<T>> arenas);
+  // Collective: gradients of every replicated expert summed over its replicas (one allreduce
+  // of the replicated experts' gradients), so replicas stay bitwise identical.
+  void sum_replica_grads();
+  // Collective: the number of (replica, arena) pairs whose tensors differ bitwise from the
+  // expert's first replica (0 when every replica holds the same weights and state).
+  std::int64_t replica_mismatches(std::span<const std::span<T>> arenas);
+  [[nodiscard]] const experts::ExpertBank<T>& expert_bank() const { return experts_; }
+
  private:
   void backward_experts_bf16(const T* dy, T* dx);  // combine + experts + exchanges, bf16
   const comm::Comm& comm_;
@@ -127,6 +154,22 @@ class MoELayer {
   // model.precision = bfloat16 (T = float): tokens cross both all-to-alls as bf16 (pairs of
   // bf16 travel as one 32-bit word of T, so the dispatcher is unchanged and bytes_alltoall
   // halves); the experts read bf16 rows and bf16 weight copies and accumulate in fp32.
+  // Redundant experts (r_ > 0): slot map, per-expert replica slots (CSR, ascending), the
+  // per-group counts that pick a replica, and grow-never buffers sized once.
+  std::int64_t r_ = 0;
+  ParamStore<T>* store_ = nullptr;
+  std::string prefix_;                               // "layerN"
+  std::int64_t expert_size_ = 0;                     // W1 + b1 + W2 + b2 elements of one expert
+  std::vector<std::int64_t> slot_expert_, old_map_;  // [E + r]
+  std::vector<std::int64_t> rep_off_, rep_slot_;     // [E + 1], [E + r]
+  std::vector<std::int64_t> rep_index_;              // [E] row in rep_buf_ (-1: one replica)
+  std::int64_t multi_ = 0;                           // experts with more than one replica
+  std::vector<std::int64_t> slot_count_;             // [E + r] rows given to a slot in a group
+  std::vector<std::int32_t> kept_slot_;              // slot per kept assignment
+  std::vector<double> eplb_load_;                    // [E]
+  AlignedVector<T> rep_buf_;                         // [r x expert_size_]
+  AlignedVector<T> move_tmp_, move_stage_;           // [3 x size], [per x 3 x size]
+  std::int32_t pick_slot(std::int64_t expert, std::int64_t group_id);
   bool bf16_ = false;
   AlignedVector<experts::bf16> send16_, back16_;              // [send x d]
   AlignedVector<experts::bf16> ex_in16_, ex_out16_, ex_a16_;  // [recv x d|d|f]

@@ -45,7 +45,17 @@ struct Projection {
   double load_imbalance = 0;    // max/mean expert rows per rank (mean over layers and steps)
   double dropped_fraction = 0;  // dropped / routed assignments
   std::int64_t experts = 0, tokens = 0;
+  // MoESim's own bookkeeping at this rank count (docs/scale.md): result-file bytes per step and
+  // bytes of one P x P traffic matrix (a /traffic/tokens sample or a running-sum slot).
+  double result_bytes_per_step = 0, traffic_matrix_bytes = 0;
 };
+
+// Bytes `moesim run` writes to /steps per step (docs/scale.md): 20 scalars, expert_load and
+// expert_kept [L, E], load_imbalance [L] (+ base_epsilon [L] for rule = base), tokens_sent [P],
+// rank_rows [L, P]; 8 bytes each.
+inline double result_bytes_per_step(std::int64_t P, std::int64_t L, std::int64_t E, bool base) {
+  return 8.0 * static_cast<double>(20 + 2 * L * E + L * (base ? 2 : 1) + P + L * P);
+}
 
 // Predicts cfg's step at scenario `sc` on machine M with loads from `src` (steps
 // 0..steps-1, mean reported). `traffic` (optional, P*P) receives the rows each rank sends

@@ -48,7 +48,8 @@ struct StartDecision {
 
 // Keys that may differ between the run that wrote a checkpoint and the run resuming from it:
 // they do not change the trajectory (cadence, paths, the number of steps, the exchange
-// algorithm, which is bitwise-equivalent). Everything else must match.
+// algorithm, which is bitwise-equivalent; the redundant-expert slots, which change only the
+// summation order of expert gradients). Everything else must match.
 bool may_differ_on_resume(const std::string& key);
 
 // One line per trajectory-changing key whose values differ ("key: checkpoint X, now Y").

@@ -40,6 +40,10 @@ struct RunResult {
   bool preempted = false;       // stopped early on a signal (checkpoint written)
   bool diverged = false;        // stopped at a non-finite loss or gradient (no checkpoint)
   std::string diverged_reason;  // "training diverged at step N: loss nan ..."
+  // Redundant experts: (replica, arena) pairs that differ bitwise from their expert's first
+  // replica at the end of the run (checked once; 0 expected; -1 without redundant experts).
+  std::int64_t replica_mismatches = -1;
+  std::int64_t slots_moved = 0;  // redundant experts: slots that changed expert in rebalances
 };
 
 // Runs cfg.training.steps steps at the precision cfg.model.precision selects; with

@@ -25,6 +25,9 @@ class ParamStore {
     std::int64_t offset = 0;  // within its arena
     std::int64_t size = 0;
     double init_std = 0;  // N(0, init_std^2); 0 = zeros
+    // This rank writes the tensor into checkpoints: exactly one rank per logical name
+    // (replicated: rank 0; replicas of an expert: the first one). Set by the model.
+    bool checkpoint_writer = true;
   };
 
   // Registers a tensor; returns its id. Only before allocate().
@@ -43,6 +46,13 @@ class ParamStore {
     return -1;
   }
   [[nodiscard]] const Entry& entry(int id) const { return entries_[static_cast<std::size_t>(id)]; }
+  // Redundant experts: a slot's tensors take the logical name of the expert it now holds.
+  void rename(int id, const std::string& name) {
+    entries_[static_cast<std::size_t>(id)].name = name;
+  }
+  void set_checkpoint_writer(int id, bool writer) {
+    entries_[static_cast<std::size_t>(id)].checkpoint_writer = writer;
+  }
   [[nodiscard]] const std::vector<Entry>& entries() const { return entries_; }
 
   [[nodiscard]] std::span<T> values(ParamKind k) { return arena(k); }
