@@ -106,6 +106,13 @@ set_tests_properties(regression_multinode PROPERTIES TIMEOUT 300 PROCESSORS 2
                      LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
 # GEMM interface (experts/gemm.hpp) vs a naive loop; float32/bf16 layers vs float64.
 moesim_add_test(NAME test_gemm SOURCES unit/test_gemm.cpp)
+# `moesim bench` prints consistent figures (medians, library rate, FMA peak) in both precisions.
+add_test(NAME regression_bench_output
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/bench_output.py
+                 --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}
+                 --h5check ${PROJECT_SOURCE_DIR}/tools/h5check.py -- ${MOESIM_TEST_MPIEXEC_FLAGS})
+set_tests_properties(regression_bench_output PROPERTIES TIMEOUT 300 PROCESSORS 2
+                     LABELS regression ENVIRONMENT "${MOESIM_TEST_ENV}")
 moesim_add_test(NAME test_precision SOURCES mpi/test_precision.cpp RANKS 1 2 4 TIMEOUT 120)
 
 # Scale tier (issue 12): the real program at 1, 8, 16, 32 and 64 ranks oversubscribed on a tiny

@@ -33,6 +33,12 @@ using eigen::RowMat;
 template <typename In>
 using Acc = std::conditional_t<std::is_same_v<In, experts::bf16>, float, In>;
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
 // Interleaved timing: every iteration times the layer, then the GEMM reference, each
 // between barriers, so both see the same machine state (this machine is shared and
 // noisy). Per-iteration times are MAX-reduced over ranks; medians are returned (seconds).
@@ -60,11 +66,7 @@ std::pair<double, double> interleaved(const comm::Comm& comm, std::int64_t warmu
     tl.push_back(t[static_cast<std::size_t>(2 * i)]);
     tg.push_back(t[static_cast<std::size_t>(2 * i + 1)]);
   }
-  const auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-  };
-  return {median(tl), median(tg)};
+  return {median(std::move(tl)), median(std::move(tg))};
 }
 
 // The expert GEMMs of one forward (and backward) at the layer's per-expert row counts, in
@@ -177,18 +179,30 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
         same = same && std::memcmp(y.data(), y_first.data(), y.size() * sizeof(T)) == 0;
       },
       [&](std::int64_t) { ref.forward(); });
-  perf::PhaseTimes times;
+  // Per timed iteration: the layer's phases and the library's forward GEMMs (the part
+  // the expert phase is compared with), max over ranks per iteration, then medians, like
+  // the totals.
+  constexpr std::size_t kPhases = 6;
+  std::vector<double> phase_it(static_cast<std::size_t>(I) * kPhases, 0.0);
+  std::vector<double> ref_fwd_it(static_cast<std::size_t>(I), 0.0);
   std::tie(res.fwdbwd_ms, res.fwdbwd_gemm_ms) = interleaved(
       comm, W, I,
       [&](std::int64_t i) {
-        if (i == W) times.reset();  // phases of the timed iterations only
+        perf::PhaseTimes times;
         store.zero_grads();
         layer.forward(x.data(), y.data(), N, true, &times);
-        perf::ScopedTimer timer(&times, perf::Phase::backward);
-        layer.backward(dy.data(), dx.data(), 1e-2, 0.0);
+        {
+          perf::ScopedTimer timer(&times, perf::Phase::backward);
+          layer.backward(dy.data(), dx.data(), 1e-2, 0.0);
+        }
+        if (i >= W)
+          for (std::size_t p = 0; p < kPhases; ++p)
+            phase_it[static_cast<std::size_t>(i - W) * kPhases + p] = times.seconds[p];
       },
-      [&](std::int64_t) {
+      [&](std::int64_t i) {
+        const auto t0 = Clock::now();
         ref.forward();
+        if (i >= W) ref_fwd_it[static_cast<std::size_t>(i - W)] = seconds_since(t0);
         ref.backward();
       });
   res.fwd_ms *= 1e3;
@@ -210,9 +224,15 @@ LayerBenchResult run(const Config& cfg, const comm::Comm& comm) {
     res.bytes_token_dispatch_inter_node = b[2];
     res.nodes = layer.nodes();
   }
-  std::vector<double> ph(times.seconds.begin(), times.seconds.end());
-  comm.allreduce(std::span<double>(ph), comm::ReduceOp::max);
-  for (std::size_t p = 0; p < 6; ++p) res.phase_ms[p] = 1e3 * ph[p] / static_cast<double>(I);
+  comm.allreduce(std::span<double>(phase_it), comm::ReduceOp::max);
+  comm.allreduce(std::span<double>(ref_fwd_it), comm::ReduceOp::max);
+  for (std::size_t p = 0; p < kPhases; ++p) {
+    std::vector<double> v;
+    for (std::int64_t i = 0; i < I; ++i)
+      v.push_back(phase_it[static_cast<std::size_t>(i) * kPhases + p]);
+    res.phase_ms[p] = 1e3 * median(std::move(v));
+  }
+  res.expert_fwd_gemm_ms = 1e3 * median(std::move(ref_fwd_it));
   return res;
 }
 

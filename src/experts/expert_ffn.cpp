@@ -32,6 +32,53 @@ inline T gelu_grad(T x) {
   return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * du;
 }
 
+// Row kernels of the bf16 expert path: plain loops over __restrict pointers with the
+// branch-free to_bf16, so that GCC vectorises them (ReLU; GELU's tanh stays scalar). Every
+// element sees the same operations in the same order as a scalar loop: bitwise the same.
+// h += b (fp32, kept for the backward), a = bf16(act(h)).
+void bias_act_bf16(float* __restrict h, const float* __restrict b, bf16* __restrict a,
+                   std::int64_t n, Activation act) {
+  if (act == Activation::relu) {
+    for (std::int64_t c = 0; c < n; ++c) {
+      const float v = h[c] + b[c];
+      h[c] = v;
+      a[c] = to_bf16(v > 0.0f ? v : 0.0f);
+    }
+  } else {
+    for (std::int64_t c = 0; c < n; ++c) {
+      const float v = h[c] + b[c];
+      h[c] = v;
+      a[c] = to_bf16(gelu(v));
+    }
+  }
+}
+// out = bf16(y + b).
+void bias_bf16(const float* __restrict y, const float* __restrict b, bf16* __restrict out,
+               std::int64_t n) {
+  for (std::int64_t c = 0; c < n; ++c) out[c] = to_bf16(y[c] + b[c]);
+}
+// acc += x (one bf16 row, widened).
+void accumulate_bf16(float* __restrict acc, const bf16* __restrict x, std::int64_t n) {
+  for (std::int64_t c = 0; c < n; ++c) acc[c] += to_float(x[c]);
+}
+// v = dL/da * act'(h); gb += v; out = bf16(v).
+void act_grad_bf16(const float* __restrict g, const float* __restrict h, float* __restrict gb,
+                   bf16* __restrict out, std::int64_t n, Activation act) {
+  if (act == Activation::relu) {
+    for (std::int64_t c = 0; c < n; ++c) {
+      const float v = h[c] > 0.0f ? g[c] : 0.0f;
+      gb[c] += v;
+      out[c] = to_bf16(v);
+    }
+  } else {
+    for (std::int64_t c = 0; c < n; ++c) {
+      const float v = g[c] * gelu_grad(h[c]);
+      gb[c] += v;
+      out[c] = to_bf16(v);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -89,26 +136,11 @@ void ExpertBank<T>::forward_bf16(const bf16* x, std::span<const std::int64_t> of
       float* H = h + r0 * f_;
       bf16* A = a + r0 * f_;
       gemm(Op::none, Op::none, n, f_, d_, 1.0f, x + r0 * d_, d_, w1, f_, 0.0f, H, f_);
-      for (std::int64_t r = 0; r < n; ++r) {  // fp32 bias + activation, rounded once to bf16
-        float* hr = H + r * f_;
-        bf16* ar = A + r * f_;
-        if (act_ == Activation::relu) {
-          for (std::int64_t c = 0; c < f_; ++c) {
-            hr[c] += p.b1[c];
-            ar[c] = to_bf16(hr[c] > 0.0f ? hr[c] : 0.0f);
-          }
-        } else {
-          for (std::int64_t c = 0; c < f_; ++c) {
-            hr[c] += p.b1[c];
-            ar[c] = to_bf16(gelu(hr[c]));
-          }
-        }
-      }
+      for (std::int64_t r = 0; r < n; ++r)  // fp32 bias + activation, rounded once to bf16
+        bias_act_bf16(H + r * f_, p.b1, A + r * f_, f_, act_);
       float* Y = y + r0 * d_;
       gemm(Op::none, Op::none, n, d_, f_, 1.0f, A, f_, w2, d_, 0.0f, Y, d_);
-      for (std::int64_t r = 0; r < n; ++r)
-        for (std::int64_t c = 0; c < d_; ++c)
-          y16[(r0 + r) * d_ + c] = to_bf16(Y[r * d_ + c] + p.b2[c]);
+      for (std::int64_t r = 0; r < n; ++r) bias_bf16(Y + r * d_, p.b2, y16 + (r0 + r) * d_, d_);
     }
   } else {
     (void)x, (void)offset, (void)h, (void)a, (void)y, (void)y16;
@@ -133,29 +165,12 @@ void ExpertBank<T>::backward_bf16(bf16* x_then_dx, const float* h, bf16* a_then_
       const float* H = h + r0 * f_;
       const bf16* dY = dy + r0 * d_;
       gemm(Op::transpose, Op::none, f_, d_, n, 1.0f, A, f_, dY, d_, 1.0f, p.gw2, d_);
-      for (std::int64_t r = 0; r < n; ++r)
-        for (std::int64_t c = 0; c < d_; ++c) p.gb2[c] += to_float(dY[r * d_ + c]);
+      for (std::int64_t r = 0; r < n; ++r) accumulate_bf16(p.gb2, dY + r * d_, d_);
       // dL/da in fp32, then dL/dh = dL/da * act'(h) (fp32, db1 from it), rounded to bf16
       // into A's buffer (A is not needed after dW2).
       gemm(Op::none, Op::transpose, n, f_, d_, 1.0f, dY, d_, w2, d_, 0.0f, scratch_f, f_);
-      for (std::int64_t r = 0; r < n; ++r) {
-        float* g = scratch_f + r * f_;
-        const float* hr = H + r * f_;
-        bf16* out = A + r * f_;
-        if (act_ == Activation::relu) {
-          for (std::int64_t c = 0; c < f_; ++c) {
-            const float v = hr[c] > 0.0f ? g[c] : 0.0f;
-            p.gb1[c] += v;
-            out[c] = to_bf16(v);
-          }
-        } else {
-          for (std::int64_t c = 0; c < f_; ++c) {
-            const float v = g[c] * gelu_grad(hr[c]);
-            p.gb1[c] += v;
-            out[c] = to_bf16(v);
-          }
-        }
-      }
+      for (std::int64_t r = 0; r < n; ++r)
+        act_grad_bf16(scratch_f + r * f_, H + r * f_, p.gb1, A + r * f_, f_, act_);
       gemm(Op::transpose, Op::none, d_, f_, n, 1.0f, X, d_, A, f_, 1.0f, p.gw1, f_);
       gemm(Op::none, Op::transpose, n, d_, f_, 1.0f, A, f_, w1, f_, 0.0f, scratch_d, d_);
       to_bf16(scratch_d, X, n * d_);  // X now holds dL/dx (bf16, for the return all-to-all)

@@ -3,8 +3,10 @@
 
 #include <cpuid.h>
 #include <omp.h>
+#include <pthread.h>
 
 #include <array>
+#include <csignal>
 #include <cstdlib>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -89,6 +91,38 @@ void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
   for (std::int64_t i = 0; i < M; ++i)
     for (std::int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0 ? T(0) : beta * C[i * ldc + j];
 }
+
+// Asynchronous signals are held back (blocked, then delivered at the end of the call)
+// while a oneDNN kernel runs on this thread. oneDNN 2.6's JIT f32 GEMM kernels
+// (jit_avx512_common_gemm_f32 / jit_avx_gemm_f32, used by dnnl_sgemm and by the run-time-dims
+// f32 matmul whenever it picks the "nocopy" path with K above ~84) set the stack pointer to
+// a heap workspace; a signal delivered then gets its frame written onto the heap, which
+// glibc detects later as "free(): invalid pointer" (oneDNN issue 4845, fixed upstream by
+// PR 4855 in 2026; Debian 12 ships 2.6.3). Our stop signals (SIGUSR1/SIGTERM) did exactly
+// this once in regression_signal_resume. Synchronous fault signals stay unblocked. Cost: two
+// pthread_sigmask calls per GEMM (~1 us against GEMMs of 0.01-10 ms). With
+// OMP_NUM_THREADS > 1 a process-directed signal could still land on an OpenMP worker that
+// did not inherit the mask; the model runs one thread per rank.
+class SignalsHeldBack {
+ public:
+  SignalsHeldBack() { pthread_sigmask(SIG_BLOCK, &held(), &old_); }
+  ~SignalsHeldBack() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  SignalsHeldBack(const SignalsHeldBack&) = delete;
+  SignalsHeldBack& operator=(const SignalsHeldBack&) = delete;
+
+ private:
+  static const sigset_t& held() {
+    static const sigset_t set = [] {
+      sigset_t s;
+      sigfillset(&s);
+      for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS})
+        sigdelset(&s, sig);
+      return s;
+    }();
+    return set;
+  }
+  sigset_t old_;
+};
 
 // --- oneDNN state: engine, stream, thread count, bf16 matmul primitives ---
 struct Dnnl {
@@ -189,6 +223,7 @@ void gemm(Op ta, Op tb, std::int64_t M, std::int64_t N, std::int64_t K, float al
   if (M == 0 || N == 0) return;
   if (K == 0) return scale_c(M, N, beta, C, ldc);
   dnnl_state();
+  const SignalsHeldBack hold;
   const dnnl_status_t st = dnnl_sgemm(ta == Op::none ? 'N' : 'T', tb == Op::none ? 'N' : 'T', M, N,
                                       K, alpha, A, lda, B, ldb, beta, C, ldc);
   if (st != dnnl_success) throw std::runtime_error("gemm: dnnl_sgemm failed");
@@ -208,6 +243,7 @@ void gemm(Op ta, Op tb, std::int64_t M, std::int64_t N, std::int64_t K, float al
   const dnnl_exec_arg_t args[] = {
       {DNNL_ARG_SRC, ma.m}, {DNNL_ARG_WEIGHTS, mb.m}, {DNNL_ARG_DST, mc.m}};
   Dnnl& d = dnnl_state();
+  const SignalsHeldBack hold;
   if (dnnl_primitive_execute(prim.get(), d.strm.get(), 3, args) != dnnl_success ||
       dnnl_stream_wait(d.strm.get()) != dnnl_success)
     throw std::runtime_error("gemm: oneDNN bf16 matmul failed");

@@ -31,13 +31,6 @@ std::int64_t group_tokens(const RoutingConfig& r, std::int64_t share) {
   return r.group_size > 0 ? r.group_size : share;
 }
 
-// softplus(r) = log(1 + e^r) and its derivative, the logistic sigmoid, without overflow.
-double softplus(double r) { return std::max(r, 0.0) + std::log1p(std::exp(-std::abs(r))); }
-double sigmoid(double r) {
-  const double e = std::exp(-std::abs(r));
-  return r >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
-}
-
 // A bf16 buffer as the T words the dispatcher moves (bf16 mode runs with T = float: a
 // word carries two bf16 values; MPI and the dispatcher's copies move the bytes unchanged).
 template <typename T>
@@ -71,11 +64,8 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
                    cfg.routing.shared_experts, cfg.model.d_model, cfg.model.d_ff,
                    cfg.model.activation, cfg.model.init_scale, ParamKind::replicated),
       seed_(cfg.training.seed),
-      has_gate_(router_train_->rule().learned()),
-      noisy_(cfg.routing.rule == RoutingRuleKind::noisy_topk),
-      jitter_eps_(cfg.routing.rule == RoutingRuleKind::switch_top1 ? cfg.routing.jitter_eps : 0.0),
-      bias_rate_(cfg.routing.bias_update_rate),
-      bias_(static_cast<std::size_t>(E_), 0.0),
+      gate_(cfg, index, store, router_train_->rule().learned(),
+            std::max(train_tokens, eval_tokens)),
       aux_batch_(cfg.routing.aux_scope == AuxScope::batch && router_train_->rule().learned()),
       bf16_(cfg.model.precision == Precision::bfloat16 && std::is_same_v<T, float>) {
   batch_sums_.resize(static_cast<std::size_t>(2 * E_ + 2));
@@ -100,13 +90,6 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
         store.set_checkpoint_writer(id, placement_.group() == 0);
   }
   batch_dp_.resize(static_cast<std::size_t>(E_));
-  if (has_gate_)
-    gate_id_ = store.add("layer" + std::to_string(index) + ".gate", ParamKind::replicated, d_ * E_,
-                         cfg.model.init_scale / std::sqrt(static_cast<double>(d_)));
-  // Shazeer et al. 2017 initialise W_noise to zeros (noise scale softplus(0) = ln 2).
-  if (noisy_)
-    noise_id_ =
-        store.add("layer" + std::to_string(index) + ".noise", ParamKind::replicated, d_ * E_, 0.0);
   const std::int64_t n = std::max(train_tokens, eval_tokens);
   if (shared_ > 0) {
     ensure(sh_in_, shared_ * n * d_);
@@ -115,7 +98,6 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
     ensure(sh_a_, shared_ * n * f_);
     shared_off_.resize(static_cast<std::size_t>(shared_) + 1);
   }
-  logits_t_.reserve(static_cast<std::size_t>(n * E_));
   logits_.reserve(static_cast<std::size_t>(n * E_));
   probs_.reserve(static_cast<std::size_t>(n * E_));
   // Training-step buffers sized once for the most they can hold: the send side holds at
@@ -159,14 +141,7 @@ template <typename T>
 void MoELayer<T>::bind(ParamStore<T>& store) {
   experts_.bind(store);
   shared_bank_.bind(store);
-  if (gate_id_ >= 0) {
-    wg_ = store.value(gate_id_);
-    gwg_ = store.grad(gate_id_);
-  }
-  if (noise_id_ >= 0) {
-    wn_ = store.value(noise_id_);
-    gwn_ = store.grad(noise_id_);
-  }
+  gate_.bind(store);
 }
 
 template <typename T>
@@ -351,11 +326,6 @@ std::int64_t MoELayer<T>::replica_mismatches(std::span<const std::span<T>> arena
 }
 
 template <typename T>
-void MoELayer<T>::update_bias(std::span<const double> global_load) {
-  routing::update_expert_bias(bias_, global_load, bias_rate_);
-}
-
-template <typename T>
 void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf::PhaseTimes* times,
                           const PassInfo& pass) {
   using perf::Phase;
@@ -369,43 +339,12 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
   n_ = n;
   training_ = training;
 
-  {  // gate: logits = x Wg, then routing per group
+  {  // gate (logits, gate.hpp), then route per group
     perf::ScopedTimer timer(times, Phase::gate);
-    const bool jitter = training && jitter_eps_ > 0;
-    const bool noise = training && noisy_;
     logits_.resize(static_cast<std::size_t>(n * E_));
     probs_.resize(static_cast<std::size_t>(n * E_));
-    if (has_gate_) {
-      const T* gate_in = x;
-      if (jitter) {  // the router sees x * u, u ~ U[1-eps, 1+eps] per (token, feature)
-        ensure(jit_x_, n * d_);
-        ensure(jit_u_, n * d_);
-        for (std::int64_t i = 0; i < n; ++i) {
-          const CounterRng rng = routing::draw_stream(
-              seed_, pass.step, index_, pass.first_token + i, routing::DrawPurpose::jitter);
-          for (std::int64_t j = 0; j < d_; ++j) {
-            const T u = static_cast<T>(
-                1.0 - jitter_eps_ + 2.0 * jitter_eps_ * rng.uniform(static_cast<std::uint64_t>(j)));
-            jit_u_[static_cast<std::size_t>(i * d_ + j)] = u;
-            jit_x_[static_cast<std::size_t>(i * d_ + j)] = x[i * d_ + j] * u;
-          }
-        }
-        gate_in = jit_x_.data();
-      }
-      ensure(logits_t_, n * E_);
-      experts::gemm(experts::Op::none, experts::Op::none, n, E_, d_, T(1), gate_in, d_, wg_, E_,
-                    T(0), logits_t_.data(), E_);
-      std::copy_n(logits_t_.begin(), n * E_, logits_.begin());
-    }
-    if (noise) {  // noisy_topk: noise scale softplus(x W_noise), training only
-      ensure(noise_raw_t_, n * E_);
-      experts::gemm(experts::Op::none, experts::Op::none, n, E_, d_, T(1), x, d_, wn_, E_, T(0),
-                    noise_raw_t_.data(), E_);
-      noise_std_.resize(static_cast<std::size_t>(n * E_));
-      for (std::int64_t i = 0; i < n * E_; ++i)
-        noise_std_[static_cast<std::size_t>(i)] =
-            softplus(static_cast<double>(noise_raw_t_[static_cast<std::size_t>(i)]));
-    }
+    gate_.forward(x, n, training, pass, logits_);
+    const bool noise = gate_.noise_active();
     groups_.resize(static_cast<std::size_t>(G));
     ctx_.resize(static_cast<std::size_t>(G));
     cand_offset_.assign(static_cast<std::size_t>(G) + 1, 0);
@@ -432,9 +371,8 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
       ctx.layer = index_;
       // Evaluation tokens live in their own id space (hash experts differ from training's).
       ctx.first_token = (training ? 0 : routing::kEvalTokenIdBase) + pass.first_token + g * S;
-      ctx.noise_std =
-          noise ? std::span<const double>(noise_std_).subspan(off, len) : std::span<const double>{};
-      ctx.bias = bias_rate_ > 0 ? std::span<const double>(bias_) : std::span<const double>{};
+      ctx.noise_std = noise ? gate_.noise_std().subspan(off, len) : std::span<const double>{};
+      ctx.bias = gate_.routing_bias();
       router.route(std::span<const double>(logits_).subspan(off, len),
                    std::span<double>(probs_).subspan(off, len), ctx, r);
       cand_offset_[static_cast<std::size_t>(g) + 1] =
@@ -625,10 +563,9 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
     }
   }
 
-  if (!has_gate_) return;  // hash: no router, nothing more flows back
+  if (!gate_.learned()) return;  // hash: no router, nothing more flows back
   // Router backward per group, then through the gate GEMM (and W_noise's).
-  const bool noise = training_ && noisy_;
-  const bool jitter = training_ && jitter_eps_ > 0;
+  const bool noise = gate_.noise_active();
   dlogits_.resize(static_cast<std::size_t>(n * E_));
   dnoise_.resize(noise ? static_cast<std::size_t>(n * E_) : 0);
   ensure(dprobs_, S * E_);
@@ -650,29 +587,7 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
         sc, std::span<double>(dprobs_).first(len), std::span<double>(dlogits_).subspan(off, len),
         noise ? std::span<double>(dnoise_).subspan(off, len) : std::span<double>{});
   }
-  std::copy_n(dlogits_.begin(), n * E_, logits_t_.begin());
-  const T* dL = logits_t_.data();
-  using experts::gemm;
-  using experts::Op;
-  if (jitter) {  // logits = (x * u) Wg: dWg = (x * u)^T dL, dx += (dL Wg^T) * u
-    gemm(Op::transpose, Op::none, d_, E_, n, T(1), jit_x_.data(), d_, dL, E_, T(1), gwg_, E_);
-    gemm(Op::none, Op::transpose, n, d_, E_, T(1), dL, E_, wg_, E_, T(0), jit_x_.data(), d_);
-    for (std::int64_t i = 0; i < n * d_; ++i)
-      dx[i] += jit_x_[static_cast<std::size_t>(i)] * jit_u_[static_cast<std::size_t>(i)];
-  } else {
-    gemm(Op::transpose, Op::none, d_, E_, n, T(1), x_, d_, dL, E_, T(1), gwg_, E_);
-    gemm(Op::none, Op::transpose, n, d_, E_, T(1), dL, E_, wg_, E_, T(1), dx, d_);
-  }
-  if (noise) {  // sigma = softplus(x Wn): d(x Wn) = dsigma * sigmoid(x Wn)
-    for (std::int64_t i = 0; i < n * E_; ++i) {
-      T& raw = noise_raw_t_[static_cast<std::size_t>(i)];
-      raw =
-          static_cast<T>(dnoise_[static_cast<std::size_t>(i)] * sigmoid(static_cast<double>(raw)));
-    }
-    const T* dR = noise_raw_t_.data();
-    gemm(Op::transpose, Op::none, d_, E_, n, T(1), x_, d_, dR, E_, T(1), gwn_, E_);
-    gemm(Op::none, Op::transpose, n, d_, E_, T(1), dR, E_, wn_, E_, T(1), dx, d_);
-  }
+  gate_.backward(dlogits_, dnoise_, dx);
 }
 
 template <typename T>

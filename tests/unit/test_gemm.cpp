@@ -7,9 +7,15 @@
 // bf16 GEMM measured against the double product of the bf16-rounded inputs); double gets
 // 2 K 2^-53 of the same.
 #include <gtest/gtest.h>
+#include <pthread.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstring>
 #include <limits>
+#include <thread>
 #include <vector>
 
 #include "moesim/experts/gemm.hpp"
@@ -136,6 +142,86 @@ TEST(Gemm, Bf16RoundsToNearestEven) {
   EXPECT_EQ(experts::to_float(experts::to_bf16(-2.5f)), -2.5f);
   EXPECT_TRUE(std::isnan(experts::to_float(experts::to_bf16(std::nanf("")))));
   EXPECT_TRUE(std::isinf(experts::to_float(experts::to_bf16(INFINITY))));
+}
+
+namespace {
+std::atomic<long> g_signals{0};
+extern "C" void count_signal(int) { g_signals.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace
+
+// oneDNN 2.6's JIT f32 GEMM (the "nocopy" kernels behind dnnl_sgemm and the run-time-dims
+// f32 matmul, for K above ~84) points the stack pointer at a heap workspace; a signal that
+// arrives while the kernel runs has its frame pushed onto the heap, which glibc later
+// detects in free() (oneDNN issue 4845, fixed upstream in 2026 by PR 4855; Debian ships
+// 2.6.3). The stop signals (SIGUSR1/SIGTERM, checkpoint.cpp) hit exactly this: it aborted
+// regression_signal_resume once. Here a thread signals the GEMM thread every ~20 us while
+// it runs float32 (and bf16) GEMMs of that class; the process must survive and the
+// results stay exact (small integers times powers of two).
+TEST(Gemm, SignalsDuringTheKernelCorruptNothing) {
+  struct sigaction sa {
+  }, old{};
+  sa.sa_handler = count_signal;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR2, &sa, &old), 0);
+  const pthread_t target = pthread_self();
+  std::atomic<bool> stop{false};
+  std::thread sender([&] {
+    while (!stop.load()) {
+      pthread_kill(target, SIGUSR2);
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  });
+  const std::int64_t M = 160, N = 128, K = 512;
+  std::vector<float> A(M * K, 0.5f), B(K * N, 0.25f), C(M * N);
+  std::vector<bf16> A16(M * K, experts::to_bf16(0.5f)), B16(K * N, experts::to_bf16(0.25f));
+  bool exact = true;
+  for (int it = 0; it < 400 && exact; ++it) {
+    std::vector<float> traffic(static_cast<std::size_t>(1000 + it));  // heap use around the GEMM
+    const Op tb = it % 2 ? Op::transpose : Op::none;
+    experts::gemm(Op::none, tb, M, N, K, 1.0f, A.data(), K, B.data(), tb == Op::none ? N : K, 0.0f,
+                  C.data(), N);
+    exact = exact && C[0] == 0.125f * K && C[M * N - 1] == 0.125f * K;
+    if (it % 8 == 0) {
+      experts::gemm(Op::none, Op::none, M, N, K, 1.0f, A16.data(), K, B16.data(), N, 0.0f, C.data(),
+                    N);
+      exact = exact && C[0] == 0.125f * K && C[M * N - 1] == 0.125f * K;
+    }
+    traffic[0] = 1.0f;
+  }
+  stop = true;
+  sender.join();
+  sigaction(SIGUSR2, &old, nullptr);
+  EXPECT_TRUE(exact);
+  EXPECT_GT(g_signals.load(), 0);  // signals were delivered (between the GEMMs)
+}
+
+// The branch-free to_bf16 (vectorised in the expert loops) against a straightforward
+// reference, for every sign/exponent/upper-mantissa pattern with the lower 16 bits at the
+// rounding boundaries (ties, just below/above, extremes): NaN quieted, overflow to inf,
+// denormals rounded like any other value. Both the scalar and the array form.
+TEST(Gemm, Bf16ConversionMatchesReferenceOnBoundaryPatterns) {
+  const auto reference = [](std::uint32_t u) -> std::uint16_t {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    const std::uint32_t lower = u & 0xffffu, upper = u >> 16;
+    const bool up = lower > 0x8000u || (lower == 0x8000u && (upper & 1u));
+    return static_cast<std::uint16_t>(upper + (up ? 1u : 0u));
+  };
+  std::vector<float> in;
+  std::vector<std::uint16_t> want;
+  for (std::uint32_t hi = 0; hi < 0x10000u; ++hi)
+    for (std::uint32_t lo : {0x0u, 0x1u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      const std::uint32_t u = hi << 16 | lo;
+      float f;
+      std::memcpy(&f, &u, 4);
+      in.push_back(f);
+      want.push_back(reference(u));
+    }
+  std::vector<bf16> out(in.size());
+  experts::to_bf16(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < in.size(); ++i)
+    bad += out[i].bits != want[i] || experts::to_bf16(in[i]).bits != want[i];
+  EXPECT_EQ(bad, 0u);
 }
 
 TEST(Gemm, RejectsLeadingDimensionBelowRowLength) {

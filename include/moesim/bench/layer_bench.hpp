@@ -16,8 +16,11 @@ struct LayerBenchResult {
   double fwd_ms = 0, fwd_gemm_ms = 0;  // per iteration, max over ranks, median
   double fwdbwd_ms = 0, fwdbwd_gemm_ms = 0;
   double useful_gflop_fwd = 0;  // all ranks, per iteration (2 GEMMs x 2 flop x rows x d x f)
-  double phase_ms[6] = {};      // gate, dispatch, expert, combine (fwd), backward, sync (mean)
-  bool deterministic = false;   // identical output in every timed iteration
+  // gate, dispatch, expert, combine (forward), backward, sync: per fwd+bwd iteration, max
+  // over ranks, median.
+  double phase_ms[6] = {};
+  double expert_fwd_gemm_ms = 0;  // the library's forward expert GEMMs in the same loop (median)
+  bool deterministic = false;     // identical output in every timed iteration
   // Exchange bytes of one fwd+bwd iteration, all ranks, split by level (node-aware comm).
   double bytes_inter_node = 0, bytes_intra_node = 0;
   double bytes_token_dispatch_inter_node = 0;  // of which the forward token dispatch

@@ -30,13 +30,14 @@ enum class Op { none, transpose };
 struct bf16 {
   std::uint16_t bits;
 };
-// Round to nearest even (NaN stays NaN).
+// Round to nearest even (NaN stays NaN, quieted). Written without a branch (both results,
+// then a select) so that loops calling it vectorise; the value is the same either way.
 inline bf16 to_bf16(float f) {
   std::uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<std::uint16_t>((u >> 16) | 0x40u)};
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return bf16{static_cast<std::uint16_t>(u >> 16)};
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const std::uint32_t quiet_nan = (u >> 16) | 0x40u;
+  return bf16{static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
 }
 inline float to_float(bf16 b) {
   const std::uint32_t u = static_cast<std::uint32_t>(b.bits) << 16;

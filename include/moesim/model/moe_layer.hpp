@@ -1,13 +1,9 @@
 // One distributed MoE layer with a residual connection:
 //   y_t = x_t + sum_{kept a of t} w_a * Expert_{e_a}(x_t)
-// gate (logits = x Wg, softmax, rule, capacity per group) -> dispatch -> experts ->
-// combine, and the full backward through combine weights, experts, both all-to-alls and
-// the router (softmax, rule weights, router losses).
-// Rule-specific parts of the gate live here because they touch the router input x:
-// noisy_topk's noise scale softplus(x W_noise) (a replicated [d x E] parameter
-// "layerN.noise", zero-initialised as Shazeer et al.), switch's input jitter (the router
-// sees x * U[1-eps, 1+eps], the experts see x), the aux-loss-free expert bias (state,
-// identical on every rank), and hash routing's absence of a gate.
+// gate (gate.hpp: logits = x Wg, jitter, noise, expert bias) -> route (softmax, rule,
+// capacity per group) -> pack -> dispatch -> experts -> combine, and the full backward
+// through combine weights, experts, both all-to-alls, the router (softmax, rule weights,
+// router losses) and the gate.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +17,7 @@
 #include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/experts/expert_ffn.hpp"
 #include "moesim/experts/gemm.hpp"
+#include "moesim/model/gate.hpp"
 #include "moesim/perf/timers.hpp"
 #include "moesim/routing/router.hpp"
 #include "moesim/util/aligned.hpp"
@@ -43,13 +40,6 @@ struct LayerStats {
   std::vector<std::int64_t> sent_to;  // [P] rows this rank dispatched to each rank
   double base_epsilon = 0;            // base rule: largest final auction epsilon of the groups
   std::int64_t rows_computed = 0;     // rows this rank's routed experts computed in the pass
-};
-
-// Which tokens a pass holds: keys the routing randomness and hash experts (random.hpp).
-struct PassInfo {
-  std::int64_t step = 0;         // training step (evaluation: unused)
-  std::int64_t first_token = 0;  // global id of this rank's first token in the pass
-                                 // (training: step * B + rank * N; evaluation: rank * N_eval)
 };
 
 template <typename T>
@@ -75,12 +65,12 @@ class MoELayer {
   }
   // Aux-loss-free balancing: b_e += u * sign(mean load - load_e) from this layer's global
   // (all ranks) pre-capacity load [E] of the step. No-op unless routing.bias_update_rate > 0.
-  void update_bias(std::span<const double> global_load);
+  void update_bias(std::span<const double> global_load) { gate_.update_bias(global_load); }
   // model.precision = bfloat16: re-round the bf16 copies of the expert weights from the fp32
   // master weights (after every optimizer update or checkpoint load). No-op otherwise.
   void refresh_low_precision() { experts_.refresh_low_precision(); }
   // The expert bias b [E] (state to checkpoint; used only when bias_update_rate > 0).
-  [[nodiscard]] std::span<double> expert_bias() { return bias_; }
+  [[nodiscard]] std::span<double> expert_bias() { return gate_.bias(); }
 
   [[nodiscard]] const LayerStats& stats() const { return stats_; }
   [[nodiscard]] const dispatch::Plan& plan() const { return plan_; }
@@ -139,28 +129,17 @@ class MoELayer {
   std::vector<std::int64_t> shared_off_;           // [shared+1] row offsets j * n of the last pass
   AlignedVector<T> sh_in_, sh_h_, sh_a_, sh_out_;  // [shared * n x d|f], expert-major
   std::uint64_t seed_;
-  bool has_gate_;      // false for hash routing (no router)
-  bool noisy_;         // noisy_topk: W_noise
-  double jitter_eps_;  // switch: router-input jitter (0 = off)
-  double bias_rate_;   // aux-loss-free balancing rate u (0 = off)
-  int gate_id_ = -1, noise_id_ = -1;
-  T* wg_ = nullptr;  // [d x E], replicated
-  T* gwg_ = nullptr;
-  T* wn_ = nullptr;  // [d x E], replicated (noisy_topk)
-  T* gwn_ = nullptr;
-  std::vector<double> bias_;  // [E] expert bias (aux-loss-free balancing)
+  Gate<T> gate_;  // router parameters, jitter, noise, expert bias (after the experts: the
+                  // parameter registration order is that of before)
 
   // Saved by forward for backward (sizes grow to the high-water mark only).
   const T* x_ = nullptr;
   std::int64_t n_ = 0;
   bool training_ = true;
-  AlignedVector<T> logits_t_;           // [n x E] in T (gate GEMM output; later dlogits)
   std::vector<double> logits_, probs_;  // [n x E]
   std::vector<routing::GroupRouting> groups_;
   std::vector<routing::RouteContext> ctx_;  // per group, kept for backward
-  AlignedVector<T> noise_raw_t_;            // [n x E] x W_noise (later its gradient)
-  std::vector<double> noise_std_, dnoise_;  // [n x E] softplus(x W_noise) and its gradient
-  AlignedVector<T> jit_x_, jit_u_;          // [n x d] jittered router input and the factors
+  std::vector<double> dnoise_;              // [n x E] dL/d(noise scale) from the router
   std::vector<std::int64_t> cand_offset_;   // first flat candidate index of each group
   std::vector<std::int32_t> kept_token_, kept_expert_;
   std::vector<double> kept_weight_;      // combine weight per kept assignment (pack order)
