@@ -81,8 +81,8 @@ struct RoutingConfig {
   std::int64_t shared_experts = 0;       // always-on experts per layer (weight 1, replicated)
   double base_tolerance = 1e-6;          // base: final auction epsilon / the group's logit range
   DispatchKind dispatch = DispatchKind::alltoallv;  // token exchange implementation
-  std::int64_t expert_groups = 1;  // G groups of E/G consecutive experts (node-limited routing)
-  std::int64_t group_limit = 0;    // topk: experts only from the M best groups; 0 = all groups
+  std::int64_t expert_groups = 1;      // G groups of E/G consecutive experts (node-limited routing)
+  std::int64_t group_limit = 0;        // topk: experts only from the M best groups; 0 = all groups
   std::int64_t redundant_experts = 0;  // EPLB: r extra expert slots per layer (hot-expert replicas)
   std::int64_t rebalance_every = 100;  // EPLB: re-place the slots every N steps; 0 = never
 };
