@@ -8,6 +8,10 @@
 // meta_checksum covers the index. Each shard is a file of the single-file layout.
 #include "moesim/io/checkpoint_file.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -139,12 +143,33 @@ std::vector<std::string> get_strings(hid_t loc, const std::string& file, const c
   return out;
 }
 
+// fsync(2) of a file or directory; a failure names the path (a checkpoint that may not be on
+// disk must not be reported as written).
+void sync_path(const std::string& p, bool directory) {
+  const int fd = ::open(p.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0)
+    throw std::runtime_error("cannot open '" + p +
+                             "' to flush it to disk: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  // EINVAL: a file system without fsync for directories (some network file systems).
+  if (rc != 0 && !(directory && err == EINVAL))
+    throw std::runtime_error("cannot flush '" + p + "' to disk: " + std::strerror(err));
+}
+
+// The commit of a checkpoint file: its data reach the disk before the rename, and the rename
+// itself (the directory entry) after it, so a power loss leaves the old or the new file, never
+// a renamed file whose blocks were not yet written.
 void rename_into_place(const std::string& tmp, const std::string& path) {
+  sync_path(tmp, false);
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec)
     throw std::runtime_error("cannot rename checkpoint '" + tmp + "' to '" + path +
                              "': " + ec.message());
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  sync_path(dir.empty() ? std::string(".") : dir.string(), true);
 }
 
 }  // namespace
