@@ -373,7 +373,7 @@ fail_start() {
 # Cancels the jobs of this (private) cluster, then stops slurmd(s), slurmctld and munged by their
 # pid files (only ours), waiting up to 10 s each.
 stop_daemons() {
-  local quiet=${1:-} name pid i jobs f
+  local quiet=${1:-} i jobs slurmds
   if [[ -n $(alive_pid "$dir/run/slurmctld.pid") ]]; then
     jobs=$(client squeue --noheader --format=%A 2>/dev/null || true)
     if [[ -n $jobs ]]; then
@@ -386,18 +386,39 @@ stop_daemons() {
       done
     fi
   fi
-  for f in $(slurmd_pidfiles) "$dir/run/slurmctld.pid" "$dir/run/munged.pid"; do
+  # The slurmds together (one per node), then slurmctld, then munged.
+  mapfile -t slurmds < <(slurmd_pidfiles)
+  stop_pidfiles "$quiet" "${slurmds[@]}"
+  stop_pidfiles "$quiet" "$dir/run/slurmctld.pid"
+  stop_pidfiles "$quiet" "$dir/run/munged.pid"
+}
+
+# stop_pidfiles QUIET PIDFILE...: SIGTERM to the live daemons of these pid files, up to 10 s for
+# all of them to exit, then SIGKILL; removes the pid files.
+stop_pidfiles() {
+  local quiet=$1 f pid i name
+  shift
+  local pids=() names=()
+  for f in "$@"; do
     name=$(basename "$f" .pid)
     pid=$(alive_pid "$f") || { rm -f "$f"; continue; }
     [[ -n $quiet ]] || say "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "$name (pid $pid) ignored SIGTERM for 10 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
+    pids+=("$pid") names+=("$name")
   done
+  for ((i = 0; i < 100; i++)); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[i]}" 2>/dev/null; then
+      say "${names[i]} (pid ${pids[i]}) ignored SIGTERM for 10 s; killing it"
+      kill -KILL "${pids[i]}" 2>/dev/null || true
+    fi
+  done
+  rm -f "$@"
 }
 
 # Multi-node: ends every process still inside the emulated nodes (job steps, slurmstepd, orted:
