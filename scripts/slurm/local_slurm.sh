@@ -49,6 +49,7 @@ clients=(sbatch srun salloc squeue scancel scontrol sinfo sacct sattach sstat sp
 
 say() { echo "local_slurm: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+bad() { say "error: $*"; exit 2; }  # bad input (a parameter or argument): exit 2
 
 # pid of a daemon from its pid file if that process is alive, else nothing.
 alive_pid() {
@@ -93,9 +94,6 @@ load_multinode() {
   local n c
   n=$(sed -n 's/^nodes=//p' "$dir/multinode") c=$(sed -n 's/^cluster=//p' "$dir/multinode")
   [[ $n =~ ^[0-9]+$ && -n $c ]] || return 0
-  if [[ -n $nodes && ( $nodes != "$n" || $cluster_name != "$c" ) ]]; then
-    say "note: $dir holds a $n-node Slurm on cluster '$c'; it is stopped first"
-  fi
   rec_nodes=$n rec_cluster=$c
 }
 rec_nodes="" rec_cluster=""
@@ -270,9 +268,9 @@ start() {
   id munge >/dev/null 2>&1 || die "user 'munge' missing: install the Debian package munge"
   if [[ -n $nodes ]]; then
     [[ $nodes =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= 64)) ||
-      die "--nodes / MOESIM_SLURM_NODES = '$nodes' is not allowed: an integer from 1 to 64"
+      bad "--nodes / MOESIM_SLURM_NODES = '$nodes' is not allowed: an integer from 1 to 64"
     [[ $cluster_name =~ ^[A-Za-z][A-Za-z0-9]{0,9}$ ]] ||
-      die "MOESIM_CLUSTER_NAME = '$cluster_name' is not allowed: a letter, then up to 9 letters or digits (it names namespaces and hosts)"
+      bad "MOESIM_CLUSTER_NAME = '$cluster_name' is not allowed: a letter, then up to 9 letters or digits (it names namespaces and hosts)"
     [[ -x $emulate ]] || die "$emulate not found (the emulated cluster)"
     for tool in ip unshare; do
       command -v "$tool" >/dev/null || die "'$tool' not found (Debian packages iproute2, util-linux)"
@@ -280,6 +278,9 @@ start() {
   fi
 
   load_multinode
+  if [[ -n $rec_nodes && ( $nodes != "$rec_nodes" || $cluster_name != "$rec_cluster" ) ]]; then
+    say "note: $dir holds a $rec_nodes-node Slurm on cluster '$rec_cluster'; it is stopped first"
+  fi
   if [[ -n $rec_nodes && $rec_nodes == "$nodes" && $rec_cluster == "$cluster_name" ]] && all_alive \
      && [[ $(node_state) == idle* || $(node_state) == mix* || $(node_state) == alloc* ]]; then
     say "already running in $dir"
@@ -494,9 +495,9 @@ cmd=${1:-}
 shift || true
 while (($#)); do
   case $1 in
-    --nodes) [[ $cmd == start ]] || die "--nodes goes with start"; nodes=${2:-}; shift 2 || die "--nodes needs a value" ;;
-    --nodes=*) [[ $cmd == start ]] || die "--nodes goes with start"; nodes=${1#*=}; shift ;;
-    *) die "unknown argument '$1' (allowed: start [--nodes N] | status | stop)" ;;
+    --nodes) [[ $cmd == start ]] || bad "--nodes goes with start"; nodes=${2:-}; shift 2 || bad "--nodes needs a value" ;;
+    --nodes=*) [[ $cmd == start ]] || bad "--nodes goes with start"; nodes=${1#*=}; shift ;;
+    *) bad "unknown argument '$1' (allowed: start [--nodes N] | status | stop)" ;;
   esac
 done
 case $cmd in
