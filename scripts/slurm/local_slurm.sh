@@ -105,9 +105,13 @@ write_config() {
   chown munge:munge "$dir/munge"
   chmod 0755 "$dir/munge"
   chmod 0755 "$dir"
+  # slurmctld refuses a state directory that another ClusterName used: one per cluster.
   if [[ -n $nodes ]]; then
+    state_dir=$dir/state/$cluster_name
+    mkdir -p "$state_dir"
     write_config_multinode
   else
+    state_dir=$dir/state
     write_config_single
   fi
   # slurmd always loads a cgroup plugin; a private mount point keeps it off the host's cgroups.
@@ -124,7 +128,7 @@ common_config() {
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$munge_socket
-StateSaveLocation=$dir/state
+StateSaveLocation=$state_dir
 SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmctldDebug=info
@@ -199,7 +203,7 @@ $(common_config)
 ${lines}PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
-node_ips=()
+node_ips=() state_dir=""
 
 # Single-node: the node's state. Multi-node: "idle" when every node is idle, else the states.
 node_state() {
@@ -335,8 +339,8 @@ start() {
         { show_logs; fail_start "slurmd did not start in node $i ($(node_host "$i"))"; }
     done
   else
-    SLURM_CONF=$conf slurmctld -c -f "$conf" || { show_logs; die "slurmctld did not start"; }
-    SLURM_CONF=$conf slurmd -f "$conf" -N localhost || { show_logs; die "slurmd did not start"; }
+    SLURM_CONF=$conf slurmctld -c -f "$conf" || { show_logs; fail_start "slurmctld did not start"; }
+    SLURM_CONF=$conf slurmd -f "$conf" -N localhost || { show_logs; fail_start "slurmd did not start"; }
   fi
 
   local deadline=$((SECONDS + wait_s)) state=""
@@ -365,9 +369,10 @@ start() {
   print_exports
 }
 
+# A failed start stops what it started (daemons; the emulated cluster of a multi-node start).
 fail_start() {
   say "error: $*"
-  [[ -n $nodes ]] && stop_all quiet
+  stop_all quiet
   exit 1
 }
 
