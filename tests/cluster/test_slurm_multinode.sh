@@ -14,8 +14,8 @@
 #      resumes to a complete result, bitwise the uninterrupted run's losses;
 #   5. `local_slurm.sh stop` leaves no namespace and no process of this cluster.
 # Names cannot collide with other cluster or slurm tests: cluster msl<pid>, a private state dir.
-# Bounded: a watchdog ends the test after 85 s (cleanup included). Without root, network
-# namespaces, slurm-wlm or munge this test FAILS (never skips).
+# Bounded: a watchdog ends the test after 85 s (MOESIM_TEST_DEADLINE), cleanup included.
+# Without root, network namespaces, slurm-wlm or munge this test FAILS (never skips).
 #   tests/cluster/test_slurm_multinode.sh --moesim build/moesim [--keep-tmp]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,7 +61,10 @@ local_slurm=$repo/scripts/slurm/local_slurm.sh
 
 cleanup() {
   local rc=$?
-  [[ -n ${watchdog:-} ]] && kill "$watchdog" 2>/dev/null
+  if [[ -n ${watchdog:-} ]]; then
+    pkill --parent "$watchdog" 2>/dev/null  # its sleep
+    kill "$watchdog" 2>/dev/null
+  fi
   "$local_slurm" stop >/dev/null 2>&1 || true
   if [[ ${#failures[@]} -gt 0 || $rc -ne 0 ]]; then
     echo "---- Slurm daemon logs (tails) ----"
@@ -77,7 +80,8 @@ trap cleanup EXIT
 trap 'echo "FAIL: interrupted or over the time limit after $((SECONDS - t_start)) s"; exit 1' INT TERM
 # Watchdog: CTest's own timeout would kill the test without cleanup; this one lets the trap run.
 # A trap waits for the running command, so the watchdog also signals the test's child processes.
-(sleep 85; kill -TERM $$ 2>/dev/null; pkill -TERM --parent $$ 2>/dev/null) &
+# Its output goes nowhere: a sleep holding the test's stdout would keep CTest waiting.
+(sleep "${MOESIM_TEST_DEADLINE:-85}"; kill -TERM $$ 2>/dev/null; pkill -TERM --parent $$ 2>/dev/null) >/dev/null 2>&1 &
 watchdog=$!
 
 # ---- 2 emulated nodes, one slurmd each -----------------------------------------------------------
