@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real single-node Slurm on this machine, for tests, CI and trying the job scripts:
+# A real Slurm on this machine (single-node, or N emulated nodes), for tests, CI and trying the
+# job scripts:
 #   scripts/slurm/local_slurm.sh start    # munged + slurmctld + slurmd; prints `export SLURM_CONF=...`
 #   scripts/slurm/local_slurm.sh status   # which daemons run, sinfo
 #   scripts/slurm/local_slurm.sh stop     # stops exactly the daemons it started (pid files)
@@ -14,7 +15,7 @@
 # Environment:
 #   MOESIM_SLURM_DIR    state directory [/tmp/moesim-slurm]
 #   MOESIM_SLURM_PORT   slurmctld port; slurmd uses PORT+1 [6817]. Give a second instance other ports.
-#   MOESIM_SLURM_CPUS   CPUs of the node [nproc]
+#   MOESIM_SLURM_CPUS   CPUs of the node (multi-node: of every node) [nproc]
 #   MOESIM_SLURM_WAIT   seconds to wait for the node to become idle [30]
 #   MOESIM_SLURM_NODES  N: multi-node (same as `start --nodes N`); unset: the single-node Slurm
 # Only the `export` lines go to stdout; progress and errors go to stderr.
@@ -30,7 +31,10 @@
 # inside a node (job scripts, srun from mpirun) they run it directly. Jobs run on the emulated
 # nodes; Open MPI's mpirun inside a job starts its daemons through Slurm (srun), so ranks on
 # different nodes talk TCP over the emulated links. `stop` ends every process left in the nodes and
-# removes the emulated cluster (emulate.sh stop).
+# removes the emulated cluster (emulate.sh stop). The daemons' ports are private to the nodes'
+# namespaces, so MOESIM_SLURM_PORT cannot collide with anything outside them. Start also prints
+# OMPI_MCA_hwloc_base_binding_policy=none and OMPI_MCA_mpi_yield_when_idle=1 (jobs inherit them):
+# namespaces do not isolate CPUs.
 set -euo pipefail
 
 dir=${MOESIM_SLURM_DIR:-/tmp/moesim-slurm}
