@@ -263,7 +263,6 @@ print_exports() {
     # (docs/multinode.md); the jobs inherit these from the submitting shell (sbatch --export=ALL).
     echo "export PATH=$dir/bin:\$PATH"
     echo "export OMPI_MCA_hwloc_base_binding_policy=none OMPI_MCA_mpi_yield_when_idle=1"
-    echo "export MOESIM_SLURM_NODES=$nodes MOESIM_CLUSTER_NAME=$cluster_name"
   fi
 }
 

@@ -48,6 +48,9 @@ fi
 # emulated cluster started by hand.
 while read -r var; do unset "$var"; done < <(env | grep --only-matching --extended-regexp '^(SLURM|SBATCH|SALLOC|SRUN)_[A-Z_]+' || true)
 unset MOESIM_REPO MOESIM_LAUNCHER MOESIM_SITE_ENV MOESIM_SLURM_BANDWIDTH OMPI_MCA_orte_default_hostfile OMPI_MCA_plm_rsh_agent
+unset OMPI_MCA_oob_tcp_if_include OMPI_MCA_btl_tcp_if_include OMPI_MCA_plm_rsh_no_tree_spawn MOESIM_CLUSTER_DIR
+# No emulate.sh mpirun wrapper (it would start mpirun in another cluster's node 0).
+PATH=$(tr ':' '\n' <<<"$PATH" | grep --invert-match --extended-regexp '^/tmp/moesim-cluster-[^/]*/bin$' | paste --serial --delimiters=:)
 export MOESIM_CLUSTER_NAME=msl$$
 export MOESIM_CLUSTER_NAME=${MOESIM_CLUSTER_NAME:0:10}
 tmp=$(mktemp --directory /tmp/moesim-slurm-mn-test.XXXXXX)
