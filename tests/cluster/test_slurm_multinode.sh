@@ -65,8 +65,11 @@ local_slurm=$repo/scripts/slurm/local_slurm.sh
 cleanup() {
   local rc=$?
   if [[ -n ${watchdog:-} ]]; then
-    pkill --parent "$watchdog" 2>/dev/null  # its sleep
+    # The watchdog first (its sleep ending would make it fire), then its sleep.
+    local sleeper
+    sleeper=$(pgrep --parent "$watchdog" || true)
     kill "$watchdog" 2>/dev/null
+    [[ -n $sleeper ]] && kill "$sleeper" 2>/dev/null
   fi
   "$local_slurm" stop >/dev/null 2>&1 || true
   if [[ ${#failures[@]} -gt 0 || $rc -ne 0 ]]; then
@@ -179,7 +182,7 @@ done
 
 # ---- preemption across nodes: USR1 -> checkpoint, requeue, resume, complete -----------------------
 job_field() { scontrol show job --oneliner "$1" 2>/dev/null | grep --only-matching --perl-regexp "(?<= $2=)\S+" || true; }
-steps=10000
+steps=6000
 t0=$SECONDS
 job=$(sbatch --parsable -N 2 --ntasks=2 --output="$tmp/pre-%j.out" "$repo/jobscripts/run.sbatch" "$here/../slurm/tiny.ini" \
       --training.steps=$steps --training.eval_every=0 --output.log_every=0 --checkpoint.every=0 \
@@ -193,7 +196,7 @@ for _ in $(seq 1 200); do
   [[ $(job_field "$job" JobState) == RUNNING && ( -s $tmp/pre.h5.ckpt.tmp || -s $tmp/pre.h5 ) ]] && break
   sleep 0.1
 done
-sleep 1  # some steps done
+sleep 0.5  # some steps done (~0.3-1 ms per step)
 scancel --signal=USR1 --batch "$job"
 for _ in $(seq 1 200); do
   [[ $(job_field "$job" JobState) == PENDING && $(job_field "$job" Restarts) == 1 ]] && break
@@ -212,7 +215,8 @@ done
 echo "     requeued run ended: state=${state:-gone} ($((SECONDS - t0)) s)"
 wait "$ref"
 check "  ... the stop wrote a checkpoint and requeued" grep --quiet "stopped by SIGUSR1.*requeueing job $job" "$tmp/pre-$job.out"
-check "  ... the second attempt resumed from it" grep --quiet "resuming from checkpoint" "$tmp/pre-$job.out"
+check "  ... the second attempt resumed from it, mid-run" \
+  grep --quiet --extended-regexp "resuming from checkpoint .* at step [1-9][0-9]*\$" "$tmp/pre-$job.out"
 check "  ... and ended with exit code 0" test "$(grep -c 'run.sbatch: exit code 0' "$tmp/pre-$job.out")" -eq 1
 check "  ... result complete = 1, $steps steps, nodes = 2" "$py" -c '
 import sys, h5py
