@@ -79,6 +79,7 @@ set_tests_properties(regression_route_trace_jsonl PROPERTIES TIMEOUT 180 PROCESS
 # Multi-node: the hierarchical exchange vs alltoallv (bitwise) on every cut of the ranks into
 # nodes, the node map, the byte split by level (docs/multinode_cluster.md).
 moesim_add_test(NAME test_hierarchical SOURCES mpi/test_hierarchical.cpp RANKS 1 2 4 TIMEOUT 120)
+moesim_add_test(NAME test_overlap SOURCES mpi/test_overlap.cpp RANKS 1 2 4 TIMEOUT 180)
 moesim_add_test(NAME test_group_limit SOURCES unit/test_group_limit.cpp)
 # moesim simulate / calibrate: step-model terms vs closed forms, traffic, drops, workloads.
 moesim_add_test(NAME test_simulate SOURCES unit/test_simulate.cpp)

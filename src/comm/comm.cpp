@@ -335,4 +335,68 @@ void Comm::alltoallv_raw(const void* send, const int* scounts, const int* sdispl
         "MPI_Alltoallv");
 }
 
+// ---------------------------------------------------------------------------------------
+struct Requests::Impl {
+  std::vector<MPI_Request> reqs;  // [capacity]; MPI_REQUEST_NULL once completed
+  std::size_t used = 0;
+};
+
+Requests::Requests(int capacity) : impl_(std::make_unique<Impl>()) { reserve(capacity); }
+Requests::~Requests() = default;
+Requests::Requests(Requests&&) noexcept = default;
+Requests& Requests::operator=(Requests&&) noexcept = default;
+
+void Requests::reserve(int capacity) {
+  if (capacity > static_cast<int>(impl_->reqs.size()))
+    impl_->reqs.resize(static_cast<std::size_t>(capacity), MPI_REQUEST_NULL);
+}
+int Requests::size() const { return static_cast<int>(impl_->used); }
+int Requests::capacity() const { return static_cast<int>(impl_->reqs.size()); }
+
+void Requests::progress() {
+  if (impl_->used == 0) return;
+  int done = 0;
+  check(MPI_Testall(static_cast<int>(impl_->used), impl_->reqs.data(), &done, MPI_STATUSES_IGNORE),
+        "MPI_Testall");
+}
+
+bool Requests::test(int i) {
+  MPI_Request& r = impl_->reqs.at(static_cast<std::size_t>(i));
+  if (r == MPI_REQUEST_NULL) return true;
+  int done = 0;
+  check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+  return done != 0;
+}
+
+void Requests::wait(int i) {
+  check(MPI_Wait(&impl_->reqs.at(static_cast<std::size_t>(i)), MPI_STATUS_IGNORE), "MPI_Wait");
+}
+
+void Requests::wait_all() {
+  if (impl_->used == 0) return;
+  check(MPI_Waitall(static_cast<int>(impl_->used), impl_->reqs.data(), MPI_STATUSES_IGNORE),
+        "MPI_Waitall");
+}
+
+void Requests::clear() {
+  for (std::size_t i = 0; i < impl_->used; ++i)
+    if (impl_->reqs[i] != MPI_REQUEST_NULL)
+      throw CommError("Requests::clear: operation " + std::to_string(i) + " has not completed");
+  impl_->used = 0;
+}
+
+int Comm::ialltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
+                         const int* rcounts, const int* rdispl, std::int64_t row_width, DType t,
+                         Requests& requests) const {
+  MPI_Datatype row = impl_->row_type(t, row_width);
+  Requests::Impl& r = *requests.impl_;
+  if (r.used >= r.reqs.size())
+    throw CommError("MPI_Ialltoallv: the request set is full (" + std::to_string(r.reqs.size()) +
+                    " outstanding operations)");
+  MPI_Request* req = &r.reqs[r.used];
+  check(MPI_Ialltoallv(send, scounts, sdispl, row, recv, rcounts, rdispl, row, impl_->comm, req),
+        "MPI_Ialltoallv");
+  return static_cast<int>(r.used++);
+}
+
 }  // namespace moesim::comm

@@ -354,6 +354,12 @@ const std::vector<Field>& fields() {
         "routing.rebalance_every", "integer >= 0",
         "redundant experts: re-place the slots every N steps from the loads of the last N "
         "steps (0 = keep the initial placement: replicas of experts 0..r-1)"));
+    t.push_back(make_field<&C::routing, &RoutingConfig::overlap_degree>(
+        "routing.overlap_degree",
+        "integer >= 1; run: at most the experts per rank; > 1 needs routing.dispatch = alltoallv",
+        "pipeline of d chunks of each rank's experts: the non-blocking all-to-all of the next "
+        "chunk runs while the current chunk's experts compute, forward and backward (bitwise "
+        "the same results for any d; docs/overlap.md)"));
     // training
     t.push_back(make_field<&C::training, &TrainingConfig::steps>("training.steps", "integer >= 1",
                                                                  "optimizer steps"));
@@ -1063,6 +1069,23 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
             "must make routing.num_experts + routing.redundant_experts (" + E + " + " +
                 std::to_string(r.redundant_experts) + ") divisible by the number of MPI ranks (" +
                 nranks + ")");
+  }
+  require_int(r.overlap_degree, 1, "routing.overlap_degree");
+  if (r.overlap_degree > 1) {
+    require(r.dispatch == DispatchKind::alltoallv, "routing.overlap_degree",
+            std::to_string(r.overlap_degree),
+            "must be 1 unless routing.dispatch = alltoallv (the pipeline splits the variable-size "
+            "exchange; routing.dispatch is " +
+                std::string(to_string(r.dispatch)) + ")");
+    if (run && r.num_experts >= 1 && ranks >= 1) {
+      // Chunks are whole local experts (each expert's GEMMs keep their shapes: bitwise).
+      const std::int64_t slots = r.num_experts + std::max<std::int64_t>(r.redundant_experts, 0);
+      const std::int64_t per = slots >= ranks ? slots / ranks : 1;
+      require(r.overlap_degree <= per, "routing.overlap_degree", std::to_string(r.overlap_degree),
+              "must be at most the experts per rank (" + std::to_string(per) + " with " +
+                  std::to_string(slots) + " expert slots on " + nranks +
+                  " ranks): a chunk is a group of whole local experts");
+    }
   }
   if (run && r.num_experts >= 1 && r.redundant_experts <= 0) {
     require(r.num_experts % ranks == 0 || ranks % r.num_experts == 0, "routing.num_experts", E,

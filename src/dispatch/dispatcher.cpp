@@ -2,6 +2,7 @@
 #include "moesim/dispatch/dispatcher.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <stdexcept>
@@ -92,20 +93,24 @@ void exchange_plan_counts(const comm::Comm& comm, const Placement& placement, Pl
 template <typename T>
 void AlltoallvDispatcher<T>::exchange_counts(Plan& plan) {
   exchange_plan_counts(comm_, placement_, plan);
+  if (!chunk_send_rows_.empty()) chunk_layout(plan);  // set_chunks was called
 }
 
 namespace {
 // Copies blocks between source-major (peer, expert) and expert-major (expert, peer) order.
 // Peer p's rows start at row p * block in the source-major buffer, or at recv_displ[p]
 // when block < 0 (the unpadded layout).
+// Only local experts [j0, j1) when given (one chunk of the chunked exchange).
 template <typename T, bool ToExpertMajor>
 void reorder(Plan& plan, std::size_t P, std::size_t per, const T* src, T* dst, std::int64_t width,
-             std::int64_t block = -1) {
+             std::int64_t block = -1, std::size_t j0 = 0, std::size_t j1 = SIZE_MAX) {
+  j1 = std::min(j1, per);
   std::vector<std::int64_t>& fill = plan.scratch;
   fill.assign(plan.expert_offset.begin(), plan.expert_offset.end() - 1);
   for (std::size_t p = 0; p < P; ++p) {
     std::int64_t source_row = block < 0 ? plan.recv_displ[p] : static_cast<std::int64_t>(p) * block;
-    for (std::size_t j = 0; j < per; ++j) {
+    for (std::size_t j = 0; j < j0; ++j) source_row += plan.recv_per_peer_expert[p * per + j];
+    for (std::size_t j = j0; j < j1; ++j) {
       const std::int64_t rows = plan.recv_per_peer_expert[p * per + j];
       const std::size_t bytes = static_cast<std::size_t>(rows * width) * sizeof(T);
       if (bytes > 0) {
@@ -145,6 +150,99 @@ void AlltoallvDispatcher<T>::from_experts(Plan& plan, const T* expert_major, T* 
   comm_.alltoallv_rows(staging_.data(), plan.recv_rows, plan.recv_displ, send_order, plan.send_rows,
                        plan.send_displ, width);
   this->count_rows(plan.recv_rows.data(), width);
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::set_chunks(int chunks) {
+  const std::int64_t per = placement_.per_rank();
+  if (chunks < 1 || chunks > per)
+    throw std::invalid_argument("dispatcher: " + std::to_string(chunks) +
+                                " chunks of whole experts, but this rank hosts " +
+                                std::to_string(per) + " experts");
+  chunks_ = chunks;
+  // Balanced: chunk c = local experts [c * per / d, (c + 1) * per / d).
+  chunk_bound_.assign(static_cast<std::size_t>(chunks) + 1, 0);
+  for (int c = 0; c <= chunks; ++c) chunk_bound_[static_cast<std::size_t>(c)] = c * per / chunks;
+  const auto n = static_cast<std::size_t>(chunks) * static_cast<std::size_t>(placement_.ranks);
+  chunk_send_rows_.assign(n, 0);
+  chunk_send_displ_.assign(n, 0);
+  chunk_recv_rows_.assign(n, 0);
+  chunk_recv_displ_.assign(n, 0);
+  to_request_.assign(static_cast<std::size_t>(chunks), -1);
+  requests_.reserve(2 * chunks);
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::chunk_layout(const Plan& plan) {
+  const auto P = static_cast<std::size_t>(placement_.ranks);
+  const auto per = static_cast<std::size_t>(placement_.per_rank());
+  for (std::size_t p = 0; p < P; ++p) {
+    int sent = plan.send_displ[p], received = plan.recv_displ[p];
+    for (int c = 0; c < chunks_; ++c) {
+      const std::size_t i = static_cast<std::size_t>(c) * P + p;
+      chunk_send_displ_[i] = sent;
+      chunk_recv_displ_[i] = received;
+      int s = 0, r = 0;
+      for (auto j = static_cast<std::size_t>(chunk_bound_[static_cast<std::size_t>(c)]);
+           j < static_cast<std::size_t>(chunk_bound_[static_cast<std::size_t>(c) + 1]); ++j) {
+        s += plan.send_per_peer_expert[p * per + j];
+        r += plan.recv_per_peer_expert[p * per + j];
+      }
+      chunk_send_rows_[i] = s;
+      chunk_recv_rows_[i] = r;
+      sent += s;
+      received += r;
+    }
+  }
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::start_to_experts(Plan& plan, int c, const T* send_order,
+                                              std::int64_t width, bool token_rows) {
+  const auto P = static_cast<std::size_t>(placement_.ranks);
+  if (c == 0) {  // a new pass: nothing may be in flight while the staging grows
+    requests_.clear();
+    const auto n = static_cast<std::size_t>(plan.total_recv * width);
+    if (staging_.size() < n) staging_.resize(n);
+    if (back_staging_.size() < n) back_staging_.resize(n);
+  }
+  const std::size_t i = static_cast<std::size_t>(c) * P;
+  to_request_[static_cast<std::size_t>(c)] = comm_.ialltoallv_rows(
+      send_order, &chunk_send_rows_[i], &chunk_send_displ_[i], staging_.data(),
+      &chunk_recv_rows_[i], &chunk_recv_displ_[i], width, requests_);
+  const std::int64_t before = this->bytes_inter_;
+  this->count_rows(&chunk_send_rows_[i], width);
+  if (token_rows) this->bytes_tokens_inter_ += this->bytes_inter_ - before;
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::finish_to_experts(Plan& plan, int c, T* expert_major,
+                                               std::int64_t width) {
+  requests_.wait(to_request_[static_cast<std::size_t>(c)]);
+  reorder<T, true>(plan, static_cast<std::size_t>(placement_.ranks),
+                   static_cast<std::size_t>(placement_.per_rank()), staging_.data(), expert_major,
+                   width, -1, static_cast<std::size_t>(chunk_bound_[static_cast<std::size_t>(c)]),
+                   static_cast<std::size_t>(chunk_bound_[static_cast<std::size_t>(c) + 1]));
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::start_from_experts(Plan& plan, int c, const T* expert_major,
+                                                T* send_order, std::int64_t width) {
+  const auto P = static_cast<std::size_t>(placement_.ranks);
+  reorder<T, false>(plan, P, static_cast<std::size_t>(placement_.per_rank()), expert_major,
+                    back_staging_.data(), width, -1,
+                    static_cast<std::size_t>(chunk_bound_[static_cast<std::size_t>(c)]),
+                    static_cast<std::size_t>(chunk_bound_[static_cast<std::size_t>(c) + 1]));
+  const std::size_t i = static_cast<std::size_t>(c) * P;
+  comm_.ialltoallv_rows(back_staging_.data(), &chunk_recv_rows_[i], &chunk_recv_displ_[i],
+                        send_order, &chunk_send_rows_[i], &chunk_send_displ_[i], width, requests_);
+  this->count_rows(&chunk_recv_rows_[i], width);
+}
+
+template <typename T>
+void AlltoallvDispatcher<T>::finish_from_experts() {
+  requests_.wait_all();
+  requests_.clear();
 }
 
 template <typename T>

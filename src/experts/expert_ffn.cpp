@@ -124,9 +124,10 @@ void ExpertBank<T>::refresh_low_precision() {
 
 template <typename T>
 void ExpertBank<T>::forward_bf16(const bf16* x, std::span<const std::int64_t> offset, float* h,
-                                 bf16* a, float* y, bf16* y16) const {
+                                 bf16* a, float* y, bf16* y16, std::int64_t j0,
+                                 std::int64_t j1) const {
   if constexpr (std::is_same_v<T, float>) {
-    for (std::int64_t j = 0; j < count_; ++j) {
+    for (std::int64_t j = j0; j < end(j1); ++j) {
       const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
       const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
       if (n == 0) continue;
@@ -136,14 +137,16 @@ void ExpertBank<T>::forward_bf16(const bf16* x, std::span<const std::int64_t> of
       float* H = h + r0 * f_;
       bf16* A = a + r0 * f_;
       gemm(Op::none, Op::none, n, f_, d_, 1.0f, x + r0 * d_, d_, w1, f_, 0.0f, H, f_);
+      poll();
       for (std::int64_t r = 0; r < n; ++r)  // fp32 bias + activation, rounded once to bf16
         bias_act_bf16(H + r * f_, p.b1, A + r * f_, f_, act_);
       float* Y = y + r0 * d_;
       gemm(Op::none, Op::none, n, d_, f_, 1.0f, A, f_, w2, d_, 0.0f, Y, d_);
+      poll();
       for (std::int64_t r = 0; r < n; ++r) bias_bf16(Y + r * d_, p.b2, y16 + (r0 + r) * d_, d_);
     }
   } else {
-    (void)x, (void)offset, (void)h, (void)a, (void)y, (void)y16;
+    (void)x, (void)offset, (void)h, (void)a, (void)y, (void)y16, (void)j0, (void)j1;
     throw std::logic_error("ExpertBank: bf16 forward needs float master weights");
   }
 }
@@ -151,9 +154,10 @@ void ExpertBank<T>::forward_bf16(const bf16* x, std::span<const std::int64_t> of
 template <typename T>
 void ExpertBank<T>::backward_bf16(bf16* x_then_dx, const float* h, bf16* a_then_dh,
                                   float* scratch_f, const bf16* dy,
-                                  std::span<const std::int64_t> offset, float* scratch_d) {
+                                  std::span<const std::int64_t> offset, float* scratch_d,
+                                  std::int64_t j0, std::int64_t j1) {
   if constexpr (std::is_same_v<T, float>) {
-    for (std::int64_t j = 0; j < count_; ++j) {
+    for (std::int64_t j = j0; j < end(j1); ++j) {
       const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
       const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
       if (n == 0) continue;
@@ -165,27 +169,31 @@ void ExpertBank<T>::backward_bf16(bf16* x_then_dx, const float* h, bf16* a_then_
       const float* H = h + r0 * f_;
       const bf16* dY = dy + r0 * d_;
       gemm(Op::transpose, Op::none, f_, d_, n, 1.0f, A, f_, dY, d_, 1.0f, p.gw2, d_);
+      poll();
       for (std::int64_t r = 0; r < n; ++r) accumulate_bf16(p.gb2, dY + r * d_, d_);
       // dL/da in fp32, then dL/dh = dL/da * act'(h) (fp32, db1 from it), rounded to bf16
       // into A's buffer (A is not needed after dW2).
       gemm(Op::none, Op::transpose, n, f_, d_, 1.0f, dY, d_, w2, d_, 0.0f, scratch_f, f_);
+      poll();
       for (std::int64_t r = 0; r < n; ++r)
         act_grad_bf16(scratch_f + r * f_, H + r * f_, p.gb1, A + r * f_, f_, act_);
       gemm(Op::transpose, Op::none, d_, f_, n, 1.0f, X, d_, A, f_, 1.0f, p.gw1, f_);
+      poll();
       gemm(Op::none, Op::transpose, n, d_, f_, 1.0f, A, f_, w1, f_, 0.0f, scratch_d, d_);
+      poll();
       to_bf16(scratch_d, X, n * d_);  // X now holds dL/dx (bf16, for the return all-to-all)
     }
   } else {
     (void)x_then_dx, (void)h, (void)a_then_dh, (void)scratch_f, (void)dy, (void)offset,
-        (void)scratch_d;
+        (void)scratch_d, (void)j0, (void)j1;
     throw std::logic_error("ExpertBank: bf16 backward needs float master weights");
   }
 }
 
 template <typename T>
-void ExpertBank<T>::forward(const T* x, std::span<const std::int64_t> offset, T* h, T* a,
-                            T* y) const {
-  for (std::int64_t j = 0; j < count_; ++j) {
+void ExpertBank<T>::forward(const T* x, std::span<const std::int64_t> offset, T* h, T* a, T* y,
+                            std::int64_t j0, std::int64_t j1) const {
+  for (std::int64_t j = j0; j < end(j1); ++j) {
     const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
     const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
     if (n == 0) continue;
@@ -197,22 +205,26 @@ void ExpertBank<T>::forward(const T* x, std::span<const std::int64_t> offset, T*
       // ReLU needs no pre-activation for its backward (the mask is a > 0): the GEMM writes
       // straight into `a` and bias + ReLU is one pass over it.
       gemm(Op::none, Op::none, n, f_, d_, T(1), x + r0 * d_, d_, p.w1, f_, T(0), A.data(), f_);
+      poll();
       A = (A.rowwise() + b1).cwiseMax(T(0));
     } else {
       MapM<T> H(h + r0 * f_, n, f_);
       gemm(Op::none, Op::none, n, f_, d_, T(1), x + r0 * d_, d_, p.w1, f_, T(0), H.data(), f_);
+      poll();
       H.rowwise() += b1;
       A = H.unaryExpr([](T v) { return gelu(v); });
     }
     gemm(Op::none, Op::none, n, d_, f_, T(1), A.data(), f_, p.w2, d_, T(0), Y.data(), d_);
+    poll();
     Y.rowwise() += CMapRow<T>(p.b2, d_);
   }
 }
 
 template <typename T>
 void ExpertBank<T>::backward(T* x_then_dx, T* h, T* a, const T* dy,
-                             std::span<const std::int64_t> offset) {
-  for (std::int64_t j = 0; j < count_; ++j) {
+                             std::span<const std::int64_t> offset, std::int64_t j0,
+                             std::int64_t j1) {
+  for (std::int64_t j = j0; j < end(j1); ++j) {
     const std::int64_t r0 = offset[static_cast<std::size_t>(j)];
     const std::int64_t n = offset[static_cast<std::size_t>(j) + 1] - r0;
     if (n == 0) continue;
@@ -222,12 +234,14 @@ void ExpertBank<T>::backward(T* x_then_dx, T* h, T* a, const T* dy,
     T* H = h + r0 * f_;
     const T* dY = dy + r0 * d_;
     gemm(Op::transpose, Op::none, f_, d_, n, T(1), A, f_, dY, d_, T(1), p.gw2, d_);
+    poll();
     MapRow<T>(p.gb2, d_) += CMapM<T>(dY, n, d_).colwise().sum();
     // dL/da, then dL/dh in place, with db1 accumulated in the same pass. ReLU keeps `a`
     // for its mask and uses `h` as the buffer; GELU keeps `h` and reuses `a`.
     const bool relu = act_ == Activation::relu;
     T* dH = relu ? H : A;
     gemm(Op::none, Op::transpose, n, f_, d_, T(1), dY, d_, p.w2, d_, T(0), dH, f_);
+    poll();
     T* gb1 = p.gb1;
     for (std::int64_t r = 0; r < n; ++r) {
       T* g = dH + r * f_;
@@ -245,8 +259,10 @@ void ExpertBank<T>::backward(T* x_then_dx, T* h, T* a, const T* dy,
       }
     }
     gemm(Op::transpose, Op::none, d_, f_, n, T(1), X, d_, dH, f_, T(1), p.gw1, f_);
+    poll();
     // X now holds dL/dx
     gemm(Op::none, Op::transpose, n, d_, f_, T(1), dH, f_, p.w1, f_, T(0), X, d_);
+    poll();
   }
 }
 

@@ -90,6 +90,11 @@ MoELayer<T>::MoELayer(const Config& cfg, int index, const comm::Comm& comm, Para
         store.set_checkpoint_writer(id, placement_.group() == 0);
   }
   batch_dp_.resize(static_cast<std::size_t>(E_));
+  if (cfg.routing.overlap_degree > 1) {  // the chunked pipeline (docs/overlap.md)
+    dispatcher_->set_chunks(static_cast<int>(cfg.routing.overlap_degree));
+    experts_.set_progress([](void* d) { static_cast<dispatch::Dispatcher<T>*>(d)->progress(); },
+                          dispatcher_.get());
+  }
   const std::int64_t n = std::max(train_tokens, eval_tokens);
   if (shared_ > 0) {
     ensure(sh_in_, shared_ * n * d_);
@@ -447,39 +452,42 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
         std::max<std::int64_t>(router.capacity(training), 0) * placement_.per_rank() * G;
     dispatcher_->exchange_counts(plan_);
     stats_.rows_computed = plan_.total_recv;
-    // Forward rows are token copies: the hierarchical exchange sends each once per node.
-    if (bf16_) {
-      ensure(ex_in16_, plan_.total_recv * d_);
-      dispatcher_->to_experts_token_rows(plan_, words<T>(send16_), words<T>(ex_in16_), d_ / 2);
-    } else {
-      ensure(ex_in_, plan_.total_recv * d_);
-      dispatcher_->to_experts_token_rows(plan_, send_.data(), ex_in_.data(), d_);
-    }
-  }
-  {  // experts
-    perf::ScopedTimer timer(times, Phase::expert);
     const std::int64_t rows = plan_.total_recv;
+    if (!bf16_) ensure(ex_in_, rows * d_);
     ensure(ex_h_, rows * f_);
     ensure(ex_a_, rows * f_);
     ensure(ex_out_, rows * d_);
     if (bf16_) {
-      if constexpr (std::is_same_v<T, float>) {
-        ensure(ex_a16_, rows * f_);
-        ensure(ex_out16_, rows * d_);
-        experts_.forward_bf16(ex_in16_.data(), plan_.expert_offset, ex_h_.data(), ex_a16_.data(),
-                              ex_out_.data(), ex_out16_.data());
-      }
+      ensure(ex_in16_, rows * d_);
+      ensure(ex_a16_, rows * f_);
+      ensure(ex_out16_, rows * d_);
+      ensure(back16_, plan_.total_send * d_);
     } else {
-      experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(),
-                       ex_out_.data());
+      ensure(back_, plan_.total_send * d_);
     }
   }
-  {  // combine: alltoallv back, then y = x + sum_a w_a * expert_out_a
+  // dispatch -> experts -> combine's way back (as a pipeline of chunks when overlap_degree > 1).
+  // Forward rows are token copies: the hierarchical exchange sends each once per node.
+  auto compute = [&](std::int64_t j0, std::int64_t j1) {
+    if (bf16_) {
+      if constexpr (std::is_same_v<T, float>)
+        experts_.forward_bf16(ex_in16_.data(), plan_.expert_offset, ex_h_.data(), ex_a16_.data(),
+                              ex_out_.data(), ex_out16_.data(), j0, j1);
+    } else {
+      experts_.forward(ex_in_.data(), plan_.expert_offset, ex_h_.data(), ex_a_.data(),
+                       ex_out_.data(), j0, j1);
+    }
+  };
+  if (bf16_)
+    exchange_and_compute(words<T>(send16_), words<T>(ex_in16_), words<T>(ex_out16_),
+                         words<T>(back16_), d_ / 2, true, compute, times);
+  else
+    exchange_and_compute(send_.data(), ex_in_.data(), ex_out_.data(), back_.data(), d_, true,
+                         compute, times);
+  {  // combine: y = x + sum_a w_a * expert_out_a
     perf::ScopedTimer timer(times, Phase::combine);
     std::copy_n(x, n * d_, y);
     if (bf16_) {
-      ensure(back16_, plan_.total_send * d_);
-      dispatcher_->from_experts(plan_, words<T>(ex_out16_), words<T>(back16_), d_ / 2);
       for (std::int64_t i = 0; i < plan_.total_send; ++i) {
         const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
         const T w = static_cast<T>(kept_weight_[a]);
@@ -488,8 +496,6 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
         for (std::int64_t j = 0; j < d_; ++j) yt[j] += w * static_cast<T>(experts::to_float(b[j]));
       }
     } else {
-      ensure(back_, plan_.total_send * d_);
-      dispatcher_->from_experts(plan_, ex_out_.data(), back_.data(), d_);
       for (std::int64_t i = 0; i < plan_.total_send; ++i) {
         const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
         const T w = static_cast<T>(kept_weight_[a]);
@@ -513,6 +519,53 @@ void MoELayer<T>::forward(const T* x, T* y, std::int64_t n, bool training, perf:
       for (std::int64_t i = 0; i < n * d_; ++i) y[i] += o[i];
     }
   }
+}
+
+template <typename T>
+template <typename Compute>
+void MoELayer<T>::exchange_and_compute(const T* send, T* expert_in, const T* expert_out, T* back,
+                                       std::int64_t width, bool token_rows, Compute&& compute,
+                                       perf::PhaseTimes* times) {
+  using perf::Phase;
+  const int chunks = dispatcher_->chunks();
+  if (chunks == 1) {
+    {
+      perf::ScopedTimer timer(times, Phase::dispatch);
+      if (token_rows)
+        dispatcher_->to_experts_token_rows(plan_, send, expert_in, width);
+      else
+        dispatcher_->to_experts(plan_, send, expert_in, width);
+    }
+    {
+      perf::ScopedTimer timer(times, Phase::expert);
+      compute(0, -1);
+    }
+    perf::ScopedTimer timer(times, Phase::combine);
+    dispatcher_->from_experts(plan_, expert_out, back, width);
+    return;
+  }
+  // The pipeline: chunk c + 1 travels to its experts and chunk c - 1's outputs travel back
+  // while chunk c's experts compute (the experts drive the messages between their GEMMs).
+  // The phase timers then measure the exchange time that was not hidden.
+  {
+    perf::ScopedTimer timer(times, Phase::dispatch);
+    dispatcher_->start_to_experts(plan_, 0, send, width, token_rows);
+  }
+  for (int c = 0; c < chunks; ++c) {
+    {
+      perf::ScopedTimer timer(times, Phase::dispatch);
+      dispatcher_->finish_to_experts(plan_, c, expert_in, width);
+      if (c + 1 < chunks) dispatcher_->start_to_experts(plan_, c + 1, send, width, token_rows);
+    }
+    {
+      perf::ScopedTimer timer(times, Phase::expert);
+      compute(dispatcher_->chunk_begin(c), dispatcher_->chunk_begin(c + 1));
+    }
+    perf::ScopedTimer timer(times, Phase::combine);
+    dispatcher_->start_from_experts(plan_, c, expert_out, back, width);
+  }
+  perf::ScopedTimer timer(times, Phase::combine);
+  dispatcher_->finish_from_experts();
 }
 
 template <typename T>
@@ -542,10 +595,13 @@ void MoELayer<T>::backward(const T* dy, T* dx, const routing::LossScales& scales
       dweight_[static_cast<std::size_t>(kept_cand_[a])] = dot;
     }
     // Gradients travel the dispatch path to the experts and the combine path back.
-    dispatcher_->to_experts(plan_, send_.data(), ex_out_.data(), d_);
-    experts_.backward(ex_in_.data(), ex_h_.data(), ex_a_.data(), ex_out_.data(),
-                      plan_.expert_offset);
-    dispatcher_->from_experts(plan_, ex_in_.data(), send_.data(), d_);
+    exchange_and_compute(
+        send_.data(), ex_out_.data(), ex_in_.data(), send_.data(), d_, false,
+        [&](std::int64_t j0, std::int64_t j1) {
+          experts_.backward(ex_in_.data(), ex_h_.data(), ex_a_.data(), ex_out_.data(),
+                            plan_.expert_offset, j0, j1);
+        },
+        nullptr);
     for (std::int64_t i = 0; i < plan_.total_send; ++i) {
       const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
       T* dxt = dx + static_cast<std::int64_t>(kept_token_[a]) * d_;
@@ -608,11 +664,14 @@ void MoELayer<T>::backward_experts_bf16(const T* dy, T* dx) {
     }
     dweight_[static_cast<std::size_t>(kept_cand_[a])] = dot;
   }
-  dispatcher_->to_experts(plan_, words<T>(send16_), words<T>(ex_out16_), d_ / 2);
-  if constexpr (std::is_same_v<T, float>)
-    experts_.backward_bf16(ex_in16_.data(), ex_h_.data(), ex_a16_.data(), ex_a_.data(),
-                           ex_out16_.data(), plan_.expert_offset, ex_out_.data());
-  dispatcher_->from_experts(plan_, words<T>(ex_in16_), words<T>(send16_), d_ / 2);
+  exchange_and_compute(
+      words<T>(send16_), words<T>(ex_out16_), words<T>(ex_in16_), words<T>(send16_), d_ / 2, false,
+      [&](std::int64_t j0, std::int64_t j1) {
+        if constexpr (std::is_same_v<T, float>)
+          experts_.backward_bf16(ex_in16_.data(), ex_h_.data(), ex_a16_.data(), ex_a_.data(),
+                                 ex_out16_.data(), plan_.expert_offset, ex_out_.data(), j0, j1);
+      },
+      nullptr);
   for (std::int64_t i = 0; i < plan_.total_send; ++i) {
     const auto a = static_cast<std::size_t>(plan_.send_assignment[static_cast<std::size_t>(i)]);
     T* dxt = dx + static_cast<std::int64_t>(kept_token_[a]) * d_;

@@ -43,7 +43,7 @@ bool may_differ_on_resume(const std::string& key) {
   return section == "output" || section == "checkpoint" || section == "bench" ||
          section == "trace" || key == "training.steps" || key == "training.eval_every" ||
          key == "routing.dispatch" || key == "routing.redundant_experts" ||
-         key == "routing.rebalance_every";
+         key == "routing.rebalance_every" || key == "routing.overlap_degree";
 }
 
 std::vector<std::string> trajectory_differences(const std::string& stored_ini, const Config& now) {

@@ -53,6 +53,7 @@ struct AllocCase {
   DispatchKind dispatch = DispatchKind::alltoallv;
   std::int64_t expert_groups = 1, group_limit = 0;
   std::int64_t redundant = 0;  // routing.redundant_experts (replica choice, gradient sums)
+  std::int64_t overlap = 1;    // routing.overlap_degree (chunked non-blocking exchange)
 };
 }  // namespace
 
@@ -74,6 +75,8 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
        DispatchKind::hierarchical, 2, 1},
       {"topk/redundant_experts", RoutingRuleKind::topk, DropPolicyKind::position, 2, 0, 0,
        DispatchKind::alltoallv, 1, 0, comm.size()},
+      {"topk/overlap_degree", RoutingRuleKind::topk, DropPolicyKind::position, 2, 0, 0,
+       DispatchKind::alltoallv, 1, 0, 0, 2},
   };
   for (const AllocCase& ac : cases) {
     const DropPolicyKind policy = ac.policy;
@@ -91,6 +94,7 @@ TEST(Allocation, SteadyStateLayerStepAllocatesNothing) {
     cfg.routing.expert_groups = ac.expert_groups;
     cfg.routing.group_limit = ac.group_limit;
     cfg.routing.redundant_experts = ac.redundant;
+    cfg.routing.overlap_degree = ac.overlap;
     const std::int64_t N = 64;
     ParamStore<float> store;
     model::MoELayer<float> layer(cfg, 0, comm, store, N, N);

@@ -191,6 +191,7 @@ Config all_non_default() {
   c.routing.group_limit = 2;
   c.routing.redundant_experts = 8;
   c.routing.rebalance_every = 25;
+  c.routing.overlap_degree = 2;
   c.checkpoint.every = 10;
   c.checkpoint.file = "ck.h5";
   c.checkpoint.resume = true;
@@ -636,6 +637,24 @@ TEST(ConfigValidate, RedundantExpertsSlotsDivisibleByRanks) {
             std::string::npos);
 }
 
+TEST(ConfigValidate, OverlapDegree) {
+  Config c;
+  c.routing.num_experts = 8;
+  c.routing.overlap_degree = 4;  // 4 experts per rank on 2 ranks
+  EXPECT_NO_THROW(validate(c, Mode::run, 2));
+  const std::string many = validate_error(c, Mode::run, 4);  // 2 experts per rank
+  EXPECT_NE(many.find("routing.overlap_degree = 4"), std::string::npos) << many;
+  EXPECT_NE(many.find("at most the experts per rank (2"), std::string::npos) << many;
+  c.routing.overlap_degree = 0;
+  EXPECT_NE(validate_error(c, Mode::run, 1).find("routing.overlap_degree = 0"), std::string::npos);
+  c.routing.overlap_degree = 2;
+  c.routing.dispatch = DispatchKind::hierarchical;
+  const std::string hier = validate_error(c, Mode::run, 2);
+  EXPECT_NE(hier.find("routing.dispatch = alltoallv"), std::string::npos) << hier;
+  c.routing.dispatch = DispatchKind::alltoall_padded;
+  EXPECT_NE(validate_error(c, Mode::run, 2).find("routing.overlap_degree = 2"), std::string::npos);
+}
+
 TEST(ConfigValidate, KAboveNumExperts) {
   Config c;
   c.routing.k = 7;
@@ -922,7 +941,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 92u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 93u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -940,7 +959,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 92u);
+  EXPECT_EQ(rows, 93u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -967,7 +986,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 92);  // every field of config.hpp
+  EXPECT_EQ(keys, 93);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);

@@ -121,6 +121,7 @@ TEST(Resume, CadencePathsAndStepsMayDiffer) {
   later.routing.dispatch = DispatchKind::alltoall_padded;
   later.routing.redundant_experts = 4;  // redundant experts: summation order only (docs/eplb.md)
   later.routing.rebalance_every = 7;
+  later.routing.overlap_degree = 2;  // scheduling only (bitwise the same run)
   EXPECT_TRUE(trajectory_differences(to_ini(c), later).empty());
   Config lr = c;
   lr.training.learning_rate = 0.5;

@@ -65,6 +65,34 @@ struct NodeMap {
   static NodeMap from_keys(const std::vector<int>& key, int rank);
 };
 
+// A set of outstanding non-blocking operations (MPI requests) with room for `capacity` of them,
+// allocated once. Operations are started by Comm (e.g. ialltoallv_rows), which returns their
+// index in the set; their buffers and count arrays must stay untouched until they complete.
+// Open MPI moves data only while some MPI call runs, so callers that compute while messages
+// travel call progress() now and then (docs/overlap.md).
+class Requests {
+ public:
+  explicit Requests(int capacity = 0);
+  ~Requests();
+  Requests(Requests&&) noexcept;
+  Requests& operator=(Requests&&) noexcept;
+  Requests(const Requests&) = delete;
+  Requests& operator=(const Requests&) = delete;
+  void reserve(int capacity);      // grows the room (allocates only when it grows)
+  [[nodiscard]] int size() const;  // operations started since the last clear()
+  [[nodiscard]] int capacity() const;
+  void progress();                 // drives every outstanding operation
+  [[nodiscard]] bool test(int i);  // progresses; true once operation i completed
+  void wait(int i);                // until operation i completed
+  void wait_all();                 // until every started operation completed
+  void clear();                    // forgets completed operations (none pending)
+
+ private:
+  friend class Comm;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // MPI_Init / MPI_Finalize for the process (one per program, created by main).
 class Environment {
  public:
@@ -172,6 +200,16 @@ class Comm {
     alltoall_rows_raw(send, recv, rows_per_peer, row_width, dtype_of<T>());
   }
 
+  // Non-blocking alltoallv_rows (MPI_Ialltoallv) added to `requests`; returns its index there.
+  // Every rank starts its non-blocking collectives on this communicator in the same order.
+  template <typename T>
+  int ialltoallv_rows(const T* send, const int* send_rows, const int* send_displ, T* recv,
+                      const int* recv_rows, const int* recv_displ, std::int64_t row_width,
+                      Requests& requests) const {
+    return ialltoallv_raw(send, send_rows, send_displ, recv, recv_rows, recv_displ, row_width,
+                          dtype_of<T>(), requests);
+  }
+
   // Variable-size all-to-all of rows of `row_width` elements: counts and displacements
   // are in rows (a contiguous row datatype keeps counts small for wide rows).
   template <typename T>
@@ -196,6 +234,9 @@ class Comm {
                          DType t) const;
   void alltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
                      const int* rcounts, const int* rdispl, std::int64_t row_width, DType t) const;
+  int ialltoallv_raw(const void* send, const int* scounts, const int* sdispl, void* recv,
+                     const int* rcounts, const int* rdispl, std::int64_t row_width, DType t,
+                     Requests& requests) const;
   std::unique_ptr<Impl> impl_;
 };
 

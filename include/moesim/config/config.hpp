@@ -85,6 +85,7 @@ struct RoutingConfig {
   std::int64_t group_limit = 0;        // topk: experts only from the M best groups; 0 = all groups
   std::int64_t redundant_experts = 0;  // EPLB: r extra expert slots per layer (hot-expert replicas)
   std::int64_t rebalance_every = 100;  // EPLB: re-place the slots every N steps; 0 = never
+  std::int64_t overlap_degree = 1;     // exchange/expert pipeline of d chunks of local experts
 };
 
 struct TrainingConfig {

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "moesim/comm/comm.hpp"
@@ -96,6 +98,44 @@ class Dispatcher {
     token_rows(plan, send_order, expert_major, width);
     bytes_tokens_inter_ += bytes_inter_ - before;
   }
+  // --- The chunked, non-blocking exchange (routing.overlap_degree = d > 1; docs/overlap.md) ---
+  // set_chunks(d) splits every rank's local experts into d chunks of whole experts, chunk c =
+  // local experts [chunk_begin(c), chunk_begin(c + 1)) (the same split on every rank; each
+  // expert's rows stay one slice, so its GEMMs keep their shapes and results stay bitwise).
+  // Per step, after exchange_counts and in the same chunk order on every rank:
+  //   start_to_experts(c)   starts moving chunk c's send-order rows to their experts;
+  //   finish_to_experts(c)  waits for them and lands them in their expert-major slices;
+  //   start_from_experts(c) starts moving chunk c's expert-major rows back into send order;
+  //   finish_from_experts() waits for everything started; progress() drives the messages in
+  //   flight (Open MPI moves data only inside MPI calls).
+  // Buffers passed to a start call stay untouched until its finish. Only the alltoallv
+  // exchange implements this (the config refuses the others before any work).
+  virtual void set_chunks(int chunks) {
+    if (chunks != 1)
+      throw std::logic_error(std::string("dispatcher ") + name() + ": no chunked exchange");
+  }
+  [[nodiscard]] virtual int chunks() const { return 1; }
+  [[nodiscard]] virtual std::int64_t chunk_begin(int c) const {
+    (void)c;
+    throw std::logic_error("dispatcher: no chunked exchange");
+  }
+  virtual void start_to_experts(Plan& plan, int c, const T* send_order, std::int64_t width,
+                                bool token_rows) {
+    (void)plan, (void)c, (void)send_order, (void)width, (void)token_rows;
+    throw std::logic_error("dispatcher: no chunked exchange");
+  }
+  virtual void finish_to_experts(Plan& plan, int c, T* expert_major, std::int64_t width) {
+    (void)plan, (void)c, (void)expert_major, (void)width;
+    throw std::logic_error("dispatcher: no chunked exchange");
+  }
+  virtual void start_from_experts(Plan& plan, int c, const T* expert_major, T* send_order,
+                                  std::int64_t width) {
+    (void)plan, (void)c, (void)expert_major, (void)send_order, (void)width;
+    throw std::logic_error("dispatcher: no chunked exchange");
+  }
+  virtual void finish_from_experts() {}
+  virtual void progress() {}
+
   // (The plan is non-const in to_experts/from_experts only for its scratch cursors.)
   // Bytes this rank handed to the all-to-all so far (all peers incl. itself), and their
   // split: to ranks on another node / on this node (incl. itself).
@@ -148,11 +188,36 @@ class AlltoallvDispatcher final : public Dispatcher<T> {
   void exchange_counts(Plan& plan) override;
   void to_experts(Plan& plan, const T* send_order, T* expert_major, std::int64_t width) override;
   void from_experts(Plan& plan, const T* expert_major, T* send_order, std::int64_t width) override;
+  // The chunked exchange: one MPI_Ialltoallv per chunk and direction, over the same send
+  // buffer and source-major staging as the blocking exchange (a chunk's rows for one peer are
+  // contiguous in both, since rows are ordered by peer, then local expert).
+  void set_chunks(int chunks) override;
+  [[nodiscard]] int chunks() const override { return chunks_; }
+  [[nodiscard]] std::int64_t chunk_begin(int c) const override {
+    return chunk_bound_[static_cast<std::size_t>(c)];
+  }
+  void start_to_experts(Plan& plan, int c, const T* send_order, std::int64_t width,
+                        bool token_rows) override;
+  void finish_to_experts(Plan& plan, int c, T* expert_major, std::int64_t width) override;
+  void start_from_experts(Plan& plan, int c, const T* expert_major, T* send_order,
+                          std::int64_t width) override;
+  void finish_from_experts() override;
+  void progress() override { requests_.progress(); }
 
  private:
+  void chunk_layout(const Plan& plan);  // per-chunk counts and displacements of the plan
   const comm::Comm& comm_;
   Placement placement_;
   AlignedVector<T> staging_;  // source-major rows; grows to the high-water mark, never shrinks
+  // Chunked exchange: chunk bounds [chunks + 1]; per chunk and peer [chunks x P] the rows this
+  // rank sends (and receives back) and their first row in send order, the rows it receives
+  // (and returns) and their first row in source-major staging; the return staging; requests.
+  int chunks_ = 1;
+  std::vector<std::int64_t> chunk_bound_{0, 0};
+  std::vector<int> chunk_send_rows_, chunk_send_displ_, chunk_recv_rows_, chunk_recv_displ_;
+  AlignedVector<T> back_staging_;
+  comm::Requests requests_;
+  std::vector<int> to_request_;  // [chunks] index in requests_ of chunk c's way to the experts
 };
 
 // MPI_Alltoall of fixed blocks of plan.padded_rows rows per (src, dst) pair: what a

@@ -39,12 +39,16 @@ class ExpertBank {
   // x [rows x d_model] expert-major, slice j = rows [offset[j], offset[j+1]).
   // Writes activation a [rows x d_ff] and output y; h [rows x d_ff] receives the
   // pre-activation for GELU and is untouched for ReLU (whose backward needs only a > 0).
-  void forward(const T* x, std::span<const std::int64_t> offset, T* h, T* a, T* y) const;
+  // j0, j1: only local experts [j0, j1) (j1 < 0: to the last), each computed exactly as in a
+  // call over all of them (the chunks of routing.overlap_degree).
+  void forward(const T* x, std::span<const std::int64_t> offset, T* h, T* a, T* y,
+               std::int64_t j0 = 0, std::int64_t j1 = -1) const;
 
   // Accumulates parameter gradients from dy. Destroys the saved activations: h or a
   // becomes dL/dh and x becomes dL/dx (each buffer is read before it is reused), so
   // backward needs no extra memory and runs once per forward.
-  void backward(T* x_then_dx, T* h, T* a, const T* dy, std::span<const std::int64_t> offset);
+  void backward(T* x_then_dx, T* h, T* a, const T* dy, std::span<const std::int64_t> offset,
+                std::int64_t j0 = 0, std::int64_t j1 = -1);
 
   // Mixed precision (bf16 = true, T = float): bf16 copies of W1 and W2, re-rounded from the
   // fp32 master weights by refresh_low_precision() (bind() calls it; call it after every
@@ -54,9 +58,16 @@ class ExpertBank {
   // bf16(dL/dx); scratch_f [rows x f], scratch_d [rows x d] are fp32 work space.
   void refresh_low_precision();
   void forward_bf16(const bf16* x, std::span<const std::int64_t> offset, float* h, bf16* a,
-                    float* y, bf16* y16) const;
+                    float* y, bf16* y16, std::int64_t j0 = 0, std::int64_t j1 = -1) const;
   void backward_bf16(bf16* x_then_dx, const float* h, bf16* a_then_dh, float* scratch_f,
-                     const bf16* dy, std::span<const std::int64_t> offset, float* scratch_d);
+                     const bf16* dy, std::span<const std::int64_t> offset, float* scratch_d,
+                     std::int64_t j0 = 0, std::int64_t j1 = -1);
+  // Called between consecutive GEMMs (nullptr: nothing): the overlap pipeline drives the
+  // messages in flight from here (Open MPI moves data only inside MPI calls).
+  void set_progress(void (*fn)(void*), void* ctx) {
+    progress_ = fn;
+    progress_ctx_ = ctx;
+  }
 
  private:
   struct Ids {
@@ -71,6 +82,12 @@ class ExpertBank {
   AlignedVector<bf16> w16_;  // per expert: W1 [d x f] then W2 [f x d], bf16
   std::vector<Ids> ids_;
   std::vector<Ptrs> ptr_;
+  void (*progress_)(void*) = nullptr;
+  void* progress_ctx_ = nullptr;
+  void poll() const {
+    if (progress_ != nullptr) progress_(progress_ctx_);
+  }
+  [[nodiscard]] std::int64_t end(std::int64_t j1) const { return j1 < 0 ? count_ : j1; }
 };
 
 }  // namespace moesim::experts

@@ -118,6 +118,13 @@ class MoELayer {
 
  private:
   void backward_experts_bf16(const T* dy, T* dx);  // combine + experts + exchanges, bf16
+  // send-order rows -> expert_in (expert-major); compute(j0, j1) on local experts [j0, j1);
+  // expert_out (expert-major) -> back (send order). One blocking exchange each way, or with
+  // routing.overlap_degree = d > 1 a pipeline of d chunks of whole experts (bitwise the same).
+  template <typename Compute>
+  void exchange_and_compute(const T* send, T* expert_in, const T* expert_out, T* back,
+                            std::int64_t width, bool token_rows, Compute&& compute,
+                            perf::PhaseTimes* times);
   const comm::Comm& comm_;
   std::int64_t d_, f_, E_, index_;
   dispatch::Placement placement_;
