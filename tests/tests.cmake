@@ -102,7 +102,7 @@ set_tests_properties(cluster_multinode PROPERTIES TIMEOUT 180 LABELS cluster PRO
 # Multi-node Slurm on 2 emulated nodes (local_slurm.sh start --nodes 2): srun across nodes,
 # run.sbatch with mpirun, a 2-point sweep and a USR1 preemption (requeue, resume) through the job
 # scripts, bitwise against single-machine runs. Needs root; fails (never skips) without it. The
-# script's own watchdog stops it (with cleanup) after 85 s.
+# script's own watchdog stops it (with cleanup) after 88 s.
 add_test(NAME cluster_slurm_multinode
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_slurm_multinode.sh --moesim $<TARGET_FILE:moesim>)
 set_tests_properties(cluster_slurm_multinode PROPERTIES TIMEOUT 120 LABELS cluster PROCESSORS 2

@@ -395,10 +395,9 @@ stop_daemons() {
       done
     fi
   fi
-  # The slurmds together (one per node), then slurmctld, then munged.
+  # The slurmds (one per node) and slurmctld together (each needs ~2 s to exit), then munged.
   mapfile -t slurmds < <(slurmd_pidfiles)
-  stop_pidfiles "$quiet" "${slurmds[@]}"
-  stop_pidfiles "$quiet" "$dir/run/slurmctld.pid"
+  stop_pidfiles "$quiet" "${slurmds[@]}" "$dir/run/slurmctld.pid"
   stop_pidfiles "$quiet" "$dir/run/munged.pid"
 }
 

@@ -14,7 +14,7 @@
 #      resumes to a complete result, bitwise the uninterrupted run's losses;
 #   5. `local_slurm.sh stop` leaves no namespace and no process of this cluster.
 # Names cannot collide with other cluster or slurm tests: cluster msl<pid>, a private state dir.
-# Bounded: a watchdog ends the test after 85 s (MOESIM_TEST_DEADLINE), cleanup included.
+# Bounded: a watchdog ends the test after 88 s (MOESIM_TEST_DEADLINE), cleanup included.
 # Without root, network namespaces, slurm-wlm or munge this test FAILS (never skips).
 #   tests/cluster/test_slurm_multinode.sh --moesim build/moesim [--keep-tmp]
 set -uo pipefail
@@ -87,7 +87,7 @@ trap 'echo "FAIL: interrupted or over the time limit after $((SECONDS - t_start)
 # Watchdog: CTest's own timeout would kill the test without cleanup; this one lets the trap run.
 # A trap waits for the running command, so the watchdog also signals the test's child processes.
 # Its output goes nowhere: a sleep holding the test's stdout would keep CTest waiting.
-(sleep "${MOESIM_TEST_DEADLINE:-85}"; kill -TERM $$ 2>/dev/null; pkill -TERM --parent $$ 2>/dev/null) >/dev/null 2>&1 &
+(sleep "${MOESIM_TEST_DEADLINE:-88}"; kill -TERM $$ 2>/dev/null; pkill -TERM --parent $$ 2>/dev/null) >/dev/null 2>&1 &
 watchdog=$!
 
 # ---- 2 emulated nodes, one slurmd each -----------------------------------------------------------
@@ -182,7 +182,7 @@ done
 
 # ---- preemption across nodes: USR1 -> checkpoint, requeue, resume, complete -----------------------
 job_field() { scontrol show job --oneliner "$1" 2>/dev/null | grep --only-matching --perl-regexp "(?<= $2=)\S+" || true; }
-steps=6000
+steps=4000
 t0=$SECONDS
 job=$(sbatch --parsable -N 2 --ntasks=2 --output="$tmp/pre-%j.out" "$repo/jobscripts/run.sbatch" "$here/../slurm/tiny.ini" \
       --training.steps=$steps --training.eval_every=0 --output.log_every=0 --checkpoint.every=0 \
@@ -196,7 +196,7 @@ for _ in $(seq 1 200); do
   [[ $(job_field "$job" JobState) == RUNNING && ( -s $tmp/pre.h5.ckpt.tmp || -s $tmp/pre.h5 ) ]] && break
   sleep 0.1
 done
-sleep 0.5  # some steps done (~0.3-1 ms per step)
+sleep 0.3  # some steps done (~0.3-2 ms per step)
 scancel --signal=USR1 --batch "$job"
 for _ in $(seq 1 200); do
   [[ $(job_field "$job" JobState) == PENDING && $(job_field "$job" Restarts) == 1 ]] && break
