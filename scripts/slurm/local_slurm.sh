@@ -60,7 +60,17 @@ alive_pid() {
   local pidfile=$1 pid
   [[ -r $pidfile ]] || return 1
   pid=$(<"$pidfile")
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  [[ $pid =~ ^[0-9]+$ ]] && is_alive "$pid" && echo "$pid"
+}
+
+# A process that exists and is not a zombie: the daemons are children of PID 1 once they
+# detached, and an exited one stays a zombie until PID 1 reaps it (on this machine that takes
+# ~2 s), which `kill -0` does not tell from a running process.
+is_alive() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [[ -n $state && $state != Z && $state != X ]]
 }
 
 show_logs() {
@@ -416,12 +426,12 @@ stop_pidfiles() {
   done
   for ((i = 0; i < 100; i++)); do
     local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    for pid in "${pids[@]}"; do is_alive "$pid" && alive=1; done
     ((alive)) || break
     sleep 0.1
   done
   for i in "${!pids[@]}"; do
-    if kill -0 "${pids[i]}" 2>/dev/null; then
+    if is_alive "${pids[i]}"; then
       say "${names[i]} (pid ${pids[i]}) ignored SIGTERM for 10 s; killing it"
       kill -KILL "${pids[i]}" 2>/dev/null || true
     fi
@@ -447,7 +457,7 @@ stop_cluster() {
     kill -$sig $pids 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
       local alive=0 p
-      for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
+      for p in $pids; do is_alive "$p" && alive=1; done
       ((alive)) || break
       sleep 0.1
     done
