@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The multi-node study (README.md here): on 2 and 4 emulated nodes (2 ranks each) and several
 # link speeds, (1) the raw MPI_Alltoallv probe, (2) `moesim bench` of the small-message layer with
-# the flat and the hierarchical exchange, (3) training runs with node-limited routing M = 1, 2 vs
+# the flat and the hierarchical exchange, (2b) the overlapped exchange against the blocking one
+# (bench_overlap.ini, 1 and 2 ranks per node), (3) training runs with node-limited routing M = 1, 2 vs
 # unlimited (hierarchical exchange). Raw outputs go to OUT/raw, then summarize.py writes the tables
 # and the figure. Needs root (scripts/cluster/emulate.sh).
 #   experiments/multinode/run_study.sh [OUT]      (default experiments/multinode/results)
@@ -11,7 +12,7 @@ root=$(cd "$here/../.." && pwd)
 out=${1:-$here/results}
 moesim=${MOESIM:-$root/build/moesim}
 nodes_list=${NODES_LIST:-"2 4"}
-bw_list=${BW_LIST:-"unshaped 4gbit 1gbit"}
+bw_list=${BW_LIST:-"10gbit 4gbit 1gbit"}
 mkdir -p "$out/raw"
 export MOESIM_CLUSTER_NAME=mstudy MOESIM_CLUSTER_DIR=/tmp/moesim-cluster-study
 emulate=$root/scripts/cluster/emulate.sh
@@ -31,6 +32,15 @@ for nodes in $nodes_list; do
     for d in alltoallv hierarchical; do
       timeout 300 mpirun -n "$ranks" --map-by ppr:2:node "$moesim" bench "$here/bench_small.ini" \
         --routing.dispatch=$d >"$out/raw/bench_${tag}_$d.txt" 2>&1 || echo "bench $tag $d failed" >&2
+    done
+    # Overlap (routing.overlap_degree = d, bench_overlap.ini): the pipelined layer against d = 1
+    # in the same loop, with 1 and 2 ranks per node (E = 16: 16 / ranks experts per rank).
+    for ppn in 1 2; do
+      for d in 2 4; do
+        timeout 300 mpirun -n $((ppn * nodes)) --map-by ppr:$ppn:node "$moesim" bench \
+          "$here/bench_overlap.ini" --routing.overlap_degree=$d \
+          >"$out/raw/overlap_${tag}_ppn${ppn}_d$d.txt" 2>&1 || echo "overlap $tag ppn $ppn d $d failed" >&2
+      done
     done
     for m in 0 1 2; do
       ((m == nodes)) && continue  # M = G is unlimited

@@ -44,6 +44,21 @@ for path in sorted(glob.glob(os.path.join(raw, "bench_*.txt"))):
                               nodes=int(by.group(1)), inter=int(by.group(2)), intra=int(by.group(3)),
                               tok_inter=int(by.group(4)))
 
+overlap = {}
+for path in sorted(glob.glob(os.path.join(raw, "overlap_*.txt"))):
+    m = re.match(r"overlap_(n\d+_\w+?)_ppn(\d+)_d(\d+)\.txt", os.path.basename(path))
+    text = open(path).read()
+    o = re.search(r"bench overlap d=(\d+) .*?step ([\d.]+) vs ([\d.]+) \| exchange ([\d.]+) of ([\d.]+) not "
+                  r"hidden \| expert compute \(d=1\) ([\d.]+) \| hidden (-?\d+)% of the exchange \(step gain "
+                  r"(-?\d+)%\) \| bitwise (\w+)", text)
+    if not (m and o):
+        print(f"incomplete overlap output {path}", file=sys.stderr)
+        continue
+    overlap[(m.group(1), int(m.group(2)), int(m.group(3)))] = dict(
+        stepd=float(o.group(2)), step1=float(o.group(3)), exchd=float(o.group(4)),
+        exch1=float(o.group(5)), expert1=float(o.group(6)), hidden=int(o.group(7)),
+        gain=int(o.group(8)), bitwise=o.group(9))
+
 train = {}
 for path in sorted(glob.glob(os.path.join(raw, "train_*.h5"))):
     base = os.path.basename(path)[6:-3]
@@ -83,6 +98,17 @@ for (tag, disp), b in sorted(bench.items(), key=lambda kv: (tag_parts(kv[0][0]),
                  f"{b['dispatch'] + b['combine']:.2f} | {b['expert']:.2f} | {b['inter']} | {b['intra']} | "
                  f"{b['tok_inter']} | {ratio} |")
     rows.append({**b, "kind": "bench", "nodes": n, "link": bw, "variant": disp})
+lines += ["", "## 2b. Overlapped exchange (`routing.overlap_degree = d`, bench_overlap.ini) vs d = 1 in the same loop",
+          "", "Per fwd+bwd iteration, max over ranks, medians. *Exchange*: time inside the exchange (d = 1: all "
+          "of it; d: the part not hidden). *Hidden* = 1 − exchange(d) / exchange(1); *step gain* = (step(1) − "
+          "step(d)) / exchange(1).", "",
+          "| nodes | link | ranks per node | d | step d=1 (ms) | step d (ms) | exchange d=1 (ms) | exchange d (ms) | "
+          "expert compute d=1 (ms) | hidden | step gain | bitwise |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for (tag, ppn, d), o in sorted(overlap.items(), key=lambda kv: (tag_parts(kv[0][0]), kv[0][1], kv[0][2])):
+    n, bw = tag_parts(tag)
+    lines.append(f"| {n} | {bw} | {ppn} | {d} | {o['step1']:.1f} | {o['stepd']:.1f} | {o['exch1']:.1f} | "
+                 f"{o['exchd']:.1f} | {o['expert1']:.1f} | {o['hidden']} % | {o['gain']} % | {o['bitwise']} |")
+    rows.append({**o, "kind": "overlap", "nodes": n, "link": bw, "variant": f"ppn{ppn}_d{d}"})
 lines += ["", "## 3. Training (train.ini, hierarchical exchange), node-limited routing", "",
           "| nodes | link | group_limit M | median step (ms) | median exchange (ms) | inter-node bytes/step | "
           "intra-node bytes/step | drop rate | eval accuracy | eval loss |",

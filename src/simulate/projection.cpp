@@ -180,6 +180,10 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
   const std::int64_t groups_per_rank = n_tok / S;
   const std::int64_t group_ranks = std::min(E, P);
   const std::int64_t local = E / group_ranks;  // experts per rank
+  // routing.overlap_degree: chunks of whole local experts (runs refuse d > local; clamp for
+  // projections to rank counts with fewer experts per rank).
+  const double chunks =
+      static_cast<double>(std::min<std::int64_t>(cfg.routing.overlap_degree, local));
   const std::int64_t replicas = P / group_ranks;
   const std::int64_t C = sc.capacity;
   const bool has_gate = cfg.routing.rule != RoutingRuleKind::hash;
@@ -338,13 +342,22 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       imbalance_sum += rows_sum > 0 ? rows_max / (rows_sum / static_cast<double>(P)) : 1.0;
       const double Ed = static_cast<double>(E);
       out.time_gate += has_gate ? gate_forward_time(n, d, Ed, s, M) : n * M.route_per_score;
-      out.time_dispatch += pack + counts + exch;
+      // The exchange around the experts: blocking, or with routing.overlap_degree = d (flat
+      // exchange only, as in runs) a pipeline of d chunks whose exposed part is split between
+      // dispatch and combine (runs time them the same way: the waits that were not hidden).
+      const double way = pack + exch;
+      double fwd_exposed = 2.0 * way, bwd_exchange = 2.0 * way;
+      if (chunks > 1 && sc.algorithm == Algorithm::flat) {
+        fwd_exposed = pipelined_time(way, way, expert_fwd, chunks) - expert_fwd;
+        bwd_exchange = pipelined_time(way, way, expert_bwd, chunks) - expert_bwd;
+      }
+      out.time_dispatch += counts + 0.5 * fwd_exposed;
       out.time_expert += expert_fwd;
       // combine: exchange back, y = x (copy) + sum_a w_a out_a (read y, read row, write y)
       out.time_combine +=
-          pack + exch + stream_time(3.0 * send_max * rb, M) + stream_time(2.0 * n * rb, M);
+          0.5 * fwd_exposed + stream_time(3.0 * send_max * rb, M) + stream_time(2.0 * n * rb, M);
       // backward: combine backward (dot + scale), both exchanges, experts, scatter-add, gate
-      out.time_backward += 2.0 * (pack + exch) + expert_bwd + stream_time(6.0 * send_max * rb, M) +
+      out.time_backward += bwd_exchange + expert_bwd + stream_time(6.0 * send_max * rb, M) +
                            stream_time(2.0 * n * rb, M) +
                            (has_gate ? gate_backward_time(n, d, Ed, s, M) : 0.0);
       out.bytes_intra_node += 4.0 * intra_b;  // dispatch + combine, forward and backward

@@ -118,6 +118,11 @@ double optimizer_time(double params, double elem, OptimizerKind opt, const Machi
   return std::max(stream_time(params * elem * accesses, M), params * M.optimizer_per_param);
 }
 
+double pipelined_time(double to, double back, double compute, double d) {
+  if (d <= 1) return to + compute + back;
+  return to / d + std::max(compute + back / d, to + back - to / d);
+}
+
 LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
   auto solve = [&](const std::vector<bool>& use) {
     double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;

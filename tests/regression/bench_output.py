@@ -6,6 +6,8 @@ the machine is shared): exit 0, deterministic output, the phase line (medians), 
 the library rate and the measured FMA peak, and the ratio line where the expert phase's share of
 the library rate is recomputed from the printed rates (the percentage must be expert/library of the
 same line, both from medians), and the layer/GEMMs ratio equals fwd+bwd / gemm of the first line.
+With routing.overlap_degree = 2: the overlap line (d against d = 1 in the same loop), its hidden
+fraction and step gain recomputed from its printed times, and bitwise equal results.
 """
 import os
 import re
@@ -54,5 +56,29 @@ for prec in ["float32", "bfloat16"]:
             tol = ratio * (0.005 / layer[0] + 0.005 / layer[1]) + 1e-3
             R.check(abs(ratio - layer[0] / layer[1]) <= tol,
                     f"{prec}: layer/GEMMs {ratio} = fwd+bwd {layer[0]} / gemm {layer[1]}")
+
+R.section("moesim bench --routing.overlap_degree=2 (the pipeline against d = 1 in the same loop)")
+res = R.mpirun(2, ["bench", QUICKSTART, "--bench.warmup=1", "--bench.iterations=3",
+                   "--routing.num_experts=8", "--routing.overlap_degree=2"], timeout=120)
+if R.check(res.rc == 0, "overlap: exit 0", res.describe):
+    m = re.search(rf"bench overlap d=2 .*: step {NUM} vs {NUM} \| exchange {NUM} of {NUM} not hidden \| "
+                  rf"expert compute \(d=1\) {NUM} \| hidden (-?[0-9]+)% of the exchange \(step gain "
+                  rf"(-?[0-9]+)%\) \| bitwise yes", res.out)
+    if R.check(m is not None, "overlap line with both steps, both exchange times, bitwise yes", res.out):
+        stepd, step1, exd, ex1, _, hidden, gain = m.groups()
+        stepd, step1, exd, ex1 = map(float, (stepd, step1, exd, ex1))
+        # Printed to 0.01 ms and whole percent: the percentages must lie in the range the
+        # printed times allow (each time within +-0.005).
+        def span(f):
+            e = 0.005
+            vals = [f(a, b, c, x) for a in (stepd - e, stepd + e) for b in (step1 - e, step1 + e)
+                    for c in (exd - e, exd + e) for x in (max(ex1 - e, 1e-9), ex1 + e)]
+            return min(vals) - 0.5, max(vals) + 0.5
+        lo, hi = span(lambda a, b, c, x: 100 * (1 - c / x))
+        R.check(lo <= float(hidden) <= hi, f"hidden {hidden}% = 1 - {exd} / {ex1}")
+        lo, hi = span(lambda a, b, c, x: 100 * (b - a) / x)
+        R.check(lo <= float(gain) <= hi, f"step gain {gain}% = ({step1} - {stepd}) / {ex1}")
+res = R.mpirun(2, ["bench", QUICKSTART, "--bench.warmup=1", "--bench.iterations=3"], timeout=120)
+R.check(res.rc == 0 and "bench overlap" not in res.out, "no overlap line at d = 1", res.describe)
 
 R.finish()

@@ -141,6 +141,12 @@ error_case("redundant experts: E + r slots not divisible by the rank count",
            ["routing.redundant_experts", "1", "(4 + 1) divisible by the number of MPI ranks (2)"])
 error_case("negative redundant experts", ["run", base, "--routing.redundant_experts=-2"],
            ["routing.redundant_experts", "-2", ">= 0"])
+error_case("overlap degree above the experts per rank",
+           ["run", base, "--routing.overlap_degree=3"],
+           ["routing.overlap_degree", "3", "at most the experts per rank (2"])
+error_case("overlap degree with the hierarchical exchange",
+           ["run", base, "--routing.overlap_degree=2", "--routing.dispatch=hierarchical"],
+           ["routing.overlap_degree", "2", "routing.dispatch = alltoallv"])
 error_case("group size does not divide the rank's share",
            ["run", base, "--data.tokens_per_step=1000", "--routing.group_size=256"],
            ["routing.group_size", "256", "divide"])

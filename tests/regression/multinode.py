@@ -8,8 +8,8 @@ Two ways to have nodes:
   * on the emulated cluster (cluster tier, tests/cluster/test_cluster.sh): when
     MOESIM_CLUSTER_NODES is set, the ranks really are on that many network-namespace nodes
     (MPI_Comm_split_type finds them) and --mpiexec is the cluster's mpirun.
-Checks: routing.dispatch = hierarchical gives bitwise the same losses, drop rates and eval
-accuracy as alltoallv (float32 and float64, 1 and 2 ranks per node), the root attribute `nodes`,
+Checks: routing.dispatch = hierarchical and routing.overlap_degree = 2 give bitwise the same
+losses, drop rates and eval accuracy as alltoallv (float32 and float64, 1 and 2 ranks per node), the root attribute `nodes`,
 bytes_inter_node + bytes_intra_node = bytes_alltoall (h5check), fewer inter-node bytes with the
 hierarchical exchange (forward de-duplication); node-limited routing (expert_groups = nodes,
 group_limit = 1) keeps every token's experts on one node and cuts the forward token-dispatch
@@ -88,6 +88,17 @@ for precision in ["float64", "float32"]:
         R.check((b["bytes_inter_node"] < a["bytes_inter_node"]).all(),
                 "hierarchical: fewer inter-node bytes than alltoallv every step (de-duplication)",
                 f"{b['bytes_inter_node'][:4]} vs {a['bytes_inter_node'][:4]}")
+        # The overlapped exchange (2 chunks of the 8 / ranks local experts): the same run and
+        # the same bytes per level as the blocking alltoallv.
+        ovl, r3 = run(f"overlap_{tag}", ranks, per, prec + ["--routing.overlap_degree=2"])
+        if r3.rc == 0:
+            chk = R.h5check(ovl)
+            R.check(chk.rc == 0, f"h5check {os.path.basename(ovl)}", chk.describe)
+            c = load(ovl)
+            diff = same(a, c, ["loss", "task_loss", "dropped_fraction", "accuracy", "kept",
+                               "bytes_inter_node", "bytes_intra_node"])
+            R.check(not diff, "overlap_degree = 2: losses, drops, kept, accuracy and bytes per "
+                    "level bitwise equal to alltoallv", f"differ: {diff}")
 
 # Node-limited routing: 4 nodes on one machine (1 rank each), the cluster's nodes otherwise.
 nodes = CLUSTER if CLUSTER else 4

@@ -96,6 +96,18 @@ TEST(StepModel, OptimizerIsMemoryBound) {
   EXPECT_DOUBLE_EQ(optimizer_time(1e6, 4, OptimizerKind::adam, slow), 1e6 * 5e-9);
 }
 
+TEST(StepModel, PipelinedTimeClosedForms) {
+  // d = 1: nothing hidden.
+  EXPECT_DOUBLE_EQ(pipelined_time(2, 3, 5, 1), 10);
+  // Compute-bound, d = 4: first quarter in, all compute, last quarter back.
+  EXPECT_DOUBLE_EQ(pipelined_time(1, 1, 10, 4), 0.25 + 10 + 0.25);
+  // Link-bound, d = 4: the link never idles after the first chunk: to + back in all.
+  EXPECT_DOUBLE_EQ(pipelined_time(10, 10, 1, 4), 20);
+  // Many chunks: the longer of the link and the experts.
+  EXPECT_NEAR(pipelined_time(3, 3, 4, 1e9), 6, 1e-8);
+  EXPECT_NEAR(pipelined_time(1, 1, 4, 1e9), 4, 1e-8);
+}
+
 TEST(StepModel, MachineFromClusterConvertsUnits) {
   ClusterConfig c;
   c.intra_latency_us = 1.5;
@@ -199,6 +211,40 @@ TEST(Projection, DispatchOfABalancedExchangeIsItsClosedForm) {
   EXPECT_DOUBLE_EQ(p.bytes_intra_node, 4.0 * 4 * 3 * 4 * rb);  // 4 exchanges x 4 ranks x 12 rows
   // Expert phase: 16 rows on the one local expert of each rank.
   EXPECT_NEAR(p.time_expert, expert_forward_time(16, 64, 256, 4, M), 1e-15);
+}
+
+// routing.overlap_degree = d: the forward exchange around the experts becomes pipelined_time's
+// exposed part (split between dispatch and combine), the expert phase is unchanged, and a d above
+// the experts per rank counts as that many chunks.
+TEST(Projection, OverlapDegreePipelinesTheExchangeAroundTheExperts) {
+  Config cfg = small_config();
+  const Scenario sc = make_scenario(cfg, 2, 2);  // E = 4 on 2 ranks: 2 experts per rank
+  HandSource src({4, 4, 4, 4});
+  Machine M = test_machine();
+  M.beta_intra = 2e6;  // a slow link, so the exchange is worth hiding
+  const Projection p1 = project(cfg, sc, M, src, 1);
+  cfg.routing.overlap_degree = 2;
+  const Projection p2 = project(cfg, sc, M, src, 1);
+  cfg.routing.overlap_degree = 8;  // clamped to the 2 local experts
+  const Projection p8 = project(cfg, sc, M, src, 1);
+  const double rb = 64 * 4;
+  // Each rank: 16 rows to itself, 16 to the peer (1 message), 32 rows packed each way.
+  const double way = M.alpha_intra + 16 * rb / M.beta_intra + 2.0 * 32 * rb / M.mem_bw;
+  const double fwd = p1.time_expert;
+  EXPECT_DOUBLE_EQ(p2.time_expert, fwd);
+  const double hidden = 2 * way - (pipelined_time(way, way, fwd, 2) - fwd);
+  EXPECT_GT(hidden, 0);
+  EXPECT_NEAR((p1.time_dispatch + p1.time_combine) - (p2.time_dispatch + p2.time_combine), hidden,
+              1e-12 * p1.time_step);
+  EXPECT_LT(p2.time_backward, p1.time_backward);
+  EXPECT_DOUBLE_EQ(p8.time_step, p2.time_step);
+  // The hierarchical exchange is never pipelined (runs refuse the combination).
+  Scenario hier = sc;
+  hier.algorithm = Algorithm::hierarchical;
+  cfg.routing.overlap_degree = 1;
+  const Projection h1 = project(cfg, hier, M, src, 1);
+  cfg.routing.overlap_degree = 2;
+  EXPECT_DOUBLE_EQ(project(cfg, hier, M, src, 1).time_step, h1.time_step);
 }
 
 TEST(Projection, PaddedExchangeSendsCapacityBlocks) {

@@ -28,6 +28,15 @@ struct LayerBenchResult {
   double fma_peak_gflops = 0;   // measured single-core fp32 FMA loop on rank 0
   double bf16_peak_gflops = 0;  // measured AVX512-BF16 dot-product loop (0: not available)
   std::string cpu;              // CPU, ISA flags, oneDNN version/ISA/kernel, threads
+  // routing.overlap_degree = d > 1: the same layer with d = 1 timed in the same loop
+  // (alternating, same inputs and weights); per fwd+bwd iteration, max over ranks, medians:
+  // step time, time inside the exchange (d = 1: all of it; d: the part not hidden) and in the
+  // experts. hidden = 1 - exchange(d) / exchange(1); step_gain = (step(1) - step(d)) /
+  // exchange(1) (the share of the exchange removed from the step, overheads included).
+  int overlap_degree = 1;
+  double step1_ms = 0, stepd_ms = 0, exchange1_ms = 0, exchanged_ms = 0, expert1_ms = 0;
+  double hidden = 0, step_gain = 0;
+  bool overlap_bitwise = true;  // d and d = 1 gave bitwise the same output and gradients
 };
 
 LayerBenchResult bench_layer(const Config& cfg, const comm::Comm& comm);

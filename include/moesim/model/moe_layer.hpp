@@ -85,6 +85,12 @@ class MoELayer {
   }
   [[nodiscard]] int nodes() const { return dispatcher_->nodes().nodes; }
   void reset_bytes() { dispatcher_->reset_bytes(); }
+  // Wall seconds this rank spent inside the exchange (forward and backward, every all-to-all
+  // call incl. pack/unpack; with overlap_degree > 1 only the part not hidden behind the experts)
+  // and in the expert computation, since the last reset (bench: fraction of exchange hidden).
+  [[nodiscard]] double exchange_seconds() const { return exchange_s_; }
+  [[nodiscard]] double expert_seconds() const { return expert_s_; }
+  void reset_seconds() { exchange_s_ = expert_s_ = 0; }
   // Router probabilities [n x E] of the last forward (double), for metrics and tests.
   [[nodiscard]] const std::vector<double>& probs() const { return probs_; }
   [[nodiscard]] const std::vector<routing::GroupRouting>& groups() const { return groups_; }
@@ -181,6 +187,7 @@ class MoELayer {
   AlignedVector<experts::bf16> send16_, back16_;              // [send x d]
   AlignedVector<experts::bf16> ex_in16_, ex_out16_, ex_a16_;  // [recv x d|d|f]
   LayerStats stats_;
+  double exchange_s_ = 0, expert_s_ = 0;
 };
 
 }  // namespace moesim::model

@@ -89,6 +89,15 @@ double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Mach
 // p v), or the calibrated time per parameter (sqrt and division make adam compute bound).
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M);
 
+// ---- the overlapped exchange (routing.overlap_degree) -------------------------------------------
+// pipelined_time(to, back, compute, d): one exchange -> experts -> exchange pass as a pipeline of d
+// chunks of whole experts (each chunk a 1/d share of every term). The first chunk's way to the
+// experts and the last chunk's way back are exposed; in between the link (the other chunks' ways
+// to and back) and the experts overlap, so the pass is set by whichever is longer:
+//   T = to/d + max(compute + back/d, to + back - to/d).
+// d = 1: to + compute + back (nothing hidden); d -> infinity: max(compute, to + back).
+double pipelined_time(double to, double back, double compute, double d);
+
 // ---- calibration ------------------------------------------------------------------------------
 // Least squares y = a + b x on relative residuals (weights 1/y^2: message sizes span six orders
 // of magnitude), refitted once without the points whose relative residual exceeds 3x the median
