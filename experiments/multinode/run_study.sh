@@ -37,6 +37,7 @@ for nodes in $nodes_list; do
     # in the same loop, with 1 and 2 ranks per node (E = 16: 16 / ranks experts per rank).
     for ppn in 1 2; do
       for d in 2 4; do
+        ((d * ppn * nodes > 16)) && continue  # d <= experts per rank (16 / ranks)
         timeout 300 mpirun -n $((ppn * nodes)) --map-by ppr:$ppn:node "$moesim" bench \
           "$here/bench_overlap.ini" --routing.overlap_degree=$d \
           >"$out/raw/overlap_${tag}_ppn${ppn}_d$d.txt" 2>&1 || echo "overlap $tag ppn $ppn d $d failed" >&2

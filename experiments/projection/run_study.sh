@@ -11,8 +11,11 @@ mkdir -p "$OUT"
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
 
 # 1. Calibrate (micro-benchmarks only) at the validation config's expert shapes.
-$MPI -n 2 $B calibrate $D/validate_layer.ini --cluster.output=$D/machines/this_machine.ini \
-  | tee $OUT/calibrate.log
+#    SKIP_CALIBRATE=1 reuses the machine file of an earlier invocation.
+if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then
+  $MPI -n 2 $B calibrate $D/validate_layer.ini --cluster.output=$D/machines/this_machine.ini \
+    | tee $OUT/calibrate.log
+fi
 
 # 2. Measured runs (each its own result file; loads recorded every 5 steps).
 #    SKIP_RUNS=1 reuses the result files of an earlier invocation.

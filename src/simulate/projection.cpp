@@ -2,6 +2,7 @@
 #include "moesim/simulate/projection.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <sstream>
 
 #include "moesim/routing/router.hpp"
@@ -326,6 +327,7 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       const double counts = counts_exchange_time(P, R, 4.0 * static_cast<double>(local), M);
       const double send_max = vmax(lt.send_rows);
       double expert_fwd = 0, expert_bwd = 0, rows_max = 0, rows_sum = 0;
+      double expert_fwd_min = std::numeric_limits<double>::infinity();
       for (std::int64_t r = 0; r < P; ++r) {
         double fw = 0, bw = 0, rows = 0;
         for (std::int64_t j = 0; j < local; ++j) {
@@ -335,6 +337,7 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
           rows += x;
         }
         expert_fwd = std::max(expert_fwd, fw);
+        expert_fwd_min = std::min(expert_fwd_min, fw);
         expert_bwd = std::max(expert_bwd, bw);
         rows_max = std::max(rows_max, rows);
         rows_sum += rows;
@@ -353,9 +356,12 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       }
       out.time_dispatch += counts + 0.5 * fwd_exposed;
       out.time_expert += expert_fwd;
-      // combine: exchange back, y = x (copy) + sum_a w_a out_a (read y, read row, write y)
-      out.time_combine +=
-          0.5 * fwd_exposed + stream_time(3.0 * send_max * rb, M) + stream_time(2.0 * n * rb, M);
+      // combine: exchange back, y = x (copy) + sum_a w_a out_a (read y, read row, write y).
+      // rank_wait: phases are timed per rank and reduced with max, and the rank with the least
+      // expert work enters the combine exchange first and waits there for the busiest one.
+      out.time_combine += 0.5 * fwd_exposed + stream_time(3.0 * send_max * rb, M) +
+                          stream_time(2.0 * n * rb, M) +
+                          (P > 1 ? rank_wait_time(expert_fwd, expert_fwd_min) : 0.0);
       // backward: combine backward (dot + scale), both exchanges, experts, scatter-add, gate
       out.time_backward += bwd_exchange + expert_bwd + stream_time(6.0 * send_max * rb, M) +
                            stream_time(2.0 * n * rb, M) +

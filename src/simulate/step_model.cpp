@@ -118,6 +118,8 @@ double optimizer_time(double params, double elem, OptimizerKind opt, const Machi
   return std::max(stream_time(params * elem * accesses, M), params * M.optimizer_per_param);
 }
 
+double rank_wait_time(double busiest, double least) { return std::max(0.0, busiest - least); }
+
 double pipelined_time(double to, double back, double compute, double d) {
   if (d <= 1) return to + compute + back;
   return to / d + std::max(compute + back / d, to + back - to / d);

@@ -247,6 +247,23 @@ TEST(Projection, OverlapDegreePipelinesTheExchangeAroundTheExperts) {
   EXPECT_DOUBLE_EQ(project(cfg, hier, M, src, 1).time_step, h1.time_step);
 }
 
+// The combine exchange, timed per rank and reported as the maximum, includes the wait of the rank
+// with less expert work: rank 0 hosts experts {0, 1} with 16 and 0 rows, rank 1 experts {2, 3}
+// with 16 each, so rank 0 waits one expert's forward time.
+TEST(Projection, CombineWaitsForTheBusiestRank) {
+  const Config cfg = small_config();
+  const Scenario sc = make_scenario(cfg, 2, 2);
+  HandSource src({4, 0, 4, 4});  // per group of 8 tokens (C = 4: nothing dropped)
+  Machine M = test_machine();
+  M.beta_intra = 1e30;  // the exchange is its message latency alone
+  M.mem_bw = 1e30;      // no pack, copy or weighted-sum time
+  const Projection p = project(cfg, sc, M, src, 1);
+  const double f16 = expert_forward_time(16, 64, 256, 4, M);
+  EXPECT_NEAR(p.time_expert, 2 * f16, 1e-15);
+  EXPECT_NEAR(p.time_combine, M.alpha_intra + rank_wait_time(2 * f16, f16), 1e-15);
+  EXPECT_DOUBLE_EQ(rank_wait_time(3, 5), 0);
+}
+
 TEST(Projection, PaddedExchangeSendsCapacityBlocks) {
   Config cfg = small_config();
   cfg.simulate.algorithm = "padded";

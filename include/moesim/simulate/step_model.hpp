@@ -89,6 +89,11 @@ double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Mach
 // p v), or the calibrated time per parameter (sqrt and division make adam compute bound).
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M);
 
+// rank_wait_time(busiest, least) = busiest - least: a collective timed on every rank and reported
+// as the maximum over ranks includes the wait of the rank that arrived first, i.e. the spread of
+// the work before it (the combine exchange after the experts).
+double rank_wait_time(double busiest, double least);
+
 // ---- the overlapped exchange (routing.overlap_degree) -------------------------------------------
 // pipelined_time(to, back, compute, d): one exchange -> experts -> exchange pass as a pipeline of d
 // chunks of whole experts (each chunk a 1/d share of every term). The first chunk's way to the
