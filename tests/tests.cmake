@@ -99,6 +99,15 @@ add_test(NAME cluster_multinode
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_cluster.sh --moesim $<TARGET_FILE:moesim>)
 set_tests_properties(cluster_multinode PROPERTIES TIMEOUT 180 LABELS cluster PROCESSORS 2
                      RUN_SERIAL TRUE)
+# Multi-node Slurm on 2 emulated nodes (local_slurm.sh start --nodes 2): srun across nodes,
+# run.sbatch with mpirun, a 2-point sweep and a USR1 preemption (requeue, resume) through the job
+# scripts, bitwise against single-machine runs. Needs root; fails (never skips) without it. The
+# script's own watchdog stops it (with cleanup) after 88 s (MOESIM_TEST_DEADLINE=S for a loaded
+# machine; CTest's TIMEOUT, which kills without cleanup, is only the last resort).
+add_test(NAME cluster_slurm_multinode
+         COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cluster/test_slurm_multinode.sh --moesim $<TARGET_FILE:moesim>)
+set_tests_properties(cluster_slurm_multinode PROPERTIES TIMEOUT 240 LABELS cluster PROCESSORS 2
+                     RUN_SERIAL TRUE)
 add_test(NAME regression_multinode
          COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/regression/multinode.py
                  --moesim $<TARGET_FILE:moesim> --mpiexec ${MPIEXEC_EXECUTABLE}

@@ -46,6 +46,7 @@ elapsed() { echo "$((SECONDS - t_start))s"; }
 # A clean client environment: nothing from an enclosing Slurm job or a user's site settings.
 while read -r var; do unset "$var"; done < <(env | grep --only-matching --extended-regexp '^(SLURM|SBATCH|SALLOC|SRUN)_[A-Z_]+' || true)
 unset MOESIM_REPO MOESIM_LAUNCHER MOESIM_SITE_ENV
+unset MOESIM_SLURM_NODES  # this tier's Slurm is the single-node one (multi-node: tests/cluster/)
 tmp=$(mktemp --directory "${TMPDIR:-/tmp}/moesim-slurm-test.XXXXXX")
 chmod 0755 "$tmp"
 export MOESIM_SLURM_DIR=$tmp/slurm
