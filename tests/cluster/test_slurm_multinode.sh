@@ -14,7 +14,9 @@
 #      resumes to a complete result, bitwise the uninterrupted run's losses;
 #   5. `local_slurm.sh stop` leaves no namespace and no process of this cluster.
 # Names cannot collide with other cluster or slurm tests: cluster msl<pid>, a private state dir.
-# Bounded: a watchdog ends the test after 88 s (MOESIM_TEST_DEADLINE), cleanup included.
+# Bounded: a watchdog ends the test after 200 s (MOESIM_TEST_DEADLINE), cleanup included (typically
+# 40-70 s; the margin keeps a loaded CI machine from failing it on time alone, before CTest's
+# 240 s TIMEOUT, which would kill it without cleanup).
 # Without root, network namespaces, slurm-wlm or munge this test FAILS (never skips).
 #   tests/cluster/test_slurm_multinode.sh --moesim build/moesim [--keep-tmp]
 set -uo pipefail
@@ -87,7 +89,7 @@ trap 'echo "FAIL: interrupted or over the time limit after $((SECONDS - t_start)
 # Watchdog: CTest's own timeout would kill the test without cleanup; this one lets the trap run.
 # A trap waits for the running command, so the watchdog also signals the test's child processes.
 # Its output goes nowhere: a sleep holding the test's stdout would keep CTest waiting.
-(sleep "${MOESIM_TEST_DEADLINE:-88}"; kill -TERM $$ 2>/dev/null; pkill -TERM --parent $$ 2>/dev/null) >/dev/null 2>&1 &
+(sleep "${MOESIM_TEST_DEADLINE:-200}"; kill -TERM $$ 2>/dev/null; pkill -TERM --parent $$ 2>/dev/null) >/dev/null 2>&1 &
 watchdog=$!
 
 # ---- 2 emulated nodes, one slurmd each -----------------------------------------------------------
