@@ -112,9 +112,13 @@ double alltoallv_time(const comm::Comm& c, std::size_t per_peer, double skew, in
   return times[times.size() / 2];
 }
 
-// FLOP rate of one expert's forward + backward at `rows` rows (the experts' code path).
+// FLOP rate of one expert's forward + backward at `rows` rows (the experts' code path), all
+// ranks at once. Each repetition starts after a barrier and counts the slowest rank's time, the
+// statistic runs record (every phase is the maximum over ranks of the step); median over
+// repetitions. The same on every rank.
 template <typename T>
-double expert_gflops(const Config& cfg, std::int64_t rows, int reps, double& fwd_s, double& bwd_s) {
+double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t rows, int reps,
+                     double& fwd_s, double& bwd_s) {
   const std::int64_t d = cfg.model.d_model, f = cfg.model.d_ff;
   ParamStore<T> store;
   experts::ExpertBank<T> bank(store, "calibrate", 0, 1, d, f, cfg.model.activation, 1.0);
@@ -133,6 +137,7 @@ double expert_gflops(const Config& cfg, std::int64_t rows, int reps, double& fwd
   std::vector<double> tf, tb;
   for (int i = -1; i < reps; ++i) {
     std::copy(x0.begin(), x0.end(), x.begin());
+    comm.barrier();
     const auto t0 = Clock::now();
     bank.forward(x.data(), offset, h.data(), a.data(), y.data());
     const double a1 = since(t0);
@@ -144,6 +149,8 @@ double expert_gflops(const Config& cfg, std::int64_t rows, int reps, double& fwd
       tb.push_back(b1);
     }
   }
+  comm.allreduce(std::span<double>(tf), comm::ReduceOp::max);
+  comm.allreduce(std::span<double>(tb), comm::ReduceOp::max);
   std::sort(tf.begin(), tf.end());
   std::sort(tb.begin(), tb.end());
   fwd_s = tf[tf.size() / 2];
@@ -319,13 +326,12 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     for (std::int64_t rows : shapes) {
       double fw = 0, bw = 0;
       comm.barrier();
-      const double r = expert_gflops<float>(cfg, rows, 9, fw, bw);
-      const double rm = comm.allreduce(r, comm::ReduceOp::sum) / P;
+      const double rm = expert_gflops<float>(cfg, comm, rows, 9, fw, bw);
       rates.push_back(rm);
       say("expert GEMMs float32 rows " + std::to_string(rows) + " d_model " +
           std::to_string(cfg.model.d_model) + " d_ff " + std::to_string(cfg.model.d_ff) + ": fwd " +
           fmt(fw * 1e3) + " ms, bwd " + fmt(bw * 1e3) + " ms, " + fmt(rm) +
-          " GFLOP/s per rank (mean, all ranks at once)");
+          " GFLOP/s per rank (all ranks at once, slowest rank per repetition, median)");
     }
     gflops = rates[1];
     double s = 0;
@@ -333,8 +339,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     spread = std::sqrt(s / static_cast<double>(rates.size()));
     double fw = 0, bw = 0;
     comm.barrier();
-    gflops64 =
-        comm.allreduce(expert_gflops<double>(cfg, typical, 9, fw, bw), comm::ReduceOp::sum) / P;
+    gflops64 = expert_gflops<double>(cfg, comm, typical, 9, fw, bw);
     say("expert GEMMs float64 rows " + std::to_string(typical) + ": " + fmt(gflops64) +
         " GFLOP/s per rank");
   }
