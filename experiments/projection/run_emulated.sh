@@ -31,6 +31,11 @@ for dispatch in alltoallv hierarchical; do
     --routing.dispatch=$dispatch --output.file="$OUT/val_quickstart_${dispatch}_2x2.h5"
   runs+=("$OUT/val_layer_${dispatch}_2x2.h5" "$OUT/val_quickstart_${dispatch}_2x2.h5")
 done
+# The overlapped exchange (routing.overlap_degree = 2: 2 chunks of the 2 local experts) of the
+# layer, to validate the pipeline term (simulate::pipelined_time).
+"${MPI[@]}" "$B" run $D/validate_layer.ini --routing.overlap_degree=2 --data.eval_tokens=1024 \
+  --output.file="$OUT/val_layer_overlap2_2x2.h5"
+runs+=("$OUT/val_layer_overlap2_2x2.h5")
 echo "load after the runs: $(cat /proc/loadavg)" >> "$OUT/machine.txt"
 eval "$(scripts/cluster/emulate.sh stop)"
 trap - EXIT

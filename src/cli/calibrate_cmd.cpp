@@ -32,7 +32,7 @@ double since(Clock::time_point t0) {
 }
 
 using Fit = simulate::LineFit;
-constexpr auto fit_line = simulate::fit_line;
+constexpr auto fit_line = simulate::fit_hockney;  // alpha from small, beta from large messages
 
 std::string fmt(double v) {
   char buf[64];
@@ -113,9 +113,10 @@ double alltoallv_time(const comm::Comm& c, std::size_t per_peer, double skew, in
 }
 
 // FLOP rate of one expert's forward + backward at `rows` rows (the experts' code path), all
-// ranks at once. Each repetition starts after a barrier and counts the slowest rank's time, the
-// statistic runs record (every phase is the maximum over ranks of the step); median over
-// repetitions. The same on every rank.
+// ranks at once. Each repetition starts after a barrier and counts the slowest rank's own time,
+// the statistic runs record (every phase is the maximum over ranks of each rank's own time);
+// median over repetitions. The same on every rank. (Timing from barrier to barrier instead was
+// tried: across emulated nodes it adds the inter-node barrier's latency to every GEMM.)
 template <typename T>
 double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t rows, int reps,
                      double& fwd_s, double& bwd_s) {

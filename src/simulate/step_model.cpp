@@ -165,4 +165,47 @@ LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
   return f;
 }
 
+LineFit fit_hockney(const std::vector<double>& x, const std::vector<double>& y) {
+  LineFit f;
+  if (x.empty() || x.size() != y.size()) return f;
+  const double xmax = *std::max_element(x.begin(), x.end());
+  std::vector<std::size_t> big;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (x[i] >= xmax / 4.0) big.push_back(i);
+  if (big.size() < 2) {  // the two largest points
+    std::vector<std::size_t> order(x.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](std::size_t a, std::size_t b) { return x[a] > x[b]; });
+    big.assign(order.begin(), order.begin() + std::min<std::size_t>(2, order.size()));
+  }
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (const std::size_t i : big) {
+    sx += x[i];
+    sy += y[i];
+    sxx += x[i] * x[i];
+    sxy += x[i] * y[i];
+  }
+  const double n = static_cast<double>(big.size());
+  const double den = n * sxx - sx * sx;
+  f.b = den > 0 ? (n * sxy - sx * sy) / den : (sxx > 0 ? sxy / sxx : 0.0);
+  if (f.b <= 0) f.b = sxx > 0 ? sxy / sxx : 0.0;  // through the origin
+  std::vector<double> small;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (x[i] <= 4096.0) small.push_back(y[i] - f.b * x[i]);
+  if (small.empty()) {
+    const auto i = static_cast<std::size_t>(std::min_element(x.begin(), x.end()) - x.begin());
+    small.push_back(y[i] - f.b * x[i]);
+  }
+  std::sort(small.begin(), small.end());
+  f.a = std::max(0.0, small[small.size() / 2]);
+  double r = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
+    r += e * e;
+  }
+  f.rel_rms = std::sqrt(r / static_cast<double>(x.size()));
+  return f;
+}
+
 }  // namespace moesim::simulate

@@ -466,6 +466,27 @@ TEST(Calibration, FitRecoversAlphaBetaAndRejectsAnOutlier) {
 namespace moesim::simulate {
 namespace {
 
+// Hockney: beta from the bandwidth regime, alpha from the latency regime. A token bucket's burst
+// makes mid-sized messages fast; the fit must still give the large messages' bandwidth.
+TEST(Calibration, HockneyFitTakesBetaFromLargeMessages) {
+  const double alpha = 30e-6, beta = 125e6;
+  std::vector<double> x{8, 512, 4096, 32768, 262144, 1048576, 4194304}, y;
+  for (const double b : x) y.push_back(alpha + b / beta);
+  y[3] = alpha + 32768 / 1e9;   // burst: 8x faster
+  y[4] = alpha + 262144 / 2e8;  // burst: 1.6x faster
+  const simulate::LineFit h = simulate::fit_hockney(x, y);
+  EXPECT_NEAR(1.0 / h.b, beta, 1e-6 * beta);
+  EXPECT_NEAR(h.a, alpha, 1e-12);
+  const simulate::LineFit l = simulate::fit_line(x, y);
+  EXPECT_GT(1.0 / l.b, 1.2 * beta);  // the weighted single line is fooled by the burst
+  // Exact data: both regimes agree with the line.
+  std::vector<double> z;
+  for (const double b : x) z.push_back(alpha + b / beta);
+  const simulate::LineFit e = simulate::fit_hockney(x, z);
+  EXPECT_NEAR(1.0 / e.b, beta, 1e-6 * beta);
+  EXPECT_NEAR(e.rel_rms, 0.0, 1e-9);
+}
+
 TEST(Workload, RecordedLoadsSplitOverMoreExpertsKeepEveryClassShare) {
   RecordedLoads l;
   l.steps = 1;
