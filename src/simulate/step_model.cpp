@@ -125,6 +125,18 @@ double pipelined_time(double to, double back, double compute, double d) {
   return to / d + std::max(compute + back / d, to + back - to / d);
 }
 
+namespace {
+// Relative RMS residual of the fit over all points.
+double relative_rms(const LineFit& f, const std::vector<double>& x, const std::vector<double>& y) {
+  double r = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
+    r += e * e;
+  }
+  return std::sqrt(r / static_cast<double>(x.size()));
+}
+}  // namespace
+
 LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
   auto solve = [&](const std::vector<bool>& use) {
     double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
@@ -156,12 +168,7 @@ LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
   const double med = sorted[sorted.size() / 2];
   for (std::size_t i = 0; i < x.size(); ++i) use[i] = rel[i] <= 3.0 * med + 1e-12;
   f = solve(use);
-  double r = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
-    r += e * e;
-  }
-  f.rel_rms = std::sqrt(r / static_cast<double>(x.size()));
+  f.rel_rms = relative_rms(f, x, y);
   return f;
 }
 
@@ -199,12 +206,7 @@ LineFit fit_hockney(const std::vector<double>& x, const std::vector<double>& y) 
   }
   std::sort(small.begin(), small.end());
   f.a = std::max(0.0, small[small.size() / 2]);
-  double r = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double e = (f.a + f.b * x[i] - y[i]) / y[i];
-    r += e * e;
-  }
-  f.rel_rms = std::sqrt(r / static_cast<double>(x.size()));
+  f.rel_rms = relative_rms(f, x, y);
   return f;
 }
 

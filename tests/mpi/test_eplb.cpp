@@ -18,31 +18,13 @@
 #include "moesim/dispatch/eplb.hpp"
 #include "moesim/model/model.hpp"
 #include "moesim/train/trainer.hpp"
+#include "tiny_run.hpp"
 
 using namespace moesim;
 
 namespace {
 
-Config tiny() {
-  Config cfg;
-  cfg.model.d_model = 8;
-  cfg.model.d_ff = 16;
-  cfg.model.layers = 2;
-  cfg.model.precision = Precision::float64;
-  cfg.routing.num_experts = 4;
-  cfg.routing.k = 2;
-  cfg.routing.capacity_factor = Rational{1, 1};
-  cfg.routing.group_size = 8;
-  cfg.routing.aux_loss_coef = 0.01;
-  cfg.data.tokens_per_step = 32;
-  cfg.data.eval_tokens = 32;
-  cfg.data.input_dim = 8;
-  cfg.training.steps = 8;
-  cfg.training.eval_every = 4;
-  cfg.training.learning_rate = 5e-3;
-  cfg.checkpoint.every = 0;
-  return cfg;
-}
+Config tiny() { return test_support::tiny_run_config(); }
 
 std::vector<std::int64_t> replicas(const std::vector<std::int64_t>& map, std::int64_t E) {
   std::vector<std::int64_t> c(static_cast<std::size_t>(E), 0);

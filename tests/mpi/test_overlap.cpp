@@ -20,6 +20,7 @@
 #include "moesim/routing/random.hpp"
 #include "moesim/train/trainer.hpp"
 #include "moesim/util/rng.hpp"
+#include "tiny_run.hpp"
 
 using namespace moesim;
 
@@ -159,24 +160,11 @@ void layer_bitwise(Precision precision) {
   }
 }
 
-Config run_config() {
-  Config cfg;
-  cfg.model.d_model = 8;
-  cfg.model.d_ff = 16;
-  cfg.model.layers = 2;
-  cfg.model.precision = Precision::float64;
+Config run_config() {  // the tiny run with E = 8 (2-8 experts per rank) and 6 steps
+  Config cfg = test_support::tiny_run_config();
   cfg.routing.num_experts = 8;
-  cfg.routing.k = 2;
-  cfg.routing.capacity_factor = Rational{1, 1};
-  cfg.routing.group_size = 8;
-  cfg.routing.aux_loss_coef = 0.01;
-  cfg.data.tokens_per_step = 32;
-  cfg.data.eval_tokens = 32;
-  cfg.data.input_dim = 8;
   cfg.training.steps = 6;
   cfg.training.eval_every = 3;
-  cfg.training.learning_rate = 5e-3;
-  cfg.checkpoint.every = 0;
   return cfg;
 }
 
