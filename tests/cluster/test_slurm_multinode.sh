@@ -10,7 +10,7 @@
 #      jobscripts/submit_sweep.sh --wait: results.csv, nodes = 2 and inter-node bytes per point,
 #      losses bitwise those of the point run on one machine;
 #   4. preemption across nodes: `scancel --signal=USR1 --batch` -> checkpoint, the job requeues
-#      itself (PENDING, 1 restart), is released at once (scontrol update StartTime=now) and
+#      itself (PENDING, 1 restart), is released after 2 s (scontrol update StartTime=now) and
 #      resumes to a complete result, bitwise the uninterrupted run's losses;
 #   5. `local_slurm.sh stop` leaves no namespace and no process of this cluster.
 # Names cannot collide with other cluster or slurm tests: cluster msl<pid>, a private state dir.
@@ -207,7 +207,12 @@ done
 state=$(job_field "$job" JobState) restarts=$(job_field "$job" Restarts)
 echo "     USR1: job $job state=$state restarts=$restarts ($((SECONDS - t0)) s)"
 check "SIGUSR1 on a 2-node job: it requeues itself (state=$state restarts=$restarts)" test "$state" == PENDING -a "$restarts" == 1
-# Slurm holds a requeued job back ~2 min (BeginTime); release it now.
+# Slurm holds a requeued job back ~2 min (BeginTime); release it now -- but not within the same
+# wall-clock second as the stop: the slurmd revoked the job's credential when it cancelled the first
+# attempt, and a credential created in that same second counts as revoked (whole-second timestamps),
+# so the relaunch would be killed ("Job credential revoked", CI 2026-11-30; Slurm's cred_revoked()
+# compares ctime <= revoked). A real requeue waits its BeginTime and never meets this.
+sleep 2
 scontrol update JobId="$job" StartTime=now || true
 for _ in $(seq 1 300); do
   state=$(job_field "$job" JobState)
