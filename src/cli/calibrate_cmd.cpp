@@ -113,20 +113,22 @@ double alltoallv_time(const comm::Comm& c, std::size_t per_peer, double skew, in
 }
 
 // FLOP rate of one expert's forward + backward at `rows` rows (the experts' code path), all
-// ranks at once. Each repetition starts after a barrier and counts the slowest rank's own time,
-// the statistic runs record (every phase is the maximum over ranks of each rank's own time);
-// median over repetitions. The same on every rank. (Timing from barrier to barrier instead was
-// tried: across emulated nodes it adds the inter-node barrier's latency to every GEMM.)
+// ranks at once. `n_exp` experts (distinct weights and inputs, `rows` each) run back to back as a
+// rank's local experts do in a run, so caches hold what they hold there; fwd_s and bwd_s are per
+// expert (the bank's time / n_exp). Each repetition starts after a barrier and counts the slowest
+// rank's own time, the statistic runs record (every phase is the maximum over ranks of each rank's
+// own time); median over repetitions. The same on every rank. (Timing from barrier to barrier
+// instead was tried: across emulated nodes it adds the inter-node barrier's latency to every GEMM.)
 template <typename T>
-double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t rows, int reps,
-                     double& fwd_s, double& bwd_s) {
-  const std::int64_t d = cfg.model.d_model, f = cfg.model.d_ff;
+double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t d, std::int64_t f,
+                     std::int64_t rows, std::int64_t n_exp, int reps, double& fwd_s,
+                     double& bwd_s) {
   ParamStore<T> store;
-  experts::ExpertBank<T> bank(store, "calibrate", 0, 1, d, f, cfg.model.activation, 1.0);
+  experts::ExpertBank<T> bank(store, "calibrate", 0, n_exp, d, f, cfg.model.activation, 1.0);
   store.allocate();
   store.initialize(1);
   bank.bind(store);
-  const auto n = static_cast<std::size_t>(rows);
+  const auto n = static_cast<std::size_t>(rows * n_exp);
   std::vector<T> x0(n * static_cast<std::size_t>(d)), x(x0.size()), y(x0.size()), dy(x0.size());
   std::vector<T> h(n * static_cast<std::size_t>(f)), a(h.size());
   const CounterRng rng(1, Stream::data_train, 99);
@@ -134,7 +136,8 @@ double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t row
     x0[i] = static_cast<T>(rng.normal(i));
     dy[i] = static_cast<T>(rng.normal(i + x0.size()));
   }
-  const std::vector<std::int64_t> offset{0, rows};
+  std::vector<std::int64_t> offset(static_cast<std::size_t>(n_exp) + 1);
+  for (std::size_t e = 0; e < offset.size(); ++e) offset[e] = static_cast<std::int64_t>(e) * rows;
   std::vector<double> tf, tb;
   for (int i = -1; i < reps; ++i) {
     std::copy(x0.begin(), x0.end(), x.begin());
@@ -154,8 +157,8 @@ double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t row
   comm.allreduce(std::span<double>(tb), comm::ReduceOp::max);
   std::sort(tf.begin(), tf.end());
   std::sort(tb.begin(), tb.end());
-  fwd_s = tf[tf.size() / 2];
-  bwd_s = tb[tb.size() / 2];
+  fwd_s = tf[tf.size() / 2] / static_cast<double>(n_exp);
+  bwd_s = tb[tb.size() / 2] / static_cast<double>(n_exp);
   // 2 GEMMs forward + 4 backward, each 2 rows d f FLOP.
   const double flops =
       12.0 * static_cast<double>(rows) * static_cast<double>(d) * static_cast<double>(f);
@@ -320,6 +323,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
   const std::int64_t E = cfg.routing.num_experts;
   const std::int64_t typical = std::max<std::int64_t>(
       16, cfg.data.tokens_per_step * cfg.routing.k / std::max<std::int64_t>(E, 1) / P);
+  const std::int64_t d_model = cfg.model.d_model, d_ff = cfg.model.d_ff;
   std::vector<std::int64_t> shapes{std::max<std::int64_t>(8, typical / 8), typical, typical * 4};
   double gflops = 0, gflops64 = 0, spread = 0;
   {
@@ -327,7 +331,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     for (std::int64_t rows : shapes) {
       double fw = 0, bw = 0;
       comm.barrier();
-      const double rm = expert_gflops<float>(cfg, comm, rows, 9, fw, bw);
+      const double rm = expert_gflops<float>(cfg, comm, d_model, d_ff, rows, 1, 9, fw, bw);
       rates.push_back(rm);
       say("expert GEMMs float32 rows " + std::to_string(rows) + " d_model " +
           std::to_string(cfg.model.d_model) + " d_ff " + std::to_string(cfg.model.d_ff) + ": fwd " +
@@ -340,9 +344,48 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     spread = std::sqrt(s / static_cast<double>(rates.size()));
     double fw = 0, bw = 0;
     comm.barrier();
-    gflops64 = expert_gflops<double>(cfg, comm, typical, 9, fw, bw);
+    gflops64 = expert_gflops<double>(cfg, comm, d_model, d_ff, typical, 1, 9, fw, bw);
     say("expert GEMMs float64 rows " + std::to_string(typical) + ": " + fmt(gflops64) +
         " GFLOP/s per rank");
+  }
+
+  // The expert-time table (cluster.expert_table): one expert's forward and backward at rows
+  // 8, 16, 32, ... (timed as a bank of the rank's E/P local experts, at most 16) for the config's
+  // shape and cluster.calibrate_expert_shapes, float32 and
+  // float64, all ranks at once, the same statistic as above. Rows double up to 8x the typical
+  // rows per expert (a skewed or capacity-padded expert gets several times the mean) and stop
+  // early once one forward + backward takes more than 50 ms; beyond the last point the model
+  // extrapolates linearly (curve_time).
+  std::ostringstream table;
+  {
+    auto shapes_to_time = parse_expert_shapes(cfg.cluster.calibrate_expert_shapes);
+    shapes_to_time.insert(shapes_to_time.begin(), {d_model, d_ff});
+    std::sort(shapes_to_time.begin(), shapes_to_time.end());
+    shapes_to_time.erase(std::unique(shapes_to_time.begin(), shapes_to_time.end()),
+                         shapes_to_time.end());
+    const std::int64_t top = std::max<std::int64_t>(64, 8 * typical);
+    const std::int64_t local = std::clamp<std::int64_t>(E / P, 1, 16);  // experts per rank
+    const auto time_shape = [&]<typename T>(const char* prec, std::int64_t d, std::int64_t f) {
+      for (std::int64_t rows = 8;; rows *= 2) {
+        double fw = 0, bw = 0;
+        comm.barrier();
+        (void)expert_gflops<T>(cfg, comm, d, f, rows, local, 5, fw, bw);
+        if (!table.str().empty()) table << "; ";
+        table << prec << " " << d << "x" << f << " " << rows << " " << fmt(fw * 1e3) << " "
+              << fmt(bw * 1e3);
+        if (rows >= top || static_cast<double>(local) * (fw + bw) > 0.05) {
+          say(std::string("expert table ") + prec + " " + std::to_string(d) + "x" +
+              std::to_string(f) + ": rows 8.." + std::to_string(rows) + ", at " +
+              std::to_string(rows) + " rows fwd " + fmt(fw * 1e3) + " ms, bwd " + fmt(bw * 1e3) +
+              " ms");
+          break;
+        }
+      }
+    };
+    for (const auto& [d, f] : shapes_to_time) {
+      time_shape.operator()<float>("float32", d, f);
+      time_shape.operator()<double>("float64", d, f);
+    }
   }
 
   // Router work per token x expert (softmax, rule, drop policy), the router's own code.
@@ -425,6 +468,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     ini << "optimizer_ns_per_param = " << fmt(opt_ns) << "\n";
     ini << "intra_fit_rel_rms = " << fmt(has_a2a ? a2a.rel_rms : pp_intra.rel_rms) << "\n";
     ini << "gemm_fit_rel_rms = " << fmt(spread) << "\n";
+    ini << "expert_table = " << table.str() << "\n";
     std::ofstream out(cfg.cluster.output, std::ios::trunc);
     out << ini.str();
     out.close();

@@ -16,6 +16,7 @@
 #include <span>
 #include <sstream>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -491,6 +492,14 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::cluster, &CC::gemm_fit_rel_rms>(
         "cluster.gemm_fit_rel_rms", "number >= 0",
         "calibrate: relative RMS spread of the GEMM rates over the measured shapes"));
+    t.push_back(make_field<&C::cluster, &CC::expert_table>(
+        "cluster.expert_table",
+        "\"\" or entries \"PRECISION DxF ROWS FWD_MS BWD_MS\" separated by ;",
+        "measured expert forward/backward times per shape and rows (calibrate writes it; listed "
+        "shapes are interpolated in rows, others use the gemm_GFLOPs roofline)"));
+    t.push_back(make_field<&C::cluster, &CC::calibrate_expert_shapes>(
+        "cluster.calibrate_expert_shapes", "\"\" or DxF[,DxF...] (integers >= 1)",
+        "calibrate: expert shapes timed besides model.d_model x model.d_ff"));
     // simulate
     using SC = SimulateConfig;
     t.push_back(make_field<&C::simulate, &SC::ranks>("simulate.ranks",
@@ -1315,6 +1324,10 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
       {"cluster.inter_fit_rel_rms", cl.inter_fit_rel_rms},
       {"cluster.gemm_fit_rel_rms", cl.gemm_fit_rel_rms}};
   for (const auto& [key, v] : nonneg) require_real(v, v >= 0, key, "must be a number >= 0");
+  require_ini_safe(cl.expert_table, "cluster.expert_table");
+  require_ini_safe(cl.calibrate_expert_shapes, "cluster.calibrate_expert_shapes");
+  (void)parse_expert_table(cl.expert_table);
+  (void)parse_expert_shapes(cl.calibrate_expert_shapes);
 
   const SimulateConfig& sm = cfg.simulate;
   require_ini_safe(sm.ranks, "simulate.ranks");
@@ -1411,6 +1424,83 @@ std::string help_text() {
 }
 
 const char* to_string(Activation v) { return enum_name(v); }
+std::vector<ExpertTimePoint> parse_expert_table(const std::string& text) {
+  static const char* key = "cluster.expert_table";
+  static const char* format =
+      "must be \"\" or entries \"PRECISION DxF ROWS FWD_MS BWD_MS\" separated by ';' "
+      "(PRECISION one of ";
+  std::vector<ExpertTimePoint> out;
+  std::istringstream entries(text);
+  std::string entry;
+  while (std::getline(entries, entry, ';')) {
+    std::istringstream in(entry);
+    std::vector<std::string> tok;
+    for (std::string t; in >> t;) tok.push_back(t);
+    if (tok.empty()) continue;
+    const auto bad = [&](const std::string& why) {
+      throw ConfigError(key, entry,
+                        std::string(format) + enum_list<Precision>("|") + "; " + why + ")");
+    };
+    if (tok.size() != 5) bad("5 fields per entry");
+    ExpertTimePoint p;
+    bool known = false;
+    for (const auto& n : names_of(Precision{})) {
+      if (tok[0] == n.name) {
+        p.precision = n.value;
+        known = true;
+      }
+    }
+    if (!known) bad("unknown precision");
+    const auto x = tok[1].find('x');
+    if (x == std::string::npos || to_integer(tok[1].substr(0, x), p.d_model) != IntStatus::ok ||
+        to_integer(tok[1].substr(x + 1), p.d_ff) != IntStatus::ok || p.d_model < 1 || p.d_ff < 1)
+      bad("DxF: two integers >= 1");
+    if (to_integer(tok[2], p.rows) != IntStatus::ok || p.rows < 1) bad("ROWS: an integer >= 1");
+    const auto fwd = to_double(tok[3]), bwd = to_double(tok[4]);
+    if (!fwd || !bwd || *fwd <= 0 || *bwd <= 0) bad("FWD_MS, BWD_MS: numbers > 0");
+    p.fwd_s = *fwd * 1e-3;
+    p.bwd_s = *bwd * 1e-3;
+    out.push_back(p);
+  }
+  const auto order = [](const ExpertTimePoint& a, const ExpertTimePoint& b) {
+    return std::tie(a.precision, a.d_model, a.d_ff, a.rows) <
+           std::tie(b.precision, b.d_model, b.d_ff, b.rows);
+  };
+  std::sort(out.begin(), out.end(), order);
+  for (std::size_t i = 1; i < out.size(); ++i) {
+    if (!order(out[i - 1], out[i]))
+      throw ConfigError(key, text,
+                        std::string("lists ") + enum_name(out[i].precision) + " " +
+                            std::to_string(out[i].d_model) + "x" + std::to_string(out[i].d_ff) +
+                            " at " + std::to_string(out[i].rows) +
+                            " rows twice; each (precision, shape, rows) at most once");
+  }
+  return out;
+}
+
+std::vector<std::pair<std::int64_t, std::int64_t>> parse_expert_shapes(const std::string& text) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  std::istringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    if (b == std::string::npos) {
+      if (text.find_first_not_of(" \t") == std::string::npos) continue;
+      throw ConfigError("cluster.calibrate_expert_shapes", text,
+                        "must be \"\" or DxF[,DxF...] with integers >= 1 (an item is empty)");
+    }
+    const std::string t = item.substr(b, e - b + 1);
+    const auto x = t.find('x');
+    std::int64_t d = 0, f = 0;
+    if (x == std::string::npos || to_integer(t.substr(0, x), d) != IntStatus::ok ||
+        to_integer(t.substr(x + 1), f) != IntStatus::ok || d < 1 || f < 1)
+      throw ConfigError("cluster.calibrate_expert_shapes", t,
+                        "must be \"\" or DxF[,DxF...] with integers >= 1 (e.g. 128x512,64x256)");
+    out.emplace_back(d, f);
+  }
+  return out;
+}
+
 const char* to_string(Precision v) { return enum_name(v); }
 const char* to_string(RoutingRuleKind v) { return enum_name(v); }
 const char* to_string(DropPolicyKind v) { return enum_name(v); }

@@ -20,7 +20,34 @@ Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t r
   m.route_per_score = c.route_ns_per_score * 1e-9;
   m.step_overhead = c.step_overhead_us * 1e-6;
   m.optimizer_per_param = c.optimizer_ns_per_param * 1e-9;
+  // bfloat16 experts run bf16 GEMMs; only a bfloat16 entry of the table describes them.
+  for (const ExpertTimePoint& p : parse_expert_table(c.expert_table)) {
+    if (p.precision != precision) continue;
+    if (m.expert_curves.empty() || m.expert_curves.back().d_model != p.d_model ||
+        m.expert_curves.back().d_ff != p.d_ff)
+      m.expert_curves.push_back(ExpertCurve{p.d_model, p.d_ff, {}, {}, {}});
+    ExpertCurve& cv = m.expert_curves.back();  // points arrive sorted by shape, then rows
+    cv.rows.push_back(static_cast<double>(p.rows));
+    cv.fwd.push_back(p.fwd_s);
+    cv.bwd.push_back(p.bwd_s);
+  }
   return m;
+}
+
+double curve_time(double rows, const std::vector<double>& R, const std::vector<double>& T) {
+  if (rows <= 0 || R.empty()) return 0.0;
+  if (rows < R.front()) return T.front();
+  const std::size_t n = R.size();
+  if (n == 1) return T[0] * rows / R[0];
+  std::size_t i = 0;
+  while (i + 2 < n && rows > R[i + 1]) ++i;  // segment [R[i], R[i+1]]; the last one extrapolates
+  return T[i] + (rows - R[i]) * (T[i + 1] - T[i]) / (R[i + 1] - R[i]);
+}
+
+const ExpertCurve* find_curve(const Machine& M, double d, double f) {
+  for (const ExpertCurve& c : M.expert_curves)
+    if (static_cast<double>(c.d_model) == d && static_cast<double>(c.d_ff) == f) return &c;
+  return nullptr;
 }
 
 double gemm_time(double m, double n, double k, double elem, const Machine& M) {
@@ -42,12 +69,14 @@ double gate_backward_time(double n, double d, double E, double elem, const Machi
 
 double expert_forward_time(double rows, double d, double f, double elem, const Machine& M) {
   if (rows <= 0) return 0.0;
+  if (const ExpertCurve* c = find_curve(M, d, f)) return curve_time(rows, c->rows, c->fwd);
   return gemm_time(rows, f, d, elem, M) + gemm_time(rows, d, f, elem, M) +
          stream_time(2.0 * rows * f * elem, M);
 }
 
 double expert_backward_time(double rows, double d, double f, double elem, const Machine& M) {
   if (rows <= 0) return 0.0;
+  if (const ExpertCurve* c = find_curve(M, d, f)) return curve_time(rows, c->rows, c->bwd);
   return gemm_time(f, d, rows, elem, M) + gemm_time(rows, f, d, elem, M) +
          gemm_time(d, f, rows, elem, M) + gemm_time(rows, d, f, elem, M) +
          stream_time(3.0 * rows * f * elem, M);

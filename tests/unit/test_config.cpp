@@ -117,6 +117,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.cluster.intra_fit_rel_rms, b.cluster.intra_fit_rel_rms);
   EXPECT_EQ(a.cluster.inter_fit_rel_rms, b.cluster.inter_fit_rel_rms);
   EXPECT_EQ(a.cluster.gemm_fit_rel_rms, b.cluster.gemm_fit_rel_rms);
+  EXPECT_EQ(a.cluster.expert_table, b.cluster.expert_table);
+  EXPECT_EQ(a.cluster.calibrate_expert_shapes, b.cluster.calibrate_expert_shapes);
   EXPECT_EQ(a.simulate.ranks, b.simulate.ranks);
   EXPECT_EQ(a.simulate.ranks_per_node, b.simulate.ranks_per_node);
   EXPECT_EQ(a.simulate.workload, b.simulate.workload);
@@ -215,6 +217,8 @@ Config all_non_default() {
   c.cluster.intra_fit_rel_rms = 0.1;
   c.cluster.inter_fit_rel_rms = 0.2;
   c.cluster.gemm_fit_rel_rms = 0.3;
+  c.cluster.expert_table = "float32 256x1024 8 0.05 0.1; float64 64x256 16 0.02 0.04";
+  c.cluster.calibrate_expert_shapes = "128x512,64x256";
   c.simulate.ranks = "4,8";
   c.simulate.ranks_per_node = 2;
   c.simulate.workload = "zipf:1.5";
@@ -906,6 +910,40 @@ TEST(ConfigReport, RequireOutsideValidateThrows) {
             "bad parameter a.b = 1: must be 2");
 }
 
+TEST(ConfigValidate, ExpertTableParsesSortsAndNamesBadEntries) {
+  const auto t = parse_expert_table(
+      " float32 256x1024 64 2.5 5 ;float32 256x1024 8 0.5 1.25; bfloat16 64x256 16 0.1 0.2;");
+  ASSERT_EQ(t.size(), 3u);
+  EXPECT_EQ(t[0].precision, Precision::float32);  // enum order: float32, float64, bfloat16
+  EXPECT_EQ(t[0].rows, 8);
+  EXPECT_DOUBLE_EQ(t[0].fwd_s, 0.5e-3);
+  EXPECT_DOUBLE_EQ(t[0].bwd_s, 1.25e-3);
+  EXPECT_EQ(t[1].rows, 64);
+  EXPECT_EQ(t[2].precision, Precision::bfloat16);
+  EXPECT_EQ(t[2].d_model, 64);
+  EXPECT_EQ(t[2].d_ff, 256);
+  EXPECT_TRUE(parse_expert_table("").empty());
+  for (const char* bad : {"float16 256x1024 8 1 1", "float32 256x1024 8 1", "float32 256 8 1 1",
+                          "float32 256x1024 0 1 1", "float32 256x1024 8 -1 1",
+                          "float32 256x1024 8 1 1; float32 256x1024 8 2 2"}) {
+    const std::string msg = config_error([&] { (void)parse_expert_table(bad); });
+    EXPECT_NE(msg.find("cluster.expert_table"), std::string::npos) << bad << ": " << msg;
+  }
+  Config c;
+  c.cluster.expert_table = "float32 256x1024 8 1";
+  EXPECT_NE(config_error([&] { validate(c, Mode::simulate, 1); }).find("cluster.expert_table"),
+            std::string::npos);
+  c.cluster.expert_table = "";
+  c.cluster.calibrate_expert_shapes = "128x512,64";
+  EXPECT_NE(config_error([&] {
+              validate(c, Mode::calibrate, 1);
+            }).find("bad parameter cluster.calibrate_expert_shapes = 64"),
+            std::string::npos);
+  const auto shapes = parse_expert_shapes(" 128x512 , 64x256");
+  ASSERT_EQ(shapes.size(), 2u);
+  EXPECT_EQ(shapes[1], std::make_pair(std::int64_t{64}, std::int64_t{256}));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Printers
 
@@ -941,7 +979,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 93u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 95u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -959,7 +997,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 93u);
+  EXPECT_EQ(rows, 95u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -986,7 +1024,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 93);  // every field of config.hpp
+  EXPECT_EQ(keys, 95);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);

@@ -123,6 +123,39 @@ TEST(StepModel, MachineFromClusterConvertsUnits) {
   EXPECT_EQ(m64.ranks_per_node, 3);
 }
 
+TEST(StepModel, CurveTimeInterpolatesMeasuredPoints) {
+  const std::vector<double> R{8, 16, 64}, T{1.0, 1.5, 4.5};
+  EXPECT_EQ(curve_time(0, R, T), 0.0);
+  EXPECT_DOUBLE_EQ(curve_time(3, R, T), 1.0);  // below the first point: its time (floor)
+  EXPECT_DOUBLE_EQ(curve_time(8, R, T), 1.0);  // on the points
+  EXPECT_DOUBLE_EQ(curve_time(64, R, T), 4.5);
+  EXPECT_DOUBLE_EQ(curve_time(12, R, T), 1.25);        // 1 + 4 (0.5 / 8)
+  EXPECT_DOUBLE_EQ(curve_time(40, R, T), 3.0);         // 1.5 + 24 (3 / 48)
+  EXPECT_DOUBLE_EQ(curve_time(160, R, T), 10.5);       // 4.5 + 96 (3 / 48): the last slope
+  EXPECT_DOUBLE_EQ(curve_time(20, {10}, {2.0}), 4.0);  // one point: proportional
+}
+
+TEST(StepModel, ExpertTimesComeFromTheMeasuredCurveOfTheirShapeAndPrecision) {
+  ClusterConfig c;
+  c.gemm_GFLOPs = 100;
+  c.memory_bandwidth_GBps = 1e12;  // roofline = pure compute
+  c.expert_table =
+      "float32 256x1024 8 0.1 0.3; float32 256x1024 64 0.8 2.4;"
+      "float64 256x1024 8 0.2 0.6; float32 64x256 8 0.01 0.03";
+  const Machine m32 = machine_from(c, Precision::float32);
+  ASSERT_EQ(m32.expert_curves.size(), 2u);
+  EXPECT_DOUBLE_EQ(expert_forward_time(32, 256, 1024, 4, m32), (0.1 + 24.0 * 0.7 / 56.0) * 1e-3);
+  EXPECT_DOUBLE_EQ(expert_backward_time(128, 256, 1024, 4, m32), (2.4 + 64.0 * 2.1 / 56.0) * 1e-3);
+  EXPECT_DOUBLE_EQ(expert_forward_time(16, 64, 256, 4, m32), 0.02e-3);  // one point
+  // A shape without a curve: the roofline 4 r d f / F.
+  EXPECT_NEAR(expert_forward_time(32, 128, 512, 4, m32), 4.0 * 32 * 128 * 512 / 100e9, 1e-15);
+  const Machine m64 = machine_from(c, Precision::float64);
+  ASSERT_EQ(m64.expert_curves.size(), 1u);
+  EXPECT_DOUBLE_EQ(expert_backward_time(8, 256, 1024, 8, m64), 0.6e-3);
+  // bfloat16 has no entry: roofline at gemm_GFLOPs.
+  EXPECT_TRUE(machine_from(c, Precision::bfloat16).expert_curves.empty());
+}
+
 // A hand-made load source: every group routes `counts[e]` to expert e.
 class HandSource final : public LoadSource {
  public:

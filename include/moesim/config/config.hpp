@@ -159,7 +159,28 @@ struct ClusterConfig {
   double intra_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the intra alpha-beta fit
   double inter_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the inter alpha-beta fit
   double gemm_fit_rel_rms = 0.0;   // calibrate: relative RMS spread of the GEMM rates measured
+  // Measured expert times (calibrate writes, simulate reads; parse_expert_table): entries
+  // "PRECISION DxF ROWS FWD_MS BWD_MS" separated by ';'. Shapes listed here are timed from the
+  // table; any other shape falls back to the gemm_GFLOPs roofline. "" = no table.
+  std::string expert_table;
+  // calibrate: expert shapes "DxF,DxF" timed in addition to the config's own (model.d_model x
+  // model.d_ff), so that one machine file covers several models.
+  std::string calibrate_expert_shapes;
 };
+
+// One point of cluster.expert_table: one expert (d_model x d_ff) at `rows` token rows, forward
+// and backward wall time in seconds, at `precision`.
+struct ExpertTimePoint {
+  Precision precision = Precision::float32;
+  std::int64_t d_model = 0, d_ff = 0, rows = 0;
+  double fwd_s = 0, bwd_s = 0;
+};
+// Parses cluster.expert_table; a malformed entry throws ConfigError naming the key, the entry
+// and the format. Points come back sorted by (precision, d_model, d_ff, rows); a repeated
+// (precision, shape, rows) is an error.
+std::vector<ExpertTimePoint> parse_expert_table(const std::string& text);
+// Parses cluster.calibrate_expert_shapes ("DxF,DxF", each >= 1) into (d_model, d_ff) pairs.
+std::vector<std::pair<std::int64_t, std::int64_t>> parse_expert_shapes(const std::string& text);
 
 // moesim simulate: which rank counts, workload and scaling to predict (simulate.md).
 struct SimulateConfig {

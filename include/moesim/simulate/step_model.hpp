@@ -14,17 +14,24 @@
 
 namespace moesim::simulate {
 
+// Measured times of one expert shape (cluster.expert_table at one precision): rows ascending.
+struct ExpertCurve {
+  std::int64_t d_model = 0, d_ff = 0;
+  std::vector<double> rows, fwd, bwd;  // rows, forward seconds, backward seconds
+};
+
 struct Machine {
-  std::int64_t ranks_per_node = 1;  // R
-  double alpha_intra = 0;           // s per message inside a node
-  double beta_intra = 1;            // B/s per rank and direction inside a node
-  double alpha_inter = 0;           // s per message between nodes
-  double beta_inter = 1;            // B/s per node and direction between nodes
-  double flops = 1;                 // FLOP/s per rank at the run's precision
-  double mem_bw = 1;                // B/s per rank (bytes read + written)
-  double route_per_score = 0;       // s of router work per token x expert
-  double step_overhead = 0;         // s per step outside the modelled phases
-  double optimizer_per_param = 0;   // s per parameter of an optimizer step (0: memory bound)
+  std::int64_t ranks_per_node = 1;         // R
+  double alpha_intra = 0;                  // s per message inside a node
+  double beta_intra = 1;                   // B/s per rank and direction inside a node
+  double alpha_inter = 0;                  // s per message between nodes
+  double beta_inter = 1;                   // B/s per node and direction between nodes
+  double flops = 1;                        // FLOP/s per rank at the run's precision
+  double mem_bw = 1;                       // B/s per rank (bytes read + written)
+  double route_per_score = 0;              // s of router work per token x expert
+  double step_overhead = 0;                // s per step outside the modelled phases
+  double optimizer_per_param = 0;          // s per parameter of an optimizer step (0: memory bound)
+  std::vector<ExpertCurve> expert_curves;  // measured shapes at the run's precision (may be empty)
 };
 
 // Machine from a [cluster] section at `precision`; ranks_per_node > 0 overrides the file's.
@@ -43,12 +50,23 @@ double gate_forward_time(double n, double d, double E, double elem, const Machin
 // gate_backward_time = gemm(d, E, n) + gemm(n, d, E) + n E t_route (dWg, dx, router backward).
 double gate_backward_time(double n, double d, double E, double elem, const Machine& M);
 
-// expert_forward_time(rows) = gemm(rows, f, d) + gemm(rows, d, f) + 2 rows f s / B_mem
+// curve_time(r, R, T): piecewise-linear interpolation of measured times T at rows R (ascending,
+// >= 1 point) — the GEMMs' efficiency changes with the rows, so one FLOP rate cannot fit every
+// size. r <= 0: 0; 0 < r < R[0]: T[0] (the weights are read whatever the rows: a floor);
+// R[i] <= r <= R[i+1]: T[i] + (r - R[i]) (T[i+1] - T[i]) / (R[i+1] - R[i]); r > R[last]:
+// extrapolated with the last segment's slope (the large-rows regime is linear), or T[last] r /
+// R[last] with a single point.
+double curve_time(double rows, const std::vector<double>& R, const std::vector<double>& T);
+
+// expert_forward_time(rows): the measured curve of this (d, f) when the machine has one
+// (curve_time), else the roofline gemm(rows, f, d) + gemm(rows, d, f) + 2 rows f s / B_mem
 // (h = x W1 + b1, a = act(h), y = a W2 + b2): one expert with `rows` tokens.
 double expert_forward_time(double rows, double d, double f, double elem, const Machine& M);
-// expert_backward_time(rows) = gemm(f, d, rows) [dW2] + gemm(rows, f, d) [da]
-//   + gemm(d, f, rows) [dW1] + gemm(rows, d, f) [dx] + 3 rows f s / B_mem (act backward).
+// expert_backward_time(rows): the measured curve, else gemm(f, d, rows) [dW2] + gemm(rows, f, d)
+//   [da] + gemm(d, f, rows) [dW1] + gemm(rows, d, f) [dx] + 3 rows f s / B_mem (act backward).
 double expert_backward_time(double rows, double d, double f, double elem, const Machine& M);
+// The measured curve of shape (d, f) in M, or nullptr.
+const ExpertCurve* find_curve(const Machine& M, double d, double f);
 
 // ---- communication ---------------------------------------------------------------------------
 // level_time = messages * alpha + bytes / beta: one level of an exchange seen by one endpoint.
