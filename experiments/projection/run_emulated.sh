@@ -20,7 +20,8 @@ eval "$(scripts/cluster/emulate.sh start 2 --bandwidth "$BW")"
 { date -u; cat /proc/loadavg; } > "$OUT/machine.txt"
 MPI=(mpirun -n 4 --map-by ppr:2:node)
 if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then  # SKIP_CALIBRATE=1 reuses the machine file
-  "${MPI[@]}" "$B" calibrate $D/validate_layer.ini --cluster.output="$M" | tee "$OUT/calibrate.log"
+  "${MPI[@]}" "$B" calibrate $D/validate_layer.ini --cluster.output="$M" \
+    --cluster.calibrate_expert_shapes=64x256 | tee "$OUT/calibrate.log"
 fi
 runs=()
 for dispatch in alltoallv hierarchical; do

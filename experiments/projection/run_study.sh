@@ -10,10 +10,12 @@ OUT=$D/results
 mkdir -p "$OUT"
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
 
-# 1. Calibrate (micro-benchmarks only) at the validation config's expert shapes.
+# 1. Calibrate (micro-benchmarks only) at the validation runs' expert shapes (the layer 256x1024,
+#    its 2-layer variant 128x512, the quick-start 64x256).
 #    SKIP_CALIBRATE=1 reuses the machine file of an earlier invocation.
 if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then
   $MPI -n 2 $B calibrate $D/validate_layer.ini --cluster.output=$D/machines/this_machine.ini \
+    --cluster.calibrate_expert_shapes=128x512,64x256 \
     | tee $OUT/calibrate.log
 fi
 
