@@ -75,20 +75,12 @@ double pingpong(const comm::Comm& comm, int a, int b, std::size_t bytes, int rep
   return comm.allreduce(t, comm::ReduceOp::max);
 }
 
-// Median over `reps` of the slowest rank's time of one alltoallv with `per_peer` bytes to every
-// other peer, and `skew` times that to peer (rank + 1) % P.
-double alltoallv_time(const comm::Comm& c, std::size_t per_peer, double skew, int reps,
-                      double& busiest_bytes) {
+// Median over `reps` of the slowest rank's time of one alltoallv with srows[p] bytes to and
+// rrows[p] bytes from each peer p (byte rows).
+double alltoallv_time(const comm::Comm& c, const std::vector<int>& srows,
+                      const std::vector<int>& rrows, int reps) {
   const int P = c.size();
-  std::vector<int> srows(P), sdispl(P), rrows(P), rdispl(P);
-  const auto row = static_cast<int>(per_peer);
-  for (int p = 0; p < P; ++p) {
-    srows[static_cast<std::size_t>(p)] = p == c.rank() ? 0 : row;
-    rrows[static_cast<std::size_t>(p)] = p == c.rank() ? 0 : row;
-  }
-  const int heavy = static_cast<int>(std::lround(row * skew));
-  srows[static_cast<std::size_t>((c.rank() + 1) % P)] = heavy;
-  rrows[static_cast<std::size_t>((c.rank() + P - 1) % P)] = heavy;
+  std::vector<int> sdispl(P), rdispl(P);
   int so = 0, ro = 0;
   for (int p = 0; p < P; ++p) {
     sdispl[static_cast<std::size_t>(p)] = so;
@@ -98,8 +90,6 @@ double alltoallv_time(const comm::Comm& c, std::size_t per_peer, double skew, in
   }
   std::vector<char> sbuf(static_cast<std::size_t>(std::max(so, 1))),
       rbuf(static_cast<std::size_t>(std::max(ro, 1)));
-  busiest_bytes = static_cast<double>(std::max(so, ro));
-  busiest_bytes = c.allreduce(busiest_bytes, comm::ReduceOp::max);
   std::vector<double> times;
   for (int i = -2; i < reps; ++i) {
     c.barrier();
@@ -261,9 +251,21 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     a2a_msgs = rn - 1;
     for (std::size_t b : {64UL, 1024UL, 16384UL, 131072UL, 1048576UL}) {
       for (double skew : {1.0, 4.0}) {
-        double busiest = 0;
+        // `b` bytes to every other rank of the node, `skew` times that to the next one.
+        std::vector<int> srows(static_cast<std::size_t>(rn)), rrows(srows.size());
+        const int me = node.rank(), row = static_cast<int>(b);
+        const int heavy = static_cast<int>(std::lround(row * skew));
+        for (int p = 0; p < rn; ++p) {
+          srows[static_cast<std::size_t>(p)] = p == me ? 0 : (p == (me + 1) % rn ? heavy : row);
+          rrows[static_cast<std::size_t>(p)] =
+              p == me ? 0 : (p == (me + rn - 1) % rn ? heavy : row);
+        }
+        const double busiest = node.allreduce(
+            static_cast<double>(std::max(std::accumulate(srows.begin(), srows.end(), 0),
+                                         std::accumulate(rrows.begin(), rrows.end(), 0))),
+            comm::ReduceOp::max);
         const int reps = b <= 16384 ? 101 : 21;
-        const double t = alltoallv_time(node, b, skew, reps, busiest);
+        const double t = alltoallv_time(node, srows, rrows, reps);
         // Every node measures; the slowest node's numbers are used.
         const double tm = comm.allreduce(t, comm::ReduceOp::max);
         const double bm = comm.allreduce(busiest, comm::ReduceOp::max);
@@ -277,6 +279,58 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     a2a = fit_line(x, y);
     say("alltoallv intra fit: alpha " + fmt(a2a.a / a2a_msgs * 1e6) + " us per message, beta " +
         fmt(1e-9 / a2a.b) + " GB/s per rank, relative RMS residual " + fmt(a2a.rel_rms));
+  }
+
+  // Alltoallv across nodes (the modelled operation at the inter level): every rank sends `b`
+  // bytes to each rank on another node and nothing inside its node, `skew` times that to its
+  // first inter-node peer in rank order. The model's inter level is messages x alpha + the
+  // busiest node's max(out, in) bytes / beta (the NIC is shared), so the fit is
+  // t = a + node_bytes b with a = alpha x (inter-node peers of the busiest rank). Ping-pong (one
+  // flow, one direction at a time) stays in the notes: it is no NIC shared by R ranks moving
+  // data both ways at once, which is what the dispatch does.
+  Fit a2a_inter;
+  double inter_msgs = 1;
+  if (nodes >= 2) {
+    std::vector<std::int64_t> leader_of(static_cast<std::size_t>(P));
+    if (comm.rank() == 0) leader_of = leaders;
+    comm.bcast(std::span<std::int64_t>(leader_of), 0);
+    const auto other_node = [&](int a, int b) {
+      return leader_of[static_cast<std::size_t>(a)] != leader_of[static_cast<std::size_t>(b)];
+    };
+    const auto heavy_target = [&](int r) {
+      for (int k = 1; k < P; ++k)
+        if (other_node(r, (r + k) % P)) return (r + k) % P;
+      return -1;
+    };
+    const int me = comm.rank();
+    inter_msgs = comm.allreduce(static_cast<double>(P - node.size()), comm::ReduceOp::max);
+    std::vector<double> x, y;
+    for (std::size_t b : {64UL, 1024UL, 16384UL, 131072UL, 1048576UL}) {
+      for (double skew : {1.0, 4.0}) {
+        const int row = static_cast<int>(b), heavy = static_cast<int>(std::lround(row * skew));
+        std::vector<int> srows(static_cast<std::size_t>(P), 0), rrows(srows.size(), 0);
+        for (int p = 0; p < P; ++p) {
+          if (!other_node(me, p)) continue;
+          srows[static_cast<std::size_t>(p)] = p == heavy_target(me) ? heavy : row;
+          rrows[static_cast<std::size_t>(p)] = heavy_target(p) == me ? heavy : row;
+        }
+        double io[2] = {static_cast<double>(std::accumulate(srows.begin(), srows.end(), 0)),
+                        static_cast<double>(std::accumulate(rrows.begin(), rrows.end(), 0))};
+        node.allreduce(std::span<double>(io, 2), comm::ReduceOp::sum);  // the node's out, in
+        const double node_bytes = comm.allreduce(std::max(io[0], io[1]), comm::ReduceOp::max);
+        const int reps = b <= 16384 ? 51 : 11;
+        const double t = alltoallv_time(comm, srows, rrows, reps);
+        x.push_back(node_bytes);
+        y.push_back(t);
+        say("alltoallv inter " + std::to_string(P) + " ranks, " + std::to_string(b) +
+            " B per inter-node peer, skew " + fmt(skew) + ": busiest node " + fmt(node_bytes) +
+            " B, " + fmt(t * 1e6) + " us");
+      }
+    }
+    a2a_inter = fit_line(x, y);
+    say("alltoallv inter fit: alpha " + fmt(a2a_inter.a / inter_msgs * 1e6) +
+        " us per message, beta " + fmt(1e-9 / a2a_inter.b) +
+        " GB/s per node, relative RMS residual " + fmt(a2a_inter.rel_rms));
   }
 
   // Allreduce (reference for the ring/tree model; not fitted into the machine file).
@@ -442,9 +496,9 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     std::ostringstream ini;
     ini << "# Machine file written by `moesim calibrate` (the measurements are below).\n";
     ini << "# intra level: alltoallv fit (busiest endpoint bytes) when >= 2 ranks share a node,\n"
-           "# else ping-pong. inter level: ping-pong between rank 0 and the first rank on\n"
-           "# another node (one flow: a lower bound of the NIC's per-node bandwidth);\n"
-           "# without a second node the inter keys repeat the intra fit (not measured).\n";
+           "# else ping-pong. inter level: alltoallv across nodes (busiest node's bytes: the\n"
+           "# NIC is shared); without a second node the inter keys repeat the intra fit (not\n"
+           "# measured).\n";
     ini << notes.str();
     ini << "\n[cluster]\n";
     ini << "name = " << hostname() << "\n";
@@ -453,7 +507,11 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     ini << "ranks_per_node = " << R << "\n";
     ini << "intra_latency_us = " << fmt(intra_alpha * 1e6) << "\n";
     ini << "intra_bandwidth_GBps = " << fmt(intra_beta / 1e9) << "\n";
-    if (peers[1] > 0) {
+    if (a2a_inter.b > 0) {
+      ini << "inter_latency_us = " << fmt(a2a_inter.a / inter_msgs * 1e6) << "\n";
+      ini << "inter_bandwidth_GBps = " << fmt(1e-9 / a2a_inter.b) << "\n";
+      ini << "inter_fit_rel_rms = " << fmt(a2a_inter.rel_rms) << "\n";
+    } else if (peers[1] > 0) {
       ini << "inter_latency_us = " << fmt(pp_inter.a * 1e6) << "\n";
       ini << "inter_bandwidth_GBps = " << fmt(1e-9 / pp_inter.b) << "\n";
       ini << "inter_fit_rel_rms = " << fmt(pp_inter.rel_rms) << "\n";

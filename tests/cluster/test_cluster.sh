@@ -68,6 +68,28 @@ else
 fi
 rm -rf "$work"
 
+# Calibration across nodes: the inter level comes from an alltoallv across the 2 nodes, and its
+# per-node bandwidth must be the shaped link's (2 Gbit/s = 0.25 GB/s per direction; TCP headers
+# and the token bucket allow 0.15-0.30), not the shared memory's.
+work=$(mktemp -d)
+if (cd "$work" && timeout 150 mpirun -n 4 "$moesim" calibrate "$root/experiments/quickstart.ini" \
+  --model.d_model=32 --model.d_ff=64 --cluster.output=m.ini >cal.log 2>&1); then
+  beta=$(sed -n 's/^inter_bandwidth_GBps = //p' "$work/m.ini")
+  if grep --quiet "^# alltoallv inter fit" "$work/m.ini" &&
+    /usr/bin/python3 -c 'import sys; b = float(sys.argv[1]); sys.exit(0 if 0.15 <= b <= 0.30 else 1)' "${beta:-0}"; then
+    echo "  ok    calibrate on 2 nodes: inter level from alltoallv across nodes, beta $beta GB/s per node (link 0.25)"
+  else
+    echo "  FAIL  calibrate on 2 nodes: inter beta '${beta}' GB/s (want 0.15-0.30, from the alltoallv fit)"
+    grep "inter" "$work/m.ini" | head -20
+    fail=1
+  fi
+else
+  echo "  FAIL  calibrate on 2 nodes exited non-zero"
+  tail -20 "$work/cal.log"
+  fail=1
+fi
+rm -rf "$work"
+
 /usr/bin/python3 "$root/tests/regression/multinode.py" --moesim "$moesim" --mpiexec mpirun \
   --h5check "$root/tools/h5check.py" -- --bind-to none || fail=1
 echo "cluster tier: $((SECONDS - t0)) s"

@@ -140,15 +140,44 @@ if res.rc == 0:
 
 R.section("calibrate on 2 ranks writes a machine file simulate accepts")
 m = R.path("measured.ini")
-res = R.mpirun(2, ["calibrate", LAYER, "--model.d_model=64", "--model.d_ff=128", f"--cluster.output={m}"],
-               timeout=240)
+res = R.mpirun(2, ["calibrate", LAYER, "--model.d_model=64", "--model.d_ff=128", "--cluster.calibrate_expert_shapes=32x64",
+                  f"--cluster.output={m}"], timeout=240)
 R.check(res.rc == 0 and os.path.isfile(m), "calibrate exits 0 and writes the machine file", res.describe)
 text = open(m).read() if os.path.isfile(m) else ""
 for key in ["ranks_per_node", "intra_latency_us", "intra_bandwidth_GBps", "inter_latency_us",
-            "inter_bandwidth_GBps", "gemm_GFLOPs", "memory_bandwidth_GBps", "intra_fit_rel_rms"]:
+            "inter_bandwidth_GBps", "gemm_GFLOPs", "memory_bandwidth_GBps", "intra_fit_rel_rms",
+            "expert_table"]:
     R.check(f"\n{key} = " in text, f"machine file has {key}")
-res = R.serial(["simulate", LAYER, f"--cluster.file={m}", "--simulate.ranks=2",
-                f"--simulate.output={R.path('m.h5')}"])
+# The expert table: both shapes, both precisions, rows 8, 16, 32, ... with positive times.
+table = {}
+for line in text.splitlines():
+    if line.startswith("expert_table = "):
+        for entry in line[len("expert_table = "):].split(";"):
+            prec, shape, rows, fwd, bwd = entry.split()
+            table.setdefault((prec, shape), []).append((int(rows), float(fwd), float(bwd)))
+R.check(sorted(table) == [("float32", "32x64"), ("float32", "64x128"), ("float64", "32x64"), ("float64", "64x128")],
+        f"expert_table covers 64x128 (the config) and 32x64 (calibrate_expert_shapes) in float32 and float64: {sorted(table)}")
+R.check(all([r for r, _, _ in pts] == [8 << i for i in range(len(pts))] and len(pts) >= 3 and
+            all(f > 0 and b > 0 for _, f, b in pts) for pts in table.values()),
+        "each curve: rows 8, 16, 32, ... (>= 3 points), positive forward and backward times")
+res = R.serial(["simulate", LAYER, "--model.d_model=64", "--model.d_ff=128", f"--cluster.file={m}",
+                "--simulate.ranks=2", f"--simulate.output={R.path('m.h5')}"])
 R.check(res.rc == 0, "simulate accepts the calibrated machine file", res.describe)
+# The table is what the expert phase uses: without it (the roofline) the prediction differs.
+m_roof = R.path("measured_no_table.ini")
+with open(m_roof, "w") as out:
+    out.write("".join(l + "\n" for l in text.splitlines() if not l.startswith("expert_table = ")))
+res2 = R.serial(["simulate", LAYER, "--model.d_model=64", "--model.d_ff=128", f"--cluster.file={m_roof}",
+                 "--simulate.ranks=2",
+                 f"--simulate.output={R.path('m_roof.h5')}"])
+if res.rc == 0 and res2.rc == 0:
+    with h5py.File(R.path("m.h5"), "r") as f, h5py.File(R.path("m_roof.h5"), "r") as g:
+        a, b = float(f["/projection/time_expert"][0]), float(g["/projection/time_expert"][0])
+    R.check(a > 0 and b > 0 and abs(a - b) > 1e-3 * b, f"time_expert from the table {a:.6g} s != roofline {b:.6g} s")
+else:
+    R.check(False, "simulate without the expert table", res2.describe)
+res = R.mpirun(2, ["calibrate", LAYER, "--cluster.calibrate_expert_shapes=64x0", f"--cluster.output={R.path('bad.ini')}"])
+R.check(res.rc == 2 and "cluster.calibrate_expert_shapes" in res.err and not os.path.isfile(R.path("bad.ini")),
+        "calibrate with a bad cluster.calibrate_expert_shapes -> exit 2 naming the key, no machine file", res.describe)
 
 R.finish()
