@@ -15,6 +15,7 @@
 
 #include "moesim/build_info.hpp"
 #include "moesim/cli/cli.hpp"
+#include "moesim/data/cluster_task.hpp"
 #include "moesim/dispatch/dispatcher.hpp"
 #include "moesim/experts/expert_ffn.hpp"
 #include "moesim/routing/router.hpp"
@@ -489,6 +490,31 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
         std::to_string(n) + " float32 parameters: " + fmt(opt_ns) + " ns per parameter");
   }
 
+  // The synthetic batch (data::ClusterTask::generate, the run's own code) per token x input
+  // feature: a rank's share of data.tokens_per_step (at least 1024 tokens), all ranks at once,
+  // slowest rank per repetition, median.
+  double data_ns = 0;
+  {
+    const data::ClusterTask task(cfg.data, cfg.training.seed);
+    const std::int64_t n = std::max<std::int64_t>(1024, cfg.data.tokens_per_step / P);
+    const std::int64_t D = task.input_dim();
+    std::vector<float> xs(static_cast<std::size_t>(n * D));
+    std::vector<std::int32_t> ys(static_cast<std::size_t>(n));
+    std::vector<double> ts;
+    for (int i = -1; i < 9; ++i) {
+      comm.barrier();
+      const auto t0 = Clock::now();
+      task.generate(Stream::data_train, (i + 1) * n * P + comm.rank() * n, n, xs.data(), ys.data(),
+                    nullptr);
+      if (i >= 0) ts.push_back(since(t0));
+    }
+    comm.allreduce(std::span<double>(ts), comm::ReduceOp::max);
+    std::sort(ts.begin(), ts.end());
+    data_ns = ts[ts.size() / 2] / static_cast<double>(n * D) * 1e9;
+    say("data batch " + cfg.data.task + " " + std::to_string(n) + " tokens x " + std::to_string(D) +
+        " features: " + fmt(data_ns) + " ns per value");
+  }
+
   if (comm.rank() == 0) {
     const bool has_a2a = a2a.b > 0;
     const double intra_alpha = has_a2a ? a2a.a / a2a_msgs : pp_intra.a;
@@ -524,6 +550,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     ini << "memory_bandwidth_GBps = " << fmt(mem_bw / 1e9) << "\n";
     ini << "route_ns_per_score = " << fmt(route_ns) << "\n";
     ini << "optimizer_ns_per_param = " << fmt(opt_ns) << "\n";
+    ini << "data_ns_per_value = " << fmt(data_ns) << "\n";
     ini << "intra_fit_rel_rms = " << fmt(has_a2a ? a2a.rel_rms : pp_intra.rel_rms) << "\n";
     ini << "gemm_fit_rel_rms = " << fmt(spread) << "\n";
     ini << "expert_table = " << table.str() << "\n";

@@ -483,6 +483,9 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::cluster, &CC::optimizer_ns_per_param>(
         "cluster.optimizer_ns_per_param", "number >= 0",
         "optimizer step per parameter, nanoseconds (0 = memory-bound formula only)"));
+    t.push_back(make_field<&C::cluster, &CC::data_ns_per_value>(
+        "cluster.data_ns_per_value", "number >= 0",
+        "synthetic batch generation (data.task) per token x input feature, nanoseconds"));
     t.push_back(make_field<&C::cluster, &CC::intra_fit_rel_rms>(
         "cluster.intra_fit_rel_rms", "number >= 0",
         "calibrate: relative RMS residual of the intra-node alpha-beta fit"));
@@ -1320,6 +1323,7 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
       {"cluster.route_ns_per_score", cl.route_ns_per_score},
       {"cluster.step_overhead_us", cl.step_overhead_us},
       {"cluster.optimizer_ns_per_param", cl.optimizer_ns_per_param},
+      {"cluster.data_ns_per_value", cl.data_ns_per_value},
       {"cluster.intra_fit_rel_rms", cl.intra_fit_rel_rms},
       {"cluster.inter_fit_rel_rms", cl.inter_fit_rel_rms},
       {"cluster.gemm_fit_rel_rms", cl.gemm_fit_rel_rms}};

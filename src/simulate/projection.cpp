@@ -201,7 +201,7 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
   out.nodes = nodes;
   out.experts = E;
   out.tokens = B;
-  double routed_total = 0, kept_total = 0, imbalance_sum = 0;
+  double routed_total = 0, kept_total = 0, imbalance_sum = 0, wait_sum = 0;
   std::int64_t stamp = 0;
 
   for (std::int64_t step = 0; step < steps; ++step) {
@@ -359,9 +359,10 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       // combine: exchange back, y = x (copy) + sum_a w_a out_a (read y, read row, write y).
       // rank_wait: phases are timed per rank and reduced with max, and the rank with the least
       // expert work enters the combine exchange first and waits there for the busiest one.
+      const double wait = P > 1 ? rank_wait_time(expert_fwd, expert_fwd_min) : 0.0;
       out.time_combine += 0.5 * fwd_exposed + stream_time(3.0 * send_max * rb, M) +
-                          stream_time(2.0 * n * rb, M) +
-                          (P > 1 ? rank_wait_time(expert_fwd, expert_fwd_min) : 0.0);
+                          stream_time(2.0 * n * rb, M) + wait;
+      wait_sum += wait;
       // backward: combine backward (dot + scale), both exchanges, experts, scatter-add, gate
       out.time_backward += bwd_exchange + expert_bwd + stream_time(6.0 * send_max * rb, M) +
                            stream_time(2.0 * n * rb, M) +
@@ -370,9 +371,11 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       out.bytes_inter_node += 4.0 * inter_b;
     }
     // ---- outside the layers (once per step) ----
-    // input projection and head forward (+ data), their backward; gradient sync; optimizer
-    out.time_other += gemm_time(n, d, in_dim, s, M) + gemm_time(n, 2, d, s, M) +
-                      stream_time(2.0 * n * in_dim * s, M) + M.step_overhead;
+    // the batch (data.task), input projection and head forward, their backward; gradient sync;
+    // optimizer
+    out.time_other += data_time(n, in_dim, M) + gemm_time(n, d, in_dim, s, M) +
+                      gemm_time(n, 2, d, s, M) + stream_time(2.0 * n * in_dim * s, M) +
+                      M.step_overhead;
     out.time_backward +=
         gemm_time(in_dim, d, n, s, M) + gemm_time(d, 2, n, s, M) + gemm_time(n, d, 2, s, M);
     const double gate_params = has_gate ? d * static_cast<double>(E) : 0.0;
@@ -389,8 +392,13 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
        {&out.time_gate, &out.time_dispatch, &out.time_expert, &out.time_combine, &out.time_backward,
         &out.time_sync, &out.time_other, &out.bytes_intra_node, &out.bytes_inter_node})
     *t /= st;
+  // The step is one rank's path through all phases (runs record the maximum over ranks of each
+  // rank's own step time). The combine's rank wait is in the phase (each phase is the maximum
+  // over ranks, and there the least busy rank waits) but not on the step's path: the rank that
+  // waits there spent that much less in the experts, so counting it in both would count the
+  // spread twice.
   out.time_step = out.time_gate + out.time_dispatch + out.time_expert + out.time_combine +
-                  out.time_backward + out.time_sync + out.time_other;
+                  out.time_backward + out.time_sync + out.time_other - wait_sum / st;
   out.load_imbalance = imbalance_sum / (st * static_cast<double>(L));
   out.dropped_fraction = routed_total > 0 ? (routed_total - kept_total) / routed_total : 0.0;
   out.result_bytes_per_step =

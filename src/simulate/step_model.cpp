@@ -20,6 +20,7 @@ Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t r
   m.route_per_score = c.route_ns_per_score * 1e-9;
   m.step_overhead = c.step_overhead_us * 1e-6;
   m.optimizer_per_param = c.optimizer_ns_per_param * 1e-9;
+  m.data_per_value = c.data_ns_per_value * 1e-9;
   // bfloat16 experts run bf16 GEMMs; only a bfloat16 entry of the table describes them.
   for (const ExpertTimePoint& p : parse_expert_table(c.expert_table)) {
     if (p.precision != precision) continue;
@@ -58,6 +59,10 @@ double gemm_time(double m, double n, double k, double elem, const Machine& M) {
 }
 
 double stream_time(double bytes, const Machine& M) { return bytes / M.mem_bw; }
+
+double data_time(double n, double input_dim, const Machine& M) {
+  return n * input_dim * M.data_per_value;
+}
 
 double gate_forward_time(double n, double d, double E, double elem, const Machine& M) {
   return gemm_time(n, E, d, elem, M) + n * E * M.route_per_score;

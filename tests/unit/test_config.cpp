@@ -114,6 +114,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.cluster.route_ns_per_score, b.cluster.route_ns_per_score);
   EXPECT_EQ(a.cluster.step_overhead_us, b.cluster.step_overhead_us);
   EXPECT_EQ(a.cluster.optimizer_ns_per_param, b.cluster.optimizer_ns_per_param);
+  EXPECT_EQ(a.cluster.data_ns_per_value, b.cluster.data_ns_per_value);
   EXPECT_EQ(a.cluster.intra_fit_rel_rms, b.cluster.intra_fit_rel_rms);
   EXPECT_EQ(a.cluster.inter_fit_rel_rms, b.cluster.inter_fit_rel_rms);
   EXPECT_EQ(a.cluster.gemm_fit_rel_rms, b.cluster.gemm_fit_rel_rms);
@@ -214,6 +215,7 @@ Config all_non_default() {
   c.cluster.route_ns_per_score = 2.5;
   c.cluster.step_overhead_us = 10;
   c.cluster.optimizer_ns_per_param = 1.5;
+  c.cluster.data_ns_per_value = 12.5;
   c.cluster.intra_fit_rel_rms = 0.1;
   c.cluster.inter_fit_rel_rms = 0.2;
   c.cluster.gemm_fit_rel_rms = 0.3;
@@ -979,7 +981,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 95u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 96u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -997,7 +999,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 95u);
+  EXPECT_EQ(rows, 96u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -1024,7 +1026,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 95);  // every field of config.hpp
+  EXPECT_EQ(keys, 96);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);

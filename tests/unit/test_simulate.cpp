@@ -295,6 +295,26 @@ TEST(Projection, CombineWaitsForTheBusiestRank) {
   EXPECT_NEAR(p.time_expert, 2 * f16, 1e-15);
   EXPECT_NEAR(p.time_combine, M.alpha_intra + rank_wait_time(2 * f16, f16), 1e-15);
   EXPECT_DOUBLE_EQ(rank_wait_time(3, 5), 0);
+  // The step is one rank's path: the wait is in the combine phase but not in the step (rank 0
+  // waits there exactly as long as it computed less), so step = phases - wait.
+  const double phases = p.time_gate + p.time_dispatch + p.time_expert + p.time_combine +
+                        p.time_backward + p.time_sync + p.time_other;
+  EXPECT_NEAR(p.time_step, phases - rank_wait_time(2 * f16, f16), 1e-15);
+}
+
+TEST(Projection, TheBatchCostsItsCalibratedTimePerValue) {
+  const Config cfg = small_config();
+  const Scenario sc = make_scenario(cfg, 2, 2);
+  HandSource src({4, 4, 4, 4});
+  Machine M = test_machine();
+  const Projection a = project(cfg, sc, M, src, 1);
+  M.data_per_value = 25e-9;
+  const Projection b = project(cfg, sc, M, src, 1);
+  const double n = static_cast<double>(cfg.data.tokens_per_step) / 2;  // tokens per rank
+  const double want = n * static_cast<double>(cfg.data.input_dim) * 25e-9;
+  EXPECT_DOUBLE_EQ(data_time(n, static_cast<double>(cfg.data.input_dim), M), want);
+  EXPECT_NEAR(b.time_other - a.time_other, want, 1e-15);
+  EXPECT_NEAR(b.time_step - a.time_step, want, 1e-15);
 }
 
 TEST(Projection, PaddedExchangeSendsCapacityBlocks) {

@@ -156,6 +156,7 @@ struct ClusterConfig {
   double route_ns_per_score = 5.0;      // router work (softmax, rule, policy) per token x expert
   double step_overhead_us = 0.0;        // fixed time per step outside the modelled phases
   double optimizer_ns_per_param = 0.0;  // optimizer step per parameter; 0 = memory-bound formula
+  double data_ns_per_value = 0.0;       // synthetic batch generation per token x input feature
   double intra_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the intra alpha-beta fit
   double inter_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the inter alpha-beta fit
   double gemm_fit_rel_rms = 0.0;   // calibrate: relative RMS spread of the GEMM rates measured

@@ -31,6 +31,7 @@ struct Machine {
   double route_per_score = 0;              // s of router work per token x expert
   double step_overhead = 0;                // s per step outside the modelled phases
   double optimizer_per_param = 0;          // s per parameter of an optimizer step (0: memory bound)
+  double data_per_value = 0;               // s per token x input feature of the synthetic batch
   std::vector<ExpertCurve> expert_curves;  // measured shapes at the run's precision (may be empty)
 };
 
@@ -101,6 +102,10 @@ double counts_exchange_time(std::int64_t P, std::int64_t R, double bytes_per_pee
 double allreduce_ring_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
 double allreduce_tree_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
 double allreduce_time(std::int64_t P, double bytes, bool spans_nodes, const Machine& M);
+
+// data_time = n D t_data: generating a rank's batch of n tokens with D input features (each a
+// counter-based Gaussian draw; data.task), t_data from calibrate.
+double data_time(double n, double input_dim, const Machine& M);
 
 // optimizer_time = max(params * s * a / B_mem, params * t_param): memory bound with a = 7
 // accesses for adam (read p g m v, write p m v), 5 for sgd with momentum (read p g v, write
