@@ -439,8 +439,15 @@ def check_projection(c):
         if cols["time_step"] is not None:
             rows = len(cols["time_step"])
             parts = sum(cols[f"time_{p}"] for p in VALIDATION_PHASES[1:] if cols[f"time_{p}"] is not None)
-            if (cols["time_step"] + 1e-12 < parts).any():
-                c.problem("/projection/time_step: below the sum of its phases")
+            extra = {n: c.dataset(f"/projection/{n}", "f", 8, 1) for n in ["time_other", "time_combine_wait"]}
+            if all(v is not None for v in extra.values()):
+                # The step is one rank's path: the phases, the work outside them, minus the
+                # combine's rank wait (in the combine phase, not on the path).
+                want = parts + extra["time_other"] - extra["time_combine_wait"]
+                if (np.abs(cols["time_step"] - want) > 1e-9 * np.maximum(1.0, np.abs(want))).any():
+                    c.problem("/projection/time_step != phases + time_other - time_combine_wait")
+                if (extra["time_combine_wait"] > cols["time_combine"] + 1e-12).any():
+                    c.problem("/projection/time_combine_wait exceeds time_combine")
     if "validation" in c.f:
         v = {"ranks": c.dataset("/validation/ranks", "i", 8, 1)}
         if "/validation/run" not in c.f:

@@ -248,8 +248,12 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
         [](const P& p) { return p.time_backward; });
     col("time_sync", "gradient allreduce + optimizer, slowest rank", "s",
         [](const P& p) { return p.time_sync; });
-    col("time_other", "input projection, head and data outside the phases", "s",
+    col("time_other", "batch generation, input projection and head outside the phases", "s",
         [](const P& p) { return p.time_other; });
+    col("time_combine_wait",
+        "part of time_combine spent waiting for the busiest rank's experts (not on the step's "
+        "path: time_step = phases + time_other - time_combine_wait)",
+        "s", [](const P& p) { return p.time_combine_wait; });
     col("bytes_intra_node", "bytes over intra-node links, one step, all ranks", "B",
         [](const P& p) { return p.bytes_intra_node; });
     col("bytes_inter_node", "bytes over inter-node links, one step, all ranks", "B",

@@ -392,13 +392,14 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
        {&out.time_gate, &out.time_dispatch, &out.time_expert, &out.time_combine, &out.time_backward,
         &out.time_sync, &out.time_other, &out.bytes_intra_node, &out.bytes_inter_node})
     *t /= st;
+  out.time_combine_wait = wait_sum / st;
   // The step is one rank's path through all phases (runs record the maximum over ranks of each
   // rank's own step time). The combine's rank wait is in the phase (each phase is the maximum
   // over ranks, and there the least busy rank waits) but not on the step's path: the rank that
   // waits there spent that much less in the experts, so counting it in both would count the
   // spread twice.
   out.time_step = out.time_gate + out.time_dispatch + out.time_expert + out.time_combine +
-                  out.time_backward + out.time_sync + out.time_other - wait_sum / st;
+                  out.time_backward + out.time_sync + out.time_other - out.time_combine_wait;
   out.load_imbalance = imbalance_sum / (st * static_cast<double>(L));
   out.dropped_fraction = routed_total > 0 ? (routed_total - kept_total) / routed_total : 0.0;
   out.result_bytes_per_step =

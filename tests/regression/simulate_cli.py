@@ -70,6 +70,18 @@ R.check(res.rc == 0 and os.path.isfile(out), "simulate exits 0 and writes the fi
 chk = projection_check(out)
 R.check(chk.rc == 0, "h5check --projection: " + chk.out.strip(), chk.describe)
 with h5py.File(out, "r") as f:
+    wait = f["/projection/time_combine_wait"][()]
+    R.check(wait[-1] > 0, f"zipf:1.2 at 16,384 ranks: the combine's rank wait is positive ({wait[-1]:.4g} s)")
+# Mutation: a step that counts the wait twice (the pre-2026-11-30 model) must be refused.
+import shutil
+bad = R.path("proj_bad.h5")
+shutil.copy(out, bad)
+with h5py.File(bad, "r+") as f:
+    f["/projection/time_step"][...] = f["/projection/time_step"][()] + f["/projection/time_combine_wait"][()]
+chk = projection_check(bad)
+R.check(chk.rc != 0 and "time_combine_wait" in chk.out + chk.err,
+        "h5check --projection refuses a step that counts the combine wait twice", chk.describe)
+with h5py.File(out, "r") as f:
     ranks = f["/projection/ranks"][()]
     R.check(list(ranks) == [1, 2, 16, 16384], f"/projection/ranks = {list(ranks)}")
     R.check(f.attrs["workload"] in (b"zipf:1.2", "zipf:1.2"), "root attribute workload")

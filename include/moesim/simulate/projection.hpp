@@ -41,7 +41,11 @@ struct Projection {
   std::int64_t ranks = 0, nodes = 0;
   double time_step = 0, time_gate = 0, time_dispatch = 0, time_expert = 0, time_combine = 0,
          time_backward = 0, time_sync = 0, time_other = 0;  // seconds, slowest rank per phase
-  double bytes_intra_node = 0, bytes_inter_node = 0;        // one step, all ranks
+  // The part of time_combine that is the least busy rank waiting for the busiest one's experts:
+  // in the phase (each phase is the maximum over ranks) but not on the step's path, so
+  // time_step = gate + dispatch + expert + combine + backward + sync + other - time_combine_wait.
+  double time_combine_wait = 0;
+  double bytes_intra_node = 0, bytes_inter_node = 0;  // one step, all ranks
   double load_imbalance = 0;    // max/mean expert rows per rank (mean over layers and steps)
   double dropped_fraction = 0;  // dropped / routed assignments
   std::int64_t experts = 0, tokens = 0;
