@@ -64,7 +64,7 @@ def main():
     ax.plot(lim, lim, "k--", lw=0.8)
     ax.set_xlabel("measured step (ms)")
     ax.set_ylabel("predicted step (ms)")
-    ax.set_title("validation (1-2 ranks; 2 emulated nodes)")
+    ax.set_title("validation (1-2 ranks here; 2-4 emulated nodes)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(figs, "validation.png"), dpi=120)

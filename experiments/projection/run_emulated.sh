@@ -5,7 +5,9 @@
 # machines/emulated_<NODES>x<RPN>_<BW>.ini, measure validation runs (flat exchange; hierarchical
 # when RPN > 1; overlap_degree = 2 when every rank holds >= 2 experts) across the nodes, stop the
 # cluster, then predict every run with that machine file (hold-out: calibration never sees the runs).
-#   [NODES=2] [RPN=2] [BW=1gbit] experiments/projection/run_emulated.sh [BUILD_DIR]   (root)
+#   [NODES=2] [RPN=2] [BW=1gbit] [BURST=bytes] experiments/projection/run_emulated.sh [BUILD_DIR]
+# (root). BURST sets the links' token bucket (emulate.sh --burst; default one millisecond of BW,
+# >= 64 KiB); results then go to ..._burst<BYTES>.
 # With NODES x RPN > 2 the ranks share this machine's 2 cores (oversubscribed): every rank's time
 # includes waiting for a core; NODES=2 RPN=1 is the one emulated layout without that.
 set -euo pipefail
@@ -17,12 +19,14 @@ NODES=${NODES:-2}
 RPN=${RPN:-2}
 P=$((NODES * RPN))
 D=experiments/projection
-OUT=$D/results/emulated_${NODES}x${RPN}_$BW
-M=$D/machines/emulated_${NODES}x${RPN}_$BW.ini
+BURST=${BURST:-}
+tag=${NODES}x${RPN}_$BW${BURST:+_burst$BURST}
+OUT=$D/results/emulated_$tag
+M=$D/machines/emulated_$tag.ini
 mkdir -p "$OUT"
 export MOESIM_CLUSTER_NAME=mproj MOESIM_CLUSTER_DIR=/tmp/moesim-cluster-proj
 trap 'eval "$(scripts/cluster/emulate.sh stop 2>/dev/null)" || true' EXIT
-eval "$(scripts/cluster/emulate.sh start "$NODES" --bandwidth "$BW")"
+eval "$(scripts/cluster/emulate.sh start "$NODES" --bandwidth "$BW" ${BURST:+--burst "$BURST"})"
 { date -u; cat /proc/loadavg; } > "$OUT/machine.txt"
 MPI=(mpirun -n "$P" --map-by "ppr:$RPN:node")
 if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then  # SKIP_CALIBRATE=1 reuses the machine file

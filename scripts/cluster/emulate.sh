@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # An emulated multi-node cluster on one machine (docs/multinode.md):
-#   eval "$(scripts/cluster/emulate.sh start NODES [--bandwidth RATE] [--latency TIME] [--slots K])"
+#   eval "$(scripts/cluster/emulate.sh start NODES [--bandwidth RATE] [--latency TIME] [--slots K]
+#                                               [--burst BYTES])"
 #   scripts/cluster/emulate.sh status
 #   scripts/cluster/emulate.sh stop          # removes everything it made; safe to call twice
 #
@@ -9,7 +10,10 @@
 # machine's own network namespace is never touched and only addresses inside these namespaces are
 # used. RATE (tc units, e.g. 1gbit) shapes every node's link in both directions with a token
 # bucket (tbf) on the node's eth0 (uplink) and on its bridge port (downlink): a non-blocking switch
-# with one NIC of RATE per node. TIME (tc units, e.g. 50us) is the one-way node-to-node delay,
+# with one NIC of RATE per node. The bucket holds BYTES (default: one millisecond of RATE, at least
+# 64 KiB); an exchange smaller than the bucket after an idle moment leaves at the veth's own speed,
+# which a real NIC never does -- a small --burst (e.g. 16384) removes that, at the price of a
+# sustained rate below RATE (tbf's timer granularity). TIME (tc units, e.g. 50us) is the one-way node-to-node delay,
 # added by netem on each node's uplink; kernels without netem (CONFIG_NET_SCH_NETEM unset) get a
 # clear error instead.
 #
@@ -129,7 +133,7 @@ cmd_start() {
   shift || true
   [[ $nodes =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= 64)) ||
     die "NODES = '${nodes}' is not allowed: an integer from 1 to 64"
-  local bandwidth="" latency="" slots=2
+  local bandwidth="" latency="" slots=2 burst_opt=""
   while (($#)); do
     case $1 in
       --bandwidth) bandwidth=${2:-}; shift 2 || die "--bandwidth needs a value (e.g. 1gbit)" ;;
@@ -138,7 +142,9 @@ cmd_start() {
       --latency=*) latency=${1#*=}; shift ;;
       --slots) slots=${2:-}; shift 2 || die "--slots needs a value" ;;
       --slots=*) slots=${1#*=}; shift ;;
-      *) die "unknown option '$1' (allowed: --bandwidth RATE, --latency TIME, --slots K)" ;;
+      --burst) burst_opt=${2:-}; shift 2 || die "--burst needs a value (bytes, e.g. 16384)" ;;
+      --burst=*) burst_opt=${1#*=}; shift ;;
+      *) die "unknown option '$1' (allowed: --bandwidth RATE, --latency TIME, --slots K, --burst BYTES)" ;;
     esac
   done
   local bw_bytes=0
@@ -151,6 +157,11 @@ cmd_start() {
       die "--latency = '$latency' is not allowed: a tc time such as 50us or 1ms"
   fi
   [[ $slots =~ ^[0-9]+$ ]] && ((slots >= 1)) || die "--slots = '$slots' is not allowed: an integer >= 1"
+  if [[ -n $burst_opt ]]; then
+    [[ $burst_opt =~ ^[0-9]+$ ]] && ((burst_opt >= 2048 && burst_opt <= 1073741824)) ||
+      die "--burst = '$burst_opt' is not allowed: an integer number of bytes from 2048 to 1073741824"
+    [[ -n $bandwidth ]] || die "--burst = '$burst_opt' needs --bandwidth (it sizes the bandwidth's token bucket)"
+  fi
   check_tools
   [[ -z $(our_namespaces) ]] ||
     die "cluster '$name' is already running (namespaces: $(our_namespaces | tr '\n' ' ')); run 'emulate.sh stop' first"
@@ -173,6 +184,7 @@ cmd_start() {
     # One millisecond of traffic, at least 64 KiB (a GSO packet must fit in the bucket).
     burst=$((bw_bytes / 1000))
     ((burst < 65536)) && burst=65536
+    [[ -n $burst_opt ]] && burst=$burst_opt
   fi
   local hosts_extra="" i ns ip
   for ((i = 0; i < nodes; ++i)); do hosts_extra+="$(node_ip "$i") $(node_host "$i")"$'\n'; done
@@ -203,7 +215,7 @@ cmd_start() {
     { cat /etc/hosts; printf '%s' "$hosts_extra"; } >"/etc/netns/$ns/hosts"
     echo "$(node_host "$i") slots=$slots" >>"$dir/hostfile"
   done
-  echo "nodes=$nodes bandwidth=${bandwidth:-unshaped} latency=${latency:-none} slots=$slots subnet=$subnet" >"$dir/shape"
+  echo "nodes=$nodes bandwidth=${bandwidth:-unshaped} latency=${latency:-none} slots=$slots burst=${burst}B subnet=$subnet" >"$dir/shape"
 
   # Launch agent: `rsh_agent [ssh-like options] HOST COMMAND...` runs COMMAND in HOST's namespace.
   cat >"$dir/bin/rsh_agent" <<AGENT
