@@ -25,7 +25,7 @@ runs=()
 for ranks in 1 2; do
   for v in layer 2layer quickstart; do runs+=($OUT/val_${v}_np$ranks.h5); done
 done
-runs+=($OUT/val_layer_padded_np2.h5)
+runs+=($OUT/val_layer_padded_np2.h5 $OUT/val_layer_bf16_np1.h5 $OUT/val_layer_bf16_np2.h5)
 if [ "${SKIP_RUNS:-0}" != 1 ]; then
   for ranks in 1 2; do
     $MPI -n $ranks $B run $D/validate_layer.ini --output.file=$OUT/val_layer_np$ranks.h5
@@ -36,6 +36,11 @@ if [ "${SKIP_RUNS:-0}" != 1 ]; then
   done
   $MPI -n 2 $B run $D/validate_layer.ini --routing.dispatch=alltoall_padded \
     --output.file=$OUT/val_layer_padded_np2.h5
+  # The layer in bfloat16 (mixed precision: bf16 GEMMs, bf16 rows on the wire), 1 and 2 ranks.
+  for ranks in 1 2; do
+    $MPI -n $ranks $B run $D/validate_layer.ini --model.precision=bfloat16 \
+      --output.file=$OUT/val_layer_bf16_np$ranks.h5
+  done
   # A recorded run of the reference layer for the run: workload (groups of 256 tokens).
   $MPI -n 2 $B run experiments/bench/reference_layer.ini --routing.group_size=256 --training.steps=20 \
     --training.eval_every=0 --output.log_every=0 --output.loads_every=5 --data.eval_tokens=512 \

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <numeric>
 #include <sstream>
+#include <type_traits>
 
 #include "moesim/build_info.hpp"
 #include "moesim/cli/cli.hpp"
@@ -154,6 +155,53 @@ double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t d, 
   const double flops =
       12.0 * static_cast<double>(rows) * static_cast<double>(d) * static_cast<double>(f);
   return flops / (fwd_s + bwd_s) / 1e9;
+}
+
+// The same for bfloat16 experts (mixed precision: bf16 weights and activations, fp32
+// accumulation; ExpertBank<float> with bf16 = true, the run's code path). fwd_s, bwd_s per expert.
+void expert_times_bf16(const Config& cfg, const comm::Comm& comm, std::int64_t d, std::int64_t f,
+                       std::int64_t rows, std::int64_t n_exp, int reps, double& fwd_s,
+                       double& bwd_s) {
+  using experts::bf16;
+  ParamStore<float> store;
+  experts::ExpertBank<float> bank(store, "calibrate", 0, n_exp, d, f, cfg.model.activation, 1.0,
+                                  ParamKind::expert, true);
+  store.allocate();
+  store.initialize(1);
+  bank.bind(store);
+  const auto n = static_cast<std::size_t>(rows * n_exp);
+  const auto nd = n * static_cast<std::size_t>(d), nf = n * static_cast<std::size_t>(f);
+  std::vector<bf16> x0(nd), x(nd), y16(nd), dy(nd), a(nf);
+  std::vector<float> h(nf), y(nd), scratch_f(nf), scratch_d(nd);
+  const CounterRng rng(1, Stream::data_train, 98);
+  for (std::size_t i = 0; i < nd; ++i) {
+    x0[i] = experts::to_bf16(static_cast<float>(rng.normal(i)));
+    dy[i] = experts::to_bf16(static_cast<float>(rng.normal(i + nd)));
+  }
+  std::vector<std::int64_t> offset(static_cast<std::size_t>(n_exp) + 1);
+  for (std::size_t e = 0; e < offset.size(); ++e) offset[e] = static_cast<std::int64_t>(e) * rows;
+  std::vector<double> tf, tb;
+  for (int i = -1; i < reps; ++i) {
+    std::copy(x0.begin(), x0.end(), x.begin());
+    comm.barrier();
+    const auto t0 = Clock::now();
+    bank.forward_bf16(x.data(), offset, h.data(), a.data(), y.data(), y16.data());
+    const double a1 = since(t0);
+    const auto t1 = Clock::now();
+    bank.backward_bf16(x.data(), h.data(), a.data(), scratch_f.data(), dy.data(), offset,
+                       scratch_d.data());
+    const double b1 = since(t1);
+    if (i >= 0) {
+      tf.push_back(a1);
+      tb.push_back(b1);
+    }
+  }
+  comm.allreduce(std::span<double>(tf), comm::ReduceOp::max);
+  comm.allreduce(std::span<double>(tb), comm::ReduceOp::max);
+  std::sort(tf.begin(), tf.end());
+  std::sort(tb.begin(), tb.end());
+  fwd_s = tf[tf.size() / 2] / static_cast<double>(n_exp);
+  bwd_s = tb[tb.size() / 2] / static_cast<double>(n_exp);
 }
 
 std::string hostname() {
@@ -405,12 +453,12 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
   }
 
   // The expert-time table (cluster.expert_table): one expert's forward and backward at rows
-  // 8, 16, 32, ... (timed as a bank of the rank's E/P local experts, at most 16) for the config's
-  // shape and cluster.calibrate_expert_shapes, float32 and
-  // float64, all ranks at once, the same statistic as above. Rows double up to 8x the typical
-  // rows per expert (a skewed or capacity-padded expert gets several times the mean) and stop
-  // early once one forward + backward takes more than 50 ms; beyond the last point the model
-  // extrapolates linearly (curve_time).
+  // 8, 16, 32, ... for the config's shape and cluster.calibrate_expert_shapes, in float32,
+  // float64 and bfloat16 (mixed precision; even d_model only), timed as a bank of the rank's E/P
+  // local experts (at most 16), all ranks at once, the same statistic as above. Rows double up to
+  // 8x the typical rows per expert (a skewed or capacity-padded expert gets several times the
+  // mean) and stop early once the bank's forward + backward takes more than 50 ms; beyond the last
+  // point the model extrapolates linearly (curve_time).
   std::ostringstream table;
   {
     auto shapes_to_time = parse_expert_shapes(cfg.cluster.calibrate_expert_shapes);
@@ -420,11 +468,15 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
                          shapes_to_time.end());
     const std::int64_t top = std::max<std::int64_t>(64, 8 * typical);
     const std::int64_t local = std::clamp<std::int64_t>(E / P, 1, 16);  // experts per rank
+    // T = void: bfloat16 (mixed precision, expert_times_bf16).
     const auto time_shape = [&]<typename T>(const char* prec, std::int64_t d, std::int64_t f) {
       for (std::int64_t rows = 8;; rows *= 2) {
         double fw = 0, bw = 0;
         comm.barrier();
-        (void)expert_gflops<T>(cfg, comm, d, f, rows, local, 5, fw, bw);
+        if constexpr (std::is_void_v<T>)
+          expert_times_bf16(cfg, comm, d, f, rows, local, 5, fw, bw);
+        else
+          (void)expert_gflops<T>(cfg, comm, d, f, rows, local, 5, fw, bw);
         if (!table.str().empty()) table << "; ";
         table << prec << " " << d << "x" << f << " " << rows << " " << fmt(fw * 1e3) << " "
               << fmt(bw * 1e3);
@@ -440,6 +492,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     for (const auto& [d, f] : shapes_to_time) {
       time_shape.operator()<float>("float32", d, f);
       time_shape.operator()<double>("float64", d, f);
+      if (d % 2 == 0) time_shape.operator()<void>("bfloat16", d, f);  // bf16 needs an even d
     }
   }
 

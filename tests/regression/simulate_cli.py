@@ -167,8 +167,8 @@ for line in text.splitlines():
         for entry in line[len("expert_table = "):].split(";"):
             prec, shape, rows, fwd, bwd = entry.split()
             table.setdefault((prec, shape), []).append((int(rows), float(fwd), float(bwd)))
-R.check(sorted(table) == [("float32", "32x64"), ("float32", "64x128"), ("float64", "32x64"), ("float64", "64x128")],
-        f"expert_table covers 64x128 (the config) and 32x64 (calibrate_expert_shapes) in float32 and float64: {sorted(table)}")
+R.check(sorted(table) == sorted((p, s) for p in ["float32", "float64", "bfloat16"] for s in ["32x64", "64x128"]),
+        f"expert_table covers 64x128 (the config) and 32x64 (calibrate_expert_shapes) in float32, float64, bfloat16: {sorted(table)}")
 R.check(all([r for r, _, _ in pts] == [8 << i for i in range(len(pts))] and len(pts) >= 3 and
             all(f > 0 and b > 0 for _, f, b in pts) for pts in table.values()),
         "each curve: rows 8, 16, 32, ... (>= 3 points), positive forward and backward times")
