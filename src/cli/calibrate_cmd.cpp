@@ -104,6 +104,35 @@ double alltoallv_time(const comm::Comm& c, const std::vector<int>& srows,
   return times[times.size() / 2];
 }
 
+// One bank's forward and backward timed `reps` times (after one untimed round): `reset` restores
+// the inputs untimed, then a barrier; each repetition counts the slowest rank's own time (the
+// statistic runs record), median over repetitions, divided by the bank's `n_exp` experts.
+template <typename Reset, typename Fwd, typename Bwd>
+void time_fwd_bwd(const comm::Comm& comm, int reps, std::int64_t n_exp, Reset&& reset, Fwd&& fwd,
+                  Bwd&& bwd, double& fwd_s, double& bwd_s) {
+  std::vector<double> tf, tb;
+  for (int i = -1; i < reps; ++i) {
+    reset();
+    comm.barrier();
+    const auto t0 = Clock::now();
+    fwd();
+    const double a1 = since(t0);
+    const auto t1 = Clock::now();
+    bwd();
+    const double b1 = since(t1);
+    if (i >= 0) {
+      tf.push_back(a1);
+      tb.push_back(b1);
+    }
+  }
+  comm.allreduce(std::span<double>(tf), comm::ReduceOp::max);
+  comm.allreduce(std::span<double>(tb), comm::ReduceOp::max);
+  std::sort(tf.begin(), tf.end());
+  std::sort(tb.begin(), tb.end());
+  fwd_s = tf[tf.size() / 2] / static_cast<double>(n_exp);
+  bwd_s = tb[tb.size() / 2] / static_cast<double>(n_exp);
+}
+
 // FLOP rate of one expert's forward + backward at `rows` rows (the experts' code path), all
 // ranks at once. `n_exp` experts (distinct weights and inputs, `rows` each) run back to back as a
 // rank's local experts do in a run, so caches hold what they hold there; fwd_s and bwd_s are per
@@ -130,27 +159,10 @@ double expert_gflops(const Config& cfg, const comm::Comm& comm, std::int64_t d, 
   }
   std::vector<std::int64_t> offset(static_cast<std::size_t>(n_exp) + 1);
   for (std::size_t e = 0; e < offset.size(); ++e) offset[e] = static_cast<std::int64_t>(e) * rows;
-  std::vector<double> tf, tb;
-  for (int i = -1; i < reps; ++i) {
-    std::copy(x0.begin(), x0.end(), x.begin());
-    comm.barrier();
-    const auto t0 = Clock::now();
-    bank.forward(x.data(), offset, h.data(), a.data(), y.data());
-    const double a1 = since(t0);
-    const auto t1 = Clock::now();
-    bank.backward(x.data(), h.data(), a.data(), dy.data(), offset);
-    const double b1 = since(t1);
-    if (i >= 0) {
-      tf.push_back(a1);
-      tb.push_back(b1);
-    }
-  }
-  comm.allreduce(std::span<double>(tf), comm::ReduceOp::max);
-  comm.allreduce(std::span<double>(tb), comm::ReduceOp::max);
-  std::sort(tf.begin(), tf.end());
-  std::sort(tb.begin(), tb.end());
-  fwd_s = tf[tf.size() / 2] / static_cast<double>(n_exp);
-  bwd_s = tb[tb.size() / 2] / static_cast<double>(n_exp);
+  time_fwd_bwd(
+      comm, reps, n_exp, [&] { std::copy(x0.begin(), x0.end(), x.begin()); },
+      [&] { bank.forward(x.data(), offset, h.data(), a.data(), y.data()); },
+      [&] { bank.backward(x.data(), h.data(), a.data(), dy.data(), offset); }, fwd_s, bwd_s);
   // 2 GEMMs forward + 4 backward, each 2 rows d f FLOP.
   const double flops =
       12.0 * static_cast<double>(rows) * static_cast<double>(d) * static_cast<double>(f);
@@ -180,28 +192,14 @@ void expert_times_bf16(const Config& cfg, const comm::Comm& comm, std::int64_t d
   }
   std::vector<std::int64_t> offset(static_cast<std::size_t>(n_exp) + 1);
   for (std::size_t e = 0; e < offset.size(); ++e) offset[e] = static_cast<std::int64_t>(e) * rows;
-  std::vector<double> tf, tb;
-  for (int i = -1; i < reps; ++i) {
-    std::copy(x0.begin(), x0.end(), x.begin());
-    comm.barrier();
-    const auto t0 = Clock::now();
-    bank.forward_bf16(x.data(), offset, h.data(), a.data(), y.data(), y16.data());
-    const double a1 = since(t0);
-    const auto t1 = Clock::now();
-    bank.backward_bf16(x.data(), h.data(), a.data(), scratch_f.data(), dy.data(), offset,
-                       scratch_d.data());
-    const double b1 = since(t1);
-    if (i >= 0) {
-      tf.push_back(a1);
-      tb.push_back(b1);
-    }
-  }
-  comm.allreduce(std::span<double>(tf), comm::ReduceOp::max);
-  comm.allreduce(std::span<double>(tb), comm::ReduceOp::max);
-  std::sort(tf.begin(), tf.end());
-  std::sort(tb.begin(), tb.end());
-  fwd_s = tf[tf.size() / 2] / static_cast<double>(n_exp);
-  bwd_s = tb[tb.size() / 2] / static_cast<double>(n_exp);
+  time_fwd_bwd(
+      comm, reps, n_exp, [&] { std::copy(x0.begin(), x0.end(), x.begin()); },
+      [&] { bank.forward_bf16(x.data(), offset, h.data(), a.data(), y.data(), y16.data()); },
+      [&] {
+        bank.backward_bf16(x.data(), h.data(), a.data(), scratch_f.data(), dy.data(), offset,
+                           scratch_d.data());
+      },
+      fwd_s, bwd_s);
 }
 
 std::string hostname() {
