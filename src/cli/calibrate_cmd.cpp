@@ -12,6 +12,7 @@
 #include <fstream>
 #include <numeric>
 #include <sstream>
+#include <thread>
 #include <type_traits>
 
 #include "moesim/build_info.hpp"
@@ -78,9 +79,11 @@ double pingpong(const comm::Comm& comm, int a, int b, std::size_t bytes, int rep
 }
 
 // Median over `reps` of the slowest rank's time of one alltoallv with srows[p] bytes to and
-// rrows[p] bytes from each peer p (byte rows).
+// rrows[p] bytes from each peer p (byte rows). idle > 0: every rank sleeps that many seconds
+// after the barrier, so the link idles as it does while experts compute (sleeping, not spinning:
+// with more ranks than cores, spinning ranks starve the ones that must send).
 double alltoallv_time(const comm::Comm& c, const std::vector<int>& srows,
-                      const std::vector<int>& rrows, int reps) {
+                      const std::vector<int>& rrows, int reps, double idle = 0) {
   const int P = c.size();
   std::vector<int> sdispl(P), rdispl(P);
   int so = 0, ro = 0;
@@ -95,6 +98,7 @@ double alltoallv_time(const comm::Comm& c, const std::vector<int>& srows,
   std::vector<double> times;
   for (int i = -2; i < reps; ++i) {
     c.barrier();
+    if (idle > 0) std::this_thread::sleep_for(std::chrono::duration<double>(idle));
     const auto t0 = Clock::now();
     c.alltoallv_rows(sbuf.data(), srows, sdispl, rbuf.data(), rrows, rdispl, 1);
     const double t = c.allreduce(since(t0), comm::ReduceOp::max);
@@ -336,6 +340,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
   // flow, one direction at a time) stays in the notes: it is no NIC shared by R ranks moving
   // data both ways at once, which is what the dispatch does.
   Fit a2a_inter;
+  simulate::BucketFit bucket;
   double inter_msgs = 1;
   if (nodes >= 2) {
     std::vector<std::int64_t> leader_of(static_cast<std::size_t>(P));
@@ -378,6 +383,41 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     say("alltoallv inter fit: alpha " + fmt(a2a_inter.a / inter_msgs * 1e6) +
         " us per message, beta " + fmt(1e-9 / a2a_inter.b) +
         " GB/s per node, relative RMS residual " + fmt(a2a_inter.rel_rms));
+
+    // A burstable link (token bucket): the uniform exchange at busiest-node sizes 16 KiB .. 8 MiB,
+    // back-to-back and after 30 ms of idle link, alternating; what the idle time saves is fitted
+    // as k min(S, B) (simulate::fit_bucket). 30 ms refill 30 ms x beta: a larger bucket is
+    // measured as what refilled.
+    if (a2a_inter.b > 0) {
+      std::vector<double> sz, t_busy, t_idle;
+      const double per_node = static_cast<double>(R) * inter_msgs;  // uniform: R (P-R) blocks
+      for (int i = 0; i < 10; ++i) {
+        const double target = 16384.0 * std::pow(2.0, i);
+        const int row = std::max(1, static_cast<int>(std::lround(target / per_node)));
+        std::vector<int> srows(static_cast<std::size_t>(P), 0), rrows(srows.size(), 0);
+        for (int p = 0; p < P; ++p)
+          if (other_node(me, p))
+            srows[static_cast<std::size_t>(p)] = rrows[static_cast<std::size_t>(p)] = row;
+        double out = static_cast<double>(std::accumulate(srows.begin(), srows.end(), 0));
+        node.allreduce(std::span<double>(&out, 1), comm::ReduceOp::sum);
+        const double node_bytes = comm.allreduce(out, comm::ReduceOp::max);
+        const double busy = alltoallv_time(comm, srows, rrows, 7);
+        const double idle = alltoallv_time(comm, srows, rrows, 7, 0.03);
+        sz.push_back(node_bytes);
+        t_busy.push_back(busy);
+        t_idle.push_back(idle);
+        say("alltoallv inter busiest node " + fmt(node_bytes) + " B: back-to-back " +
+            fmt(busy * 1e6) + " us, after 30 ms idle " + fmt(idle * 1e6) + " us");
+      }
+      bucket = simulate::fit_bucket(sz, t_busy, t_idle, 1.0 / a2a_inter.b);
+      say(bucket.accepted
+              ? "inter-node token bucket: " + fmt(bucket.bytes) + " B per node at " +
+                    fmt(bucket.beta_burst / 1e9) + " GB/s (saving k " + fmt(bucket.k * 1e9) +
+                    " ns/B, after-idle constant " + fmt(bucket.c * 1e6) +
+                    " us, relative RMS residual " + fmt(bucket.rel_rms) + ")"
+              : std::string("inter-node token bucket: none (the idle link saves no time, or "
+                            "no plateau in 16 KiB .. 8 MiB)"));
+    }
   }
 
   // Allreduce (reference for the ring/tree model; not fitted into the machine file).
@@ -588,6 +628,8 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
       ini << "inter_latency_us = " << fmt(a2a_inter.a / inter_msgs * 1e6) << "\n";
       ini << "inter_bandwidth_GBps = " << fmt(1e-9 / a2a_inter.b) << "\n";
       ini << "inter_fit_rel_rms = " << fmt(a2a_inter.rel_rms) << "\n";
+      ini << "inter_burst_bytes = " << fmt(bucket.bytes) << "\n";
+      ini << "inter_burst_GBps = " << fmt(bucket.beta_burst / 1e9) << "\n";
     } else if (peers[1] > 0) {
       ini << "inter_latency_us = " << fmt(pp_inter.a * 1e6) << "\n";
       ini << "inter_bandwidth_GBps = " << fmt(1e-9 / pp_inter.b) << "\n";

@@ -465,6 +465,12 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::cluster, &CC::inter_bandwidth_GBps>(
         "cluster.inter_bandwidth_GBps", "number > 0",
         "beta between nodes, per node (NIC) and direction"));
+    t.push_back(make_field<&C::cluster, &CC::inter_burst_bytes>(
+        "cluster.inter_burst_bytes", "number >= 0",
+        "token bucket of a burstable inter-node link, bytes per node and direction (0 = none)"));
+    t.push_back(make_field<&C::cluster, &CC::inter_burst_GBps>(
+        "cluster.inter_burst_GBps", "0, or a number > cluster.inter_bandwidth_GBps",
+        "rate of the inter-node link while its token bucket holds tokens"));
     t.push_back(make_field<&C::cluster, &CC::gemm_GFLOPs>(
         "cluster.gemm_GFLOPs", "number > 0",
         "sustained GEMM rate per rank at expert shapes (float32)"));
@@ -1324,10 +1330,16 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
       {"cluster.step_overhead_us", cl.step_overhead_us},
       {"cluster.optimizer_ns_per_param", cl.optimizer_ns_per_param},
       {"cluster.data_ns_per_value", cl.data_ns_per_value},
+      {"cluster.inter_burst_bytes", cl.inter_burst_bytes},
+      {"cluster.inter_burst_GBps", cl.inter_burst_GBps},
       {"cluster.intra_fit_rel_rms", cl.intra_fit_rel_rms},
       {"cluster.inter_fit_rel_rms", cl.inter_fit_rel_rms},
       {"cluster.gemm_fit_rel_rms", cl.gemm_fit_rel_rms}};
   for (const auto& [key, v] : nonneg) require_real(v, v >= 0, key, "must be a number >= 0");
+  if (cl.inter_burst_bytes > 0)
+    require_real(cl.inter_burst_GBps, cl.inter_burst_GBps > cl.inter_bandwidth_GBps,
+                 "cluster.inter_burst_GBps",
+                 "must exceed cluster.inter_bandwidth_GBps when cluster.inter_burst_bytes > 0");
   require_ini_safe(cl.expert_table, "cluster.expert_table");
   require_ini_safe(cl.calibrate_expert_shapes, "cluster.calibrate_expert_shapes");
   (void)parse_expert_table(cl.expert_table);

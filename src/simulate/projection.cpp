@@ -54,6 +54,26 @@ double vmax2(const V& a, const V& b) {
   return std::max(vmax(a), vmax(b));
 }
 
+// One layer's exchange: `first` (flat, padded, or the hierarchical's inter-node stage A), the
+// hierarchical's intra-node stage B (`second`) and its relay copy (`extra`), and the pack/unpack.
+struct LayerExchange {
+  ExchangeLoad first, second;
+  bool two_stage = false;
+  double extra = 0, pack = 0;
+  // one direction's time with `tokens` in the busiest node's bucket (only stage A crosses nodes)
+  double time(double tokens, const Machine& M) const {
+    return pack + exchange_time(first, M, tokens) +
+           (two_stage ? exchange_time(second, M) + extra : 0.0);
+  }
+};
+
+// What the backward pass needs of each layer, kept from the forward pass of the same step.
+struct LayerRecord {
+  LayerExchange ex;
+  bool pipelined = false;
+  double expert_bwd = 0, bwd_local = 0;
+};
+
 double elem_bytes(const Config& cfg) {
   return cfg.model.precision == Precision::float64 ? 8.0 : 4.0;
 }
@@ -203,6 +223,10 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
   out.tokens = B;
   double routed_total = 0, kept_total = 0, imbalance_sum = 0, wait_sum = 0;
   std::int64_t stamp = 0;
+  std::vector<LayerRecord> rec(static_cast<std::size_t>(L));
+  // A burstable inter-node link: the busiest node's bucket starts full and `idle` seconds of
+  // link idleness precede the next exchange (step_model.hpp, bucket_*).
+  double tokens = M.burst_bytes, idle = 0.0;
 
   for (std::int64_t step = 0; step < steps; ++step) {
     for (std::int64_t layer = 0; layer < L; ++layer) {
@@ -285,11 +309,15 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       }
 
       // ---- times of this layer (slowest rank per term) ----
-      double exch = 0, pack_rows = 0, intra_b = 0, inter_b = 0;
+      // The exchange of this layer's traffic (the same rows move four times: dispatch and combine,
+      // forward and backward), as a function of the tokens in the busiest node's bucket.
+      LayerExchange& ex = rec[static_cast<std::size_t>(layer)].ex;
+      ex = LayerExchange{};
+      double pack_rows = 0, intra_b = 0, inter_b = 0;
       if (sc.algorithm == Algorithm::padded) {
         const double padded =
             static_cast<double>(std::max<std::int64_t>(C, 0) * local * groups_per_rank);
-        exch = exchange_time(uniform_exchange_load(P, R, padded * rb), M);
+        ex.first = uniform_exchange_load(P, R, padded * rb);
         pack_rows = 2.0 * static_cast<double>(P) * padded;
         intra_b = static_cast<double>(P * (R - 1)) * padded * rb;
         inter_b = static_cast<double>(P * (P - R)) * padded * rb;
@@ -309,21 +337,19 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
           sum_b += lt.b_send[static_cast<std::size_t>(r)];
         }
         if (sc.algorithm == Algorithm::flat) {
-          exch = exchange_time(flat, M);
+          ex.first = flat;
           intra_b = sum_intra * rb;
         } else {
-          ExchangeLoad a, b;
-          a.inter_messages = vmax2(lt.a_msend, lt.a_mrecv);
-          a.inter_bytes = flat.inter_bytes;
-          b.intra_messages = vmax2(lt.b_msend, lt.b_mrecv);
-          b.intra_bytes = vmax2(lt.b_send, lt.b_recv) * rb;
-          exch = exchange_time(a, M) + exchange_time(b, M) +
-                 stream_time(2.0 * vmax(lt.b_send) * rb, M);
-          intra_b = sum_b * rb;
+          ex.first.inter_messages = vmax2(lt.a_msend, lt.a_mrecv);
+          ex.first.inter_bytes = flat.inter_bytes;
+          ex.second.intra_messages = vmax2(lt.b_msend, lt.b_mrecv);
+          ex.second.intra_bytes = vmax2(lt.b_send, lt.b_recv) * rb;
+          ex.two_stage = true;
+          ex.extra = stream_time(2.0 * vmax(lt.b_send) * rb, M);
         }
         inter_b = sum_inter * rb;
       }
-      const double pack = stream_time(2.0 * pack_rows * rb, M);
+      ex.pack = stream_time(2.0 * pack_rows * rb, M);
       const double counts = counts_exchange_time(P, R, 4.0 * static_cast<double>(local), M);
       const double send_max = vmax(lt.send_rows);
       double expert_fwd = 0, expert_bwd = 0, rows_max = 0, rows_sum = 0;
@@ -344,38 +370,71 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       }
       imbalance_sum += rows_sum > 0 ? rows_max / (rows_sum / static_cast<double>(P)) : 1.0;
       const double Ed = static_cast<double>(E);
-      out.time_gate += has_gate ? gate_forward_time(n, d, Ed, s, M) : n * M.route_per_score;
+      const double gate_fwd = has_gate ? gate_forward_time(n, d, Ed, s, M) : n * M.route_per_score;
+      out.time_gate += gate_fwd;
       // The exchange around the experts: blocking, or with routing.overlap_degree = d (flat
       // exchange only, as in runs) a pipeline of d chunks whose exposed part is split between
       // dispatch and combine (runs time them the same way: the waits that were not hidden).
-      const double way = pack + exch;
-      double fwd_exposed = 2.0 * way, bwd_exchange = 2.0 * way;
-      if (chunks > 1 && sc.algorithm == Algorithm::flat) {
-        fwd_exposed = pipelined_time(way, way, expert_fwd, chunks) - expert_fwd;
-        bwd_exchange = pipelined_time(way, way, expert_bwd, chunks) - expert_bwd;
+      // A burstable link's bucket refills while the link idles (here: the gate before the
+      // dispatch, the experts before the combine) and speeds up the next exchange; the pipeline
+      // keeps the link busy, so there it is spent and not modelled.
+      const bool pipelined = chunks > 1 && sc.algorithm == Algorithm::flat;
+      rec[static_cast<std::size_t>(layer)].pipelined = pipelined;
+      double to_experts = 0, back = 0, bwd_pipelined = 0;
+      if (pipelined) {
+        const double way = ex.time(0.0, M);
+        const double fwd_exposed = pipelined_time(way, way, expert_fwd, chunks) - expert_fwd;
+        bwd_pipelined = pipelined_time(way, way, expert_bwd, chunks) - expert_bwd;
+        to_experts = back = 0.5 * fwd_exposed;
+        tokens = 0.0;
+      } else {
+        tokens = bucket_refill(tokens, idle + gate_fwd, M);
+        to_experts = ex.time(tokens, M);
+        tokens = bucket_drain(tokens, ex.first.inter_bytes, M);
+        tokens = bucket_refill(tokens, expert_fwd, M);
+        back = ex.time(tokens, M);
+        tokens = bucket_drain(tokens, ex.first.inter_bytes, M);
       }
-      out.time_dispatch += counts + 0.5 * fwd_exposed;
+      idle = 0.0;
+      out.time_dispatch += counts + to_experts;
       out.time_expert += expert_fwd;
       // combine: exchange back, y = x (copy) + sum_a w_a out_a (read y, read row, write y).
       // rank_wait: phases are timed per rank and reduced with max, and the rank with the least
       // expert work enters the combine exchange first and waits there for the busiest one.
       const double wait = P > 1 ? rank_wait_time(expert_fwd, expert_fwd_min) : 0.0;
-      out.time_combine += 0.5 * fwd_exposed + stream_time(3.0 * send_max * rb, M) +
-                          stream_time(2.0 * n * rb, M) + wait;
+      out.time_combine +=
+          back + stream_time(3.0 * send_max * rb, M) + stream_time(2.0 * n * rb, M) + wait;
       wait_sum += wait;
-      // backward: combine backward (dot + scale), both exchanges, experts, scatter-add, gate
-      out.time_backward += bwd_exchange + expert_bwd + stream_time(6.0 * send_max * rb, M) +
-                           stream_time(2.0 * n * rb, M) +
-                           (has_gate ? gate_backward_time(n, d, Ed, s, M) : 0.0);
+      // backward: combine backward (dot + scale), both exchanges (below, in the backward's layer
+      // order, or the pipeline's), experts, scatter-add, gate
+      const double bwd_local = stream_time(6.0 * send_max * rb, M) + stream_time(2.0 * n * rb, M) +
+                               (has_gate ? gate_backward_time(n, d, Ed, s, M) : 0.0);
+      rec[static_cast<std::size_t>(layer)].expert_bwd = expert_bwd;
+      rec[static_cast<std::size_t>(layer)].bwd_local = bwd_local;
+      out.time_backward += bwd_pipelined + expert_bwd + bwd_local;
       out.bytes_intra_node += 4.0 * intra_b;  // dispatch + combine, forward and backward
       out.bytes_inter_node += 4.0 * inter_b;
+    }
+    // The backward's exchanges, last layer first: gradients to the experts after the layer's
+    // local backward work, back after its expert backward.
+    for (std::int64_t layer = L - 1; layer >= 0; --layer) {
+      const LayerRecord& lr = rec[static_cast<std::size_t>(layer)];
+      if (lr.pipelined) continue;
+      tokens = bucket_refill(tokens, lr.bwd_local, M);
+      double t = lr.ex.time(tokens, M);
+      tokens = bucket_drain(tokens, lr.ex.first.inter_bytes, M);
+      tokens = bucket_refill(tokens, lr.expert_bwd, M);
+      t += lr.ex.time(tokens, M);
+      tokens = bucket_drain(tokens, lr.ex.first.inter_bytes, M);
+      out.time_backward += t;
     }
     // ---- outside the layers (once per step) ----
     // the batch (data.task), input projection and head forward, their backward; gradient sync;
     // optimizer
-    out.time_other += data_time(n, in_dim, M) + gemm_time(n, d, in_dim, s, M) +
-                      gemm_time(n, 2, d, s, M) + stream_time(2.0 * n * in_dim * s, M) +
-                      M.step_overhead;
+    const double other = data_time(n, in_dim, M) + gemm_time(n, d, in_dim, s, M) +
+                         gemm_time(n, 2, d, s, M) + stream_time(2.0 * n * in_dim * s, M) +
+                         M.step_overhead;
+    out.time_other += other;
     out.time_backward +=
         gemm_time(in_dim, d, n, s, M) + gemm_time(d, 2, n, s, M) + gemm_time(n, d, 2, s, M);
     const double gate_params = has_gate ? d * static_cast<double>(E) : 0.0;
@@ -383,9 +442,12 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
     const double rep_params =
         in_dim * d + d + static_cast<double>(L) * (gate_params + noise_params) + 2.0 * d + 2.0;
     const double expert_params = static_cast<double>(L * local) * (2.0 * d * f + d + f);
-    out.time_sync += allreduce_time(P, rep_params * s, nodes > 1, M) +
-                     (replicas > 1 ? allreduce_time(replicas, expert_params * s, P > R, M) : 0.0) +
-                     optimizer_time(rep_params + expert_params, s, cfg.training.optimizer, M);
+    const double sync =
+        allreduce_time(P, rep_params * s, nodes > 1, M) +
+        (replicas > 1 ? allreduce_time(replicas, expert_params * s, P > R, M) : 0.0) +
+        optimizer_time(rep_params + expert_params, s, cfg.training.optimizer, M);
+    out.time_sync += sync;
+    idle = sync + other;  // before the next step's first exchange (the gradient sync is small)
   }
   const double st = static_cast<double>(steps);
   for (double* t :

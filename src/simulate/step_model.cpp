@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace moesim::simulate {
@@ -14,6 +15,10 @@ Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t r
   m.beta_intra = c.intra_bandwidth_GBps * 1e9;
   m.alpha_inter = c.inter_latency_us * 1e-6;
   m.beta_inter = c.inter_bandwidth_GBps * 1e9;
+  if (c.inter_burst_bytes > 0 && c.inter_burst_GBps > c.inter_bandwidth_GBps) {
+    m.burst_bytes = c.inter_burst_bytes;
+    m.beta_burst = c.inter_burst_GBps * 1e9;
+  }
   const double f64 = c.gemm_GFLOPs_float64 > 0 ? c.gemm_GFLOPs_float64 : 0.5 * c.gemm_GFLOPs;
   m.flops = (precision == Precision::float64 ? f64 : c.gemm_GFLOPs) * 1e9;
   m.mem_bw = c.memory_bandwidth_GBps * 1e9;
@@ -91,10 +96,26 @@ double level_time(double messages, double bytes, double alpha, double beta) {
   return messages * alpha + bytes / beta;
 }
 
-double exchange_time(const ExchangeLoad& x, const Machine& M) {
+double exchange_time(const ExchangeLoad& x, const Machine& M, double tokens) {
   const double intra = level_time(x.intra_messages, x.intra_bytes, M.alpha_intra, M.beta_intra);
-  const double inter = level_time(x.inter_messages, x.inter_bytes, M.alpha_inter, M.beta_inter);
+  const double inter = level_time(x.inter_messages, x.inter_bytes, M.alpha_inter, M.beta_inter) -
+                       burst_saving(x.inter_bytes, tokens, M);
   return std::max(intra, inter);
+}
+
+double bucket_refill(double tokens, double gap, const Machine& M) {
+  if (M.burst_bytes <= 0) return 0.0;
+  return std::min(M.burst_bytes, tokens + std::max(gap, 0.0) * M.beta_inter);
+}
+
+double burst_saving(double bytes, double tokens, const Machine& M) {
+  if (M.burst_bytes <= 0 || M.beta_burst <= M.beta_inter || tokens <= 0 || bytes <= 0) return 0.0;
+  return std::min(bytes * (1.0 / M.beta_inter - 1.0 / M.beta_burst), tokens / M.beta_inter);
+}
+
+double bucket_drain(double tokens, double bytes, const Machine& M) {
+  if (M.burst_bytes <= 0 || M.beta_burst <= M.beta_inter) return 0.0;
+  return std::max(0.0, tokens - bytes * (1.0 - M.beta_inter / M.beta_burst));
 }
 
 ExchangeLoad uniform_exchange_load(std::int64_t P, std::int64_t R, double block) {
@@ -242,6 +263,51 @@ LineFit fit_hockney(const std::vector<double>& x, const std::vector<double>& y) 
   f.a = std::max(0.0, small[small.size() / 2]);
   f.rel_rms = relative_rms(f, x, y);
   return f;
+}
+
+BucketFit fit_bucket(const std::vector<double>& sizes, const std::vector<double>& t_busy,
+                     const std::vector<double>& t_idle, double beta) {
+  BucketFit best;
+  const std::size_t n = std::min({sizes.size(), t_busy.size(), t_idle.size()});
+  if (n < 3 || beta <= 0) return best;
+  std::vector<double> candidates(sizes.begin(), sizes.begin() + static_cast<std::ptrdiff_t>(n));
+  for (std::size_t i = 0; i + 1 < n; ++i) candidates.push_back(std::sqrt(sizes[i] * sizes[i + 1]));
+  double best_rss = std::numeric_limits<double>::infinity();
+  for (double B : candidates) {
+    // weighted least squares of y = c + k m: normal equations in (c, k)
+    double sw = 0, sm = 0, smm = 0, sy = 0, smy = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double w = 1.0 / (t_idle[i] * t_idle[i]), m = std::min(sizes[i], B);
+      const double y = t_busy[i] - t_idle[i];
+      sw += w;
+      sm += w * m;
+      smm += w * m * m;
+      sy += w * y;
+      smy += w * m * y;
+    }
+    const double det = sw * smm - sm * sm;
+    if (!(det > 0)) continue;
+    const double k = (sw * smy - sm * sy) / det, c = (sy - k * sm) / sw;
+    double rss = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double r = (t_busy[i] - t_idle[i] - c - k * std::min(sizes[i], B)) / t_idle[i];
+      rss += r * r;
+    }
+    if (rss < best_rss) {
+      best_rss = rss;
+      best.knee = B;
+      best.k = k;
+      best.c = c;
+    }
+  }
+  if (!std::isfinite(best_rss)) return BucketFit{};
+  best.rel_rms = std::sqrt(best_rss / static_cast<double>(n));
+  best.accepted = best.k >= 0.1 / beta && best.knee <= sizes[n - 1] / 4;
+  if (best.accepted) {
+    best.beta_burst = 1.0 / std::max(1.0 / beta - best.k, 1.0 / (100.0 * beta));
+    best.bytes = best.k * best.knee * beta;
+  }
+  return best;
 }
 
 }  // namespace moesim::simulate

@@ -115,6 +115,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.cluster.step_overhead_us, b.cluster.step_overhead_us);
   EXPECT_EQ(a.cluster.optimizer_ns_per_param, b.cluster.optimizer_ns_per_param);
   EXPECT_EQ(a.cluster.data_ns_per_value, b.cluster.data_ns_per_value);
+  EXPECT_EQ(a.cluster.inter_burst_bytes, b.cluster.inter_burst_bytes);
+  EXPECT_EQ(a.cluster.inter_burst_GBps, b.cluster.inter_burst_GBps);
   EXPECT_EQ(a.cluster.intra_fit_rel_rms, b.cluster.intra_fit_rel_rms);
   EXPECT_EQ(a.cluster.inter_fit_rel_rms, b.cluster.inter_fit_rel_rms);
   EXPECT_EQ(a.cluster.gemm_fit_rel_rms, b.cluster.gemm_fit_rel_rms);
@@ -216,6 +218,8 @@ Config all_non_default() {
   c.cluster.step_overhead_us = 10;
   c.cluster.optimizer_ns_per_param = 1.5;
   c.cluster.data_ns_per_value = 12.5;
+  c.cluster.inter_burst_bytes = 125000;
+  c.cluster.inter_burst_GBps = 40;
   c.cluster.intra_fit_rel_rms = 0.1;
   c.cluster.inter_fit_rel_rms = 0.2;
   c.cluster.gemm_fit_rel_rms = 0.3;
@@ -981,7 +985,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 96u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 98u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -999,7 +1003,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 96u);
+  EXPECT_EQ(rows, 98u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -1026,7 +1030,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 96);  // every field of config.hpp
+  EXPECT_EQ(keys, 98);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);
@@ -1105,6 +1109,20 @@ TEST(ConfigValidate, SimulateAndClusterKeys) {
   EXPECT_NE(with("--simulate.base_ranks=0").find("simulate.base_ranks = 0"), std::string::npos);
   EXPECT_NE(with("--cluster.inter_bandwidth_GBps=0").find("cluster.inter_bandwidth_GBps = 0"),
             std::string::npos);
+  EXPECT_NE(with("--cluster.inter_burst_bytes=-1").find("cluster.inter_burst_bytes = -1"),
+            std::string::npos);
+  // a bucket needs a burst rate above the link's rate; without a bucket the rate is unused
+  EXPECT_NE(with("--cluster.inter_burst_bytes=65536")
+                .find("cluster.inter_burst_GBps = 0: must exceed cluster.inter_bandwidth_GBps"),
+            std::string::npos);
+  std::vector<std::string> burst = ok;
+  burst.push_back("--cluster.inter_burst_bytes=65536");
+  burst.push_back("--cluster.inter_burst_GBps=12.5");  // = the default inter_bandwidth_GBps
+  EXPECT_NE(err(burst, Mode::simulate, 1).find("cluster.inter_burst_GBps = 12.5"),
+            std::string::npos);
+  burst.back() = "--cluster.inter_burst_GBps=40";
+  EXPECT_EQ(err(burst, Mode::simulate, 1), "");
+  EXPECT_EQ(with("--cluster.inter_burst_GBps=3"), "");
   EXPECT_NE(with("--cluster.intra_latency_us=-1").find("cluster.intra_latency_us = -1"),
             std::string::npos);
   EXPECT_NE(with("--cluster.ranks_per_node=0").find("cluster.ranks_per_node = 0"),

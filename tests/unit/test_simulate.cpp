@@ -108,6 +108,43 @@ TEST(StepModel, PipelinedTimeClosedForms) {
   EXPECT_NEAR(pipelined_time(1, 1, 4, 1e9), 4, 1e-8);
 }
 
+// A burstable link (token bucket): refill at the link's rate up to B while idle; while tokens last
+// the link sends at the burst rate and they fall at (burst - beta); without a bucket nothing
+// changes.
+TEST(StepModel, TokenBucketClosedForms) {
+  Machine M = test_machine();
+  ExchangeLoad x;
+  x.inter_messages = 3;
+  x.inter_bytes = 1e6;
+  const double plain = exchange_time(x, M, 5e5);  // no bucket: tokens are ignored
+  EXPECT_DOUBLE_EQ(plain, 3 * M.alpha_inter + 1e6 / M.beta_inter);
+  EXPECT_DOUBLE_EQ(bucket_refill(10, 1.0, M), 0.0);
+  EXPECT_DOUBLE_EQ(burst_saving(1e6, 5e5, M), 0.0);
+  M.burst_bytes = 4e5;
+  M.beta_burst = 48e9;                                               // 4x the link
+  EXPECT_DOUBLE_EQ(bucket_refill(1e5, 1e-5, M), 1e5 + 1e-5 * 12e9);  // 2.2e5 < B
+  EXPECT_DOUBLE_EQ(bucket_refill(1e5, 1.0, M), 4e5);                 // capped at B
+  // 4e5 tokens carry S_1 = 4e5 * 48 / 36 bytes at the burst rate, so 1e6 bytes save the tokens'
+  // worth of link time (4e5 / beta) and empty the bucket
+  EXPECT_NEAR(exchange_time(x, M, 4e5), 3 * M.alpha_inter + 6e5 / 12e9, 1e-18);
+  EXPECT_DOUBLE_EQ(bucket_drain(4e5, 1e6, M), 0.0);
+  // fewer bytes than S_1: all of them at the burst rate, tokens fall at (48 - 12) / 48 per byte
+  x.inter_bytes = 1e5;
+  EXPECT_NEAR(exchange_time(x, M, 4e5), 3 * M.alpha_inter + 1e5 / 48e9, 1e-18);
+  EXPECT_DOUBLE_EQ(bucket_drain(4e5, 1e5, M), 4e5 - 0.75e5);
+  EXPECT_DOUBLE_EQ(exchange_time(x, M, 0), 3 * M.alpha_inter + 1e5 / 12e9);
+  // machine files: a bucket needs a rate above the link's (validate refuses otherwise)
+  ClusterConfig c;
+  c.inter_bandwidth_GBps = 0.125;
+  c.inter_burst_bytes = 125000;
+  c.inter_burst_GBps = 0.5;
+  const Machine m = machine_from(c, Precision::float32);
+  EXPECT_DOUBLE_EQ(m.burst_bytes, 125000);
+  EXPECT_DOUBLE_EQ(m.beta_burst, 0.5e9);
+  c.inter_burst_bytes = 0;
+  EXPECT_DOUBLE_EQ(machine_from(c, Precision::float32).burst_bytes, 0.0);
+}
+
 TEST(StepModel, MachineFromClusterConvertsUnits) {
   ClusterConfig c;
   c.intra_latency_us = 1.5;
@@ -278,6 +315,42 @@ TEST(Projection, OverlapDegreePipelinesTheExchangeAroundTheExperts) {
   const Projection h1 = project(cfg, hier, M, src, 1);
   cfg.routing.overlap_degree = 2;
   EXPECT_DOUBLE_EQ(project(cfg, hier, M, src, 1).time_step, h1.time_step);
+}
+
+// Across 2 nodes (1 rank each) with a token bucket of half the exchange: the bucket is full
+// before the first dispatch (the link idled), so half its bytes leave at the burst rate; the
+// dispatch drains it, and the combine finds what refilled at the link's rate during the experts.
+// The pipelined exchange keeps the link busy: no saving is modelled there.
+TEST(Projection, ABurstableLinkSpeedsUpTheExchangeAfterIdleTime) {
+  Config cfg = small_config();
+  const Scenario sc = make_scenario(cfg, 2, 1);  // 2 nodes, experts {0,1} and {2,3}
+  HandSource src({4, 4, 4, 4});                  // each rank sends 16 rows to the other node
+  Machine M = test_machine();
+  M.beta_inter = 1e6;  // slow: 4096 B take 4 ms, the experts ~10 us refill ~10 B
+  const Projection plain = project(cfg, sc, M, src, 1);
+  const double rb = 64 * 4, bytes = 16 * rb;
+  M.burst_bytes = bytes / 2;
+  M.beta_burst = 1e8;
+  const Projection b = project(cfg, sc, M, src, 1);
+  const double per_byte = 1 / M.beta_inter - 1 / M.beta_burst;
+  // the full bucket (bytes / 2 tokens) saves its worth of link time: bytes / 2 / beta
+  ASSERT_LT(bytes / 2 / M.beta_inter, bytes * per_byte);
+  EXPECT_NEAR(plain.time_dispatch - b.time_dispatch, bytes / 2 / M.beta_inter, 1e-12);
+  // the dispatch empties it; the experts refill time_expert x beta tokens, worth time_expert
+  ASSERT_EQ(bucket_drain(bytes / 2, bytes, M), 0.0);
+  ASSERT_LT(b.time_expert * M.beta_inter, bytes / 2);
+  EXPECT_NEAR(plain.time_combine - b.time_combine, b.time_expert, 1e-12);
+  EXPECT_GT(plain.time_backward - b.time_backward, 0.0);
+  EXPECT_LT(plain.time_backward - b.time_backward, bytes / M.beta_inter);
+  EXPECT_NEAR(plain.time_step - b.time_step,
+              (plain.time_dispatch - b.time_dispatch) + (plain.time_combine - b.time_combine) +
+                  (plain.time_backward - b.time_backward),
+              1e-12);
+  EXPECT_DOUBLE_EQ(b.bytes_inter_node, plain.bytes_inter_node);
+  cfg.routing.overlap_degree = 2;
+  const Projection o = project(cfg, sc, M, src, 1);
+  M.burst_bytes = 0;
+  EXPECT_DOUBLE_EQ(o.time_step, project(cfg, sc, M, src, 1).time_step);
 }
 
 // The combine exchange, timed per rank and reported as the maximum, includes the wait of the rank
@@ -538,6 +611,36 @@ TEST(Calibration, HockneyFitTakesBetaFromLargeMessages) {
   const simulate::LineFit e = simulate::fit_hockney(x, z);
   EXPECT_NEAR(1.0 / e.b, beta, 1e-6 * beta);
   EXPECT_NEAR(e.rel_rms, 0.0, 1e-9);
+}
+
+// The emulated 1 Gbit/s link's bucket (125 kB, burst 4x the rate) from times with relative
+// noise and a 150 us after-idle penalty (TCP's restart); a plain link (the same times with and
+// without idle, up to noise) and a link whose idle saving grows with the size (no plateau: a
+// different beta, not a bucket) give no bucket.
+TEST(Calibration, BucketFitFindsTheBurstAndRejectsAPlainLink) {
+  const double beta = 0.125e9, B = 100000, bb = 0.5e9, alpha = 20e-6;
+  Machine M;
+  M.beta_inter = beta;
+  M.burst_bytes = B;
+  M.beta_burst = bb;
+  std::vector<double> S, busy, idle, same, growing;
+  const double noise[] = {-0.04, 0.03, -0.02, 0.04, -0.03, 0.02, -0.04, 0.01, 0.03, -0.01};
+  for (int i = 0; i < 10; ++i) {
+    const double s = 16384.0 * std::pow(2.0, i);  // 16 KiB .. 8 MiB
+    S.push_back(s);
+    busy.push_back(alpha + s / beta);
+    idle.push_back((alpha + 150e-6 + s / beta - burst_saving(s, B, M)) * (1 + noise[i]));
+    same.push_back(busy.back() * (1 + noise[i]));
+    growing.push_back((alpha + 0.7 * s / beta) * (1 + noise[i]));
+  }
+  const BucketFit f = fit_bucket(S, busy, idle, beta);
+  ASSERT_TRUE(f.accepted);
+  EXPECT_NEAR(f.bytes, B, 0.3 * B);  // the knee candidates are the sizes and their midpoints
+  EXPECT_NEAR(f.beta_burst, bb, 0.3 * bb);
+  EXPECT_NEAR(f.c, -150e-6, 60e-6);
+  EXPECT_FALSE(fit_bucket(S, busy, same, beta).accepted);
+  EXPECT_DOUBLE_EQ(fit_bucket(S, busy, same, beta).bytes, 0.0);
+  EXPECT_FALSE(fit_bucket(S, busy, growing, beta).accepted);
 }
 
 TEST(Workload, RecordedLoadsSplitOverMoreExpertsKeepEveryClassShare) {

@@ -141,17 +141,22 @@ struct BenchConfig {
 // The machine a step is predicted on (moesim simulate) or measured on (moesim calibrate);
 // a machine file is an INI file with this section (docs/simulate.md).
 struct ClusterConfig {
-  std::string file;                     // simulate: machine file to read ([cluster] keys)
-  std::string output;                   // calibrate: machine file to write
-  std::string name;                     // free text: which machine this is
-  std::string measured;                 // free text: where/when measured, or the sources
-  std::int64_t ranks_per_node = 8;      // MPI ranks sharing one node (and its NIC)
-  double intra_latency_us = 1.0;        // alpha of a message inside a node (per peer message)
-  double intra_bandwidth_GBps = 10.0;   // beta inside a node, per rank and direction
-  double inter_latency_us = 3.0;        // alpha of a message between nodes (per peer message)
-  double inter_bandwidth_GBps = 12.5;   // beta between nodes, per node (NIC) and direction
-  double gemm_GFLOPs = 50.0;            // sustained GEMM rate per rank at expert shapes (float32)
-  double gemm_GFLOPs_float64 = 0.0;     // the same in float64; 0 = half of gemm_GFLOPs
+  std::string file;                    // simulate: machine file to read ([cluster] keys)
+  std::string output;                  // calibrate: machine file to write
+  std::string name;                    // free text: which machine this is
+  std::string measured;                // free text: where/when measured, or the sources
+  std::int64_t ranks_per_node = 8;     // MPI ranks sharing one node (and its NIC)
+  double intra_latency_us = 1.0;       // alpha of a message inside a node (per peer message)
+  double intra_bandwidth_GBps = 10.0;  // beta inside a node, per rank and direction
+  double inter_latency_us = 3.0;       // alpha of a message between nodes (per peer message)
+  double inter_bandwidth_GBps = 12.5;  // beta between nodes, per node (NIC) and direction
+  // A burstable inter-node link (a token bucket: emulated tc-tbf links, cloud NICs with burst
+  // credits): up to inter_burst_bytes per node and direction leave at inter_burst_GBps when the
+  // link was idle long enough to refill them at inter_bandwidth_GBps. 0 = a plain link.
+  double inter_burst_bytes = 0.0;
+  double inter_burst_GBps = 0.0;     // rate while the bucket holds tokens (> inter_bandwidth_GBps)
+  double gemm_GFLOPs = 50.0;         // sustained GEMM rate per rank at expert shapes (float32)
+  double gemm_GFLOPs_float64 = 0.0;  // the same in float64; 0 = half of gemm_GFLOPs
   double memory_bandwidth_GBps = 10.0;  // sustained copy bandwidth per rank (read + write bytes)
   double route_ns_per_score = 5.0;      // router work (softmax, rule, policy) per token x expert
   double step_overhead_us = 0.0;        // fixed time per step outside the modelled phases

@@ -26,6 +26,8 @@ struct Machine {
   double beta_intra = 1;                   // B/s per rank and direction inside a node
   double alpha_inter = 0;                  // s per message between nodes
   double beta_inter = 1;                   // B/s per node and direction between nodes
+  double burst_bytes = 0;                  // token bucket of a burstable inter-node link (0: none)
+  double beta_burst = 0;                   // B/s while the bucket holds tokens (> beta_inter)
   double flops = 1;                        // FLOP/s per rank at the run's precision
   double mem_bw = 1;                       // B/s per rank (bytes read + written)
   double route_per_score = 0;              // s of router work per token x expert
@@ -80,9 +82,26 @@ struct ExchangeLoad {
   double inter_messages = 0;  // max over ranks of max(sent, received) inter-node messages
   double inter_bytes = 0;     // max over nodes of max(out, in) inter-node bytes (NIC share)
 };
-// exchange_time = max(level_time(intra), level_time(inter with beta per node)): the two levels
-// use different links and progress concurrently; each is set by its busiest endpoint.
-double exchange_time(const ExchangeLoad& x, const Machine& M);
+// exchange_time = max(level_time(intra), level_time(inter with beta per node) - burst_saving(
+// inter bytes, tokens)): the two levels use different links and progress concurrently; each is
+// set by its busiest endpoint. `tokens`: bytes the busiest node's token bucket holds (0: none).
+double exchange_time(const ExchangeLoad& x, const Machine& M, double tokens = 0);
+
+// ---- a burstable inter-node link (token bucket: tc-tbf on the emulated cluster, burst credits of
+// cloud NICs). The bucket holds up to B = burst_bytes tokens per node and direction and refills
+// at the link's rate beta while the link is idle; while it holds tokens the link sends at
+// beta_burst, and the tokens then fall at beta_burst - beta. An exchange of S bytes starting with
+// T tokens sends S_1 = T beta_burst / (beta_burst - beta) bytes at the burst rate, the rest at
+// beta, so it saves
+//   burst_saving(S, T) = min(S (1/beta - 1/beta_burst), T / beta)
+// (the tokens' worth of link time, or every byte at the burst rate when S <= S_1) and leaves
+//   bucket_drain(T, S) = max(0, T - S (1 - beta / beta_burst))
+// tokens; idle time refills them:
+//   bucket_refill(T, gap) = min(B, T + gap beta).
+// Without a bucket (B = 0, every real NIC at its line rate) all three are 0.
+double bucket_refill(double tokens, double gap, const Machine& M);
+double burst_saving(double bytes, double tokens, const Machine& M);
+double bucket_drain(double tokens, double bytes, const Machine& M);
 
 // Uniform dense all-to-all on P ranks (R per node), `block` bytes per (src, dst) pair with
 // src != dst (the capacity-padded exchange, and the uniform reference case):
@@ -142,5 +161,23 @@ LineFit fit_line(const std::vector<double>& x, const std::vector<double>& y);
 // middle (eager/rendezvous switch, a token bucket's burst) set beta: on the emulated 1 Gbit/s
 // link it gave 0.21 GB/s where 1-4 MiB messages ran at 0.12-0.13. rel_rms over all points.
 LineFit fit_hockney(const std::vector<double>& x, const std::vector<double>& y);
+
+// A token bucket from an exchange timed back-to-back (t_busy) and after an idle link (t_idle) at
+// busiest-node bytes S_i (ascending): saving_i = t_busy_i - t_idle_i fitted as
+// c + k min(S, S_1) (burst_saving of a full bucket: k = 1/beta - 1/beta_burst up to the knee
+// S_1 = B beta_burst / (beta_burst - beta)), weighted by 1/t_idle_i^2 (the noise is relative to
+// the time), for each candidate knee (the sizes and their geometric midpoints) by least squares
+// in (c, k), keeping the knee with the least weighted residual. c absorbs what an idle link
+// costs small messages (not modelled: tens to hundreds of microseconds after idle). Accepted
+// when k >= 0.1 / beta (the burst at least ~11 % faster than the link) and S_1 <= S_last / 4
+// (the saving levels off inside the measured range); then beta_burst = 1 / (1/beta - k) (capped
+// at 100 beta) and B = k S_1 beta (the plateau's saving in link time). rel_rms: the weighted
+// (relative) residual RMS.
+struct BucketFit {
+  bool accepted = false;
+  double bytes = 0, beta_burst = 0, k = 0, c = 0, knee = 0, rel_rms = 0;  // bytes: B
+};
+BucketFit fit_bucket(const std::vector<double>& sizes, const std::vector<double>& t_busy,
+                     const std::vector<double>& t_idle, double beta);
 
 }  // namespace moesim::simulate
