@@ -9,12 +9,14 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 
 namespace moesim::comm {
@@ -161,6 +163,17 @@ int Comm::rank() const { return impl_->rank; }
 int Comm::size() const { return impl_->size; }
 
 void Comm::barrier() const { check(MPI_Barrier(impl_->comm), "MPI_Barrier"); }
+
+void Comm::barrier_sleeping(double poll_seconds) const {
+  MPI_Request req = MPI_REQUEST_NULL;
+  check(MPI_Ibarrier(impl_->comm, &req), "MPI_Ibarrier");
+  int done = 0;
+  for (;;) {
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::duration<double>(poll_seconds));
+  }
+}
 
 void Comm::allreduce_raw(void* data, std::size_t n, DType t, ReduceOp op) const {
   if (n == 0) return;

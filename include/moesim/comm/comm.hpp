@@ -127,6 +127,9 @@ class Comm {
   [[nodiscard]] int rank() const;
   [[nodiscard]] int size() const;
   void barrier() const;
+  // A barrier that sleeps while it waits (MPI_Ibarrier, tested every `poll_seconds`): ranks that
+  // wait long give their core to the ranks still working (more ranks than cores).
+  void barrier_sleeping(double poll_seconds) const;
 
   // Collective: the node of every rank (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)). The
   // environment variable MOESIM_RANKS_PER_NODE=R instead declares consecutive blocks of R
