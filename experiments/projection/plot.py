@@ -31,10 +31,16 @@ def main():
     print("| run | ranks | phase | measured ms | predicted ms | error % |")
     print("|---|---|---|---|---|---|")
     errs = {}
+    gerrs = {}  # per group of runs: where the ranks ran
     points = {}
     for vpath in [os.path.join(res, "validation.h5")] + sorted(
             glob.glob(os.path.join(res, "emulated_*", "validation.h5"))):
         label = "emulated" if "emulated_" in vpath else "this machine"
+        layout = os.path.basename(os.path.dirname(vpath)) if "emulated_" in vpath else ""
+        group = ("this machine" if not layout else
+                 "emulated, 16 KiB token bucket" if "_burst" in layout else
+                 "emulated, a core per rank (2x1)" if layout.startswith("emulated_2x1") else
+                 "emulated, 4 ranks on 2 cores")
         with h5py.File(vpath, "r") as f:
             v = f["validation"]
             runs = [r.decode() if isinstance(r, bytes) else r for r in v["run"][()]]
@@ -46,6 +52,7 @@ def main():
                     big = ph == "step" or m >= 0.1 * step
                     if big:
                         errs.setdefault(ph, []).append(abs(e))
+                        gerrs.setdefault(group, {}).setdefault(ph, []).append(abs(e))
                     print(f"| {os.path.basename(run)} | {v['ranks'][i]} | {ph}{'' if big else ' (<10%)'} "
                           f"| {1e3 * m:.3f} | {1e3 * p:.3f} | {e:+.1f} |")
                 points.setdefault(label, []).append((step, v["predicted_time_step"][i]))
@@ -53,6 +60,10 @@ def main():
     print("median |error| over all runs (phases >= 10 % of the step):")
     for ph, e in errs.items():
         print(f"  {ph}: {np.median(e):.1f} % over {len(e)} runs")
+    print("median |error| per group of runs:")
+    for group, ge in gerrs.items():
+        print(f"  {group}: " + ", ".join(f"{ph} {np.median(e):.1f} % ({len(e)})"
+                                         for ph, e in ge.items()))
     # figure: measured vs predicted step time
     fig, ax = plt.subplots(figsize=(4.5, 4))
     allv = []

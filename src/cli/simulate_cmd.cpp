@@ -314,9 +314,17 @@ int run_simulate(const Config& cfg_cli, const std::vector<std::string>& override
       }
       const simulate::Machine M = simulate::machine_from(rc.cluster, rc.model.precision, Rr);
       auto src = simulate::make_source(rc, sc, w, &recorded);
+      // The phases: the mean over the run's recorded load samples after the first (the measured
+      // statistic is the median over the steps after the first, and the loads drift while the
+      // router trains: 1.04 -> 1.19 rows imbalance over a 30-step layer run); the traffic check
+      // below: the first sample, the one /traffic/tokens holds. Without loads (or with one
+      // sample) simulate.steps steps of the workload.
       std::vector<std::int64_t> traffic;
-      const simulate::Projection p =
-          simulate::project(rc, sc, M, *src, rc.simulate.steps, &traffic);
+      simulate::Projection p = simulate::project(rc, sc, M, *src, rc.simulate.steps, &traffic);
+      if (w.kind == simulate::WorkloadKind::run && recorded.steps >= 2) {
+        const auto later = simulate::make_shifted_source(*src, 1);
+        p = simulate::project(rc, sc, M, *later, recorded.steps - 1);
+      }
       // The traffic the model derives from the recorded loads at the run's rank count must be
       // the one the run measured (/traffic/tokens at the first loads sample).
       std::int64_t match = -1;  // -1: not checkable (no loads or no traffic rows)

@@ -161,6 +161,23 @@ class SyntheticSource final : public LoadSource {
   std::int64_t built_layer_ = -1, built_step_ = -1;
 };
 
+class ShiftedSource final : public LoadSource {
+ public:
+  ShiftedSource(LoadSource& inner, std::int64_t offset) : inner_(inner), offset_(offset) {}
+  void begin_layer(std::int64_t step, std::int64_t layer) override {
+    inner_.begin_layer(step + offset_, layer);
+  }
+  void group_routed(std::int64_t step, std::int64_t layer, std::int64_t group,
+                    std::vector<std::int32_t>& routed,
+                    std::vector<std::int32_t>& touched) override {
+    inner_.group_routed(step + offset_, layer, group, routed, touched);
+  }
+
+ private:
+  LoadSource& inner_;
+  std::int64_t offset_;
+};
+
 class RecordedSource final : public LoadSource {
  public:
   RecordedSource(const RecordedLoads& l, std::int64_t E) : l_(l), E_(E) {}
@@ -316,6 +333,10 @@ std::unique_ptr<LoadSource> make_recorded_source(const RecordedLoads& loads, std
 
 std::unique_ptr<LoadSource> make_fixed_source(std::int64_t E, std::int64_t per_expert) {
   return std::make_unique<FixedSource>(E, per_expert);
+}
+
+std::unique_ptr<LoadSource> make_shifted_source(LoadSource& inner, std::int64_t offset) {
+  return std::make_unique<ShiftedSource>(inner, offset);
 }
 
 }  // namespace moesim::simulate

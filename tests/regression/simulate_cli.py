@@ -9,6 +9,7 @@ the sampled /traffic/tokens; `--simulate.validate` writes /validation; the recor
 """
 import csv
 import os
+import shutil
 import sys
 
 import h5py
@@ -73,7 +74,6 @@ with h5py.File(out, "r") as f:
     wait = f["/projection/time_combine_wait"][()]
     R.check(wait[-1] > 0, f"zipf:1.2 at 16,384 ranks: the combine's rank wait is positive ({wait[-1]:.4g} s)")
 # Mutation: a step that counts the wait twice (the pre-2026-11-30 model) must be refused.
-import shutil
 bad = R.path("proj_bad.h5")
 shutil.copy(out, bad)
 with h5py.File(bad, "r+") as f:
@@ -113,6 +113,30 @@ with h5py.File(val, "r") as f:
     R.check(int(f["/validation/traffic_matches_run"][0]) == 1, "/validation/traffic_matches_run = 1")
     R.check(f["/validation/predicted_time_step"][0] > 0 and f["/validation/measured_time_step"][0] > 0,
             "measured and predicted step times present")
+
+# Every recorded loads sample after the first drives the prediction (the measured statistic is
+# the median over steps after the first, and the loads drift while the router trains). A copy of
+# the run whose later samples send every token to rank 0's experts (routed counts of experts 4..7
+# moved onto 0..3; the first sample, which /traffic/tokens holds, untouched) must be predicted
+# with rank 0 busier: more expert time, and rank 1 waiting in the combine. Until 2026-11-30 the
+# validation used the first sample only and predicted both files alike.
+skew = R.path("run_skew.h5")
+shutil.copyfile(run, skew)
+with h5py.File(skew, "r+") as f:
+    routed = f["/loads/routed"][()]
+    routed[1:, :, :, :4] += routed[1:, :, :, 4:]
+    routed[1:, :, :, 4:] = 0
+    f["/loads/routed"][...] = routed
+val_skew = R.path("val_skew.h5")
+res = R.serial(["simulate", f"--cluster.file={MACHINE}", f"--simulate.validate={skew}",
+                f"--simulate.output={val_skew}"], timeout=120)
+R.check(res.rc == 0 and "traffic_tokens: yes" in res.out, "validate the skewed copy", res.describe)
+with h5py.File(val, "r") as f, h5py.File(val_skew, "r") as g:
+    e0, e1 = f["/validation/predicted_time_expert"][0], g["/validation/predicted_time_expert"][0]
+    c0, c1 = f["/validation/predicted_time_combine"][0], g["/validation/predicted_time_combine"][0]
+    R.check(e1 > 1.1 * e0 and c1 > c0,
+            f"later load samples drive the prediction: expert {1e3 * e0:.3f} -> {1e3 * e1:.3f} ms, "
+            f"combine {1e3 * c0:.3f} -> {1e3 * c1:.3f} ms")
 
 R.section("run: workload at other rank counts (strong scaling keeps groups whole)")
 res = R.serial(["simulate", LAYER] + SMALL + [f"--cluster.file={MACHINE}", "--simulate.ranks=1,2,4,8,16",

@@ -62,6 +62,10 @@ class LoadSource {
   virtual void begin_layer(std::int64_t step, std::int64_t layer) = 0;
 };
 
+// `inner` with its steps shifted by `offset` (step s reads the inner source's step s + offset):
+// validation predicts a run from its recorded load samples after the first.
+std::unique_ptr<LoadSource> make_shifted_source(LoadSource& inner, std::int64_t offset);
+
 // A synthetic source for E experts, groups of S tokens, k choices per token.
 std::unique_ptr<LoadSource> make_synthetic_source(const Workload& w, std::int64_t E, std::int64_t S,
                                                   std::int64_t k, std::uint64_t seed);
