@@ -2,6 +2,7 @@
 // fits per level, and a machine file (simulate.md) written by rank 0. Every MPI call goes
 // through comm::Comm; the GEMMs are the experts' own code path (experts::ExpertBank), the
 // pack bandwidth is dispatch::gather_rows, the router cost is routing::Router.
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <sstream>
 #include <thread>
@@ -212,6 +214,23 @@ std::string hostname() {
   return buf;
 }
 
+// The running kernel's boot id: equal on every rank of one physical machine, network namespaces
+// (emulated nodes) included; "" if unreadable.
+std::string boot_id() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
+}
+
+// CPUs this process may run on (its affinity mask; --bind-to none: the machine's).
+std::int64_t usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  return static_cast<std::int64_t>(std::thread::hardware_concurrency());
+}
+
 std::string utc() {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -266,10 +285,27 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     }
     notes << "# " << s << "\n";
   };
+  // Ranks sharing one machine's cores (an emulated cluster on one machine): every rank has the
+  // same boot id. Then the expert times below are timed with all ranks busy on those cores, and
+  // simulate shares them out (cluster.shared_cores).
+  std::int64_t shared_cores = 0;
+  {
+    const std::string id = boot_id();
+    const auto h = static_cast<std::int64_t>(std::hash<std::string>{}(id) >> 1);
+    const std::int64_t lo = comm.allreduce(h, comm::ReduceOp::min);
+    const std::int64_t hi = comm.allreduce(h, comm::ReduceOp::max);
+    const std::int64_t cpus = comm.allreduce(usable_cpus(), comm::ReduceOp::max);
+    const std::int64_t unknown =
+        comm.allreduce(static_cast<std::int64_t>(id.empty() ? 1 : 0), comm::ReduceOp::max);
+    if (lo == hi && unknown == 0) shared_cores = cpus;
+  }
   say("moesim calibrate on " + hostname() + " at " + utc() + ": " + std::to_string(P) + " ranks, " +
       std::to_string(nodes) + " node(s), up to " + std::to_string(R) +
       " ranks per node (MPI_COMM_TYPE_SHARED); moesim " + MOESIM_VERSION + " git " +
       MOESIM_GIT_COMMIT);
+  say(shared_cores > 0 ? "all ranks on one machine (one boot id): they share its " +
+                             std::to_string(shared_cores) + " cores"
+                       : std::string("ranks on several machines: a core per rank assumed"));
 
   const std::vector<std::size_t> sizes{8, 512, 4096, 32768, 262144, 1048576, 4194304};
   auto level_pingpong = [&](int peer, const char* level, Fit& fit) {
@@ -647,6 +683,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     ini << "route_ns_per_score = " << fmt(route_ns) << "\n";
     ini << "optimizer_ns_per_param = " << fmt(opt_ns) << "\n";
     ini << "data_ns_per_value = " << fmt(data_ns) << "\n";
+    ini << "shared_cores = " << shared_cores << "\n";
     ini << "intra_fit_rel_rms = " << fmt(has_a2a ? a2a.rel_rms : pp_intra.rel_rms) << "\n";
     ini << "gemm_fit_rel_rms = " << fmt(spread) << "\n";
     ini << "expert_table = " << table.str() << "\n";

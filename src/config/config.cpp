@@ -492,6 +492,10 @@ const std::vector<Field>& fields() {
     t.push_back(make_field<&C::cluster, &CC::data_ns_per_value>(
         "cluster.data_ns_per_value", "number >= 0",
         "synthetic batch generation (data.task) per token x input feature, nanoseconds"));
+    t.push_back(
+        make_field<&C::cluster, &CC::shared_cores>("cluster.shared_cores", "integer >= 0",
+                                                   "cores all ranks of a run share (an emulated "
+                                                   "cluster on one machine); 0 = a core per rank"));
     t.push_back(make_field<&C::cluster, &CC::intra_fit_rel_rms>(
         "cluster.intra_fit_rel_rms", "number >= 0",
         "calibrate: relative RMS residual of the intra-node alpha-beta fit"));
@@ -1316,6 +1320,7 @@ void validate_checks(const Config& cfg, Mode mode, int ranks) {
                          : s == &cl.name   ? "cluster.name"
                                            : "cluster.measured");
   require_int(cl.ranks_per_node, 1, "cluster.ranks_per_node");
+  require_int(cl.shared_cores, 0, "cluster.shared_cores");
   const std::pair<const char*, double> positive[] = {
       {"cluster.intra_bandwidth_GBps", cl.intra_bandwidth_GBps},
       {"cluster.inter_bandwidth_GBps", cl.inter_bandwidth_GBps},

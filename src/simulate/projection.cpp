@@ -352,7 +352,7 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
       ex.pack = stream_time(2.0 * pack_rows * rb, M);
       const double counts = counts_exchange_time(P, R, 4.0 * static_cast<double>(local), M);
       const double send_max = vmax(lt.send_rows);
-      double expert_fwd = 0, expert_bwd = 0, rows_max = 0, rows_sum = 0;
+      double expert_fwd = 0, expert_bwd = 0, rows_max = 0, rows_sum = 0, fwd_sum = 0, bwd_sum = 0;
       double expert_fwd_min = std::numeric_limits<double>::infinity();
       for (std::int64_t r = 0; r < P; ++r) {
         double fw = 0, bw = 0, rows = 0;
@@ -365,9 +365,15 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
         expert_fwd = std::max(expert_fwd, fw);
         expert_fwd_min = std::min(expert_fwd_min, fw);
         expert_bwd = std::max(expert_bwd, bw);
+        fwd_sum += fw;
+        bwd_sum += bw;
         rows_max = std::max(rows_max, rows);
         rows_sum += rows;
       }
+      // ranks sharing cores (cluster.shared_cores): the busiest rank gets the cores the others
+      // leave when they finish
+      expert_fwd = shared_cores_time(expert_fwd, fwd_sum, P, M.shared_cores);
+      expert_bwd = shared_cores_time(expert_bwd, bwd_sum, P, M.shared_cores);
       imbalance_sum += rows_sum > 0 ? rows_max / (rows_sum / static_cast<double>(P)) : 1.0;
       const double Ed = static_cast<double>(E);
       const double gate_fwd = has_gate ? gate_forward_time(n, d, Ed, s, M) : n * M.route_per_score;

@@ -26,6 +26,7 @@ Machine machine_from(const ClusterConfig& c, Precision precision, std::int64_t r
   m.step_overhead = c.step_overhead_us * 1e-6;
   m.optimizer_per_param = c.optimizer_ns_per_param * 1e-9;
   m.data_per_value = c.data_ns_per_value * 1e-9;
+  m.shared_cores = c.shared_cores;
   // bfloat16 experts run bf16 GEMMs; only a bfloat16 entry of the table describes them.
   for (const ExpertTimePoint& p : parse_expert_table(c.expert_table)) {
     if (p.precision != precision) continue;
@@ -174,6 +175,12 @@ double optimizer_time(double params, double elem, OptimizerKind opt, const Machi
 }
 
 double rank_wait_time(double busiest, double least) { return std::max(0.0, busiest - least); }
+
+double shared_cores_time(double t_max, double t_sum, std::int64_t P, std::int64_t C) {
+  if (C <= 0 || P <= C) return t_max;
+  const double p = static_cast<double>(P), c = static_cast<double>(C);
+  return std::max(t_max * c / p, t_sum / p);
+}
 
 double pipelined_time(double to, double back, double compute, double d) {
   if (d <= 1) return to + compute + back;

@@ -117,6 +117,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.cluster.data_ns_per_value, b.cluster.data_ns_per_value);
   EXPECT_EQ(a.cluster.inter_burst_bytes, b.cluster.inter_burst_bytes);
   EXPECT_EQ(a.cluster.inter_burst_GBps, b.cluster.inter_burst_GBps);
+  EXPECT_EQ(a.cluster.shared_cores, b.cluster.shared_cores);
   EXPECT_EQ(a.cluster.intra_fit_rel_rms, b.cluster.intra_fit_rel_rms);
   EXPECT_EQ(a.cluster.inter_fit_rel_rms, b.cluster.inter_fit_rel_rms);
   EXPECT_EQ(a.cluster.gemm_fit_rel_rms, b.cluster.gemm_fit_rel_rms);
@@ -220,6 +221,7 @@ Config all_non_default() {
   c.cluster.data_ns_per_value = 12.5;
   c.cluster.inter_burst_bytes = 125000;
   c.cluster.inter_burst_GBps = 40;
+  c.cluster.shared_cores = 2;
   c.cluster.intra_fit_rel_rms = 0.1;
   c.cluster.inter_fit_rel_rms = 0.2;
   c.cluster.gemm_fit_rel_rms = 0.3;
@@ -985,7 +987,7 @@ TEST(ConfigPrint, ToIniLayout) {
   EXPECT_NE(ini.find("\ncapacity_factor = 1.25\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nrule = topk\n"), std::string::npos) << ini;
   EXPECT_NE(ini.find("\nepsilon = 1e-08\n"), std::string::npos) << ini;
-  EXPECT_EQ(value_lines(ini).size(), 98u);  // every field of config.hpp
+  EXPECT_EQ(value_lines(ini).size(), 99u);  // every field of config.hpp
 }
 
 TEST(ConfigPrint, TableHasEveryKeyAligned) {
@@ -1003,7 +1005,7 @@ TEST(ConfigPrint, TableHasEveryKeyAligned) {
     if (value_column == std::string::npos) value_column = value_start;
     EXPECT_EQ(value_start, value_column) << line;
   }
-  EXPECT_EQ(rows, 98u);
+  EXPECT_EQ(rows, 99u);
   EXPECT_NE(table.find("routing.capacity_factor"), std::string::npos);
   EXPECT_NE(table.find("1.1\n"), std::string::npos);
 }
@@ -1030,7 +1032,7 @@ TEST(ConfigPrint, HelpListsEveryKeyWithDefaultAndAllowed) {
     EXPECT_NE(help.find(want), std::string::npos) << want;
     ++keys;
   }
-  EXPECT_EQ(keys, 98);  // every field of config.hpp
+  EXPECT_EQ(keys, 99);  // every field of config.hpp
   EXPECT_NE(help.find("\n  routing.capacity_factor = 1.25\n      training capacity factor; 0 = "
                       "dropless; allowed: exact decimal >= 0 (e.g. 1.25)\n"),
             std::string::npos);
@@ -1108,6 +1110,8 @@ TEST(ConfigValidate, SimulateAndClusterKeys) {
   EXPECT_NE(with("--simulate.algorithm=ring").find("simulate.algorithm = ring"), std::string::npos);
   EXPECT_NE(with("--simulate.base_ranks=0").find("simulate.base_ranks = 0"), std::string::npos);
   EXPECT_NE(with("--cluster.inter_bandwidth_GBps=0").find("cluster.inter_bandwidth_GBps = 0"),
+            std::string::npos);
+  EXPECT_NE(with("--cluster.shared_cores=-1").find("cluster.shared_cores = -1"),
             std::string::npos);
   EXPECT_NE(with("--cluster.inter_burst_bytes=-1").find("cluster.inter_burst_bytes = -1"),
             std::string::npos);

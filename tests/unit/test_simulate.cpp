@@ -375,6 +375,37 @@ TEST(Projection, CombineWaitsForTheBusiestRank) {
   EXPECT_NEAR(p.time_step, phases - rank_wait_time(2 * f16, f16), 1e-15);
 }
 
+// Ranks sharing cores (processor sharing): the expert times were timed with every rank busy; the
+// busiest rank finishes at max(t_max C / P, t_sum / P).
+TEST(StepModel, SharedCoresClosedForms) {
+  EXPECT_DOUBLE_EQ(shared_cores_time(10, 13, 4, 2), 5);  // t_max C / P: it runs alone at the end
+  EXPECT_DOUBLE_EQ(shared_cores_time(5, 20, 4, 2), 5);   // balanced: the calibrated time
+  EXPECT_DOUBLE_EQ(shared_cores_time(6, 20, 4, 2), 5.0);
+  EXPECT_DOUBLE_EQ(shared_cores_time(10, 13, 2, 2), 10);  // a core per rank
+  EXPECT_DOUBLE_EQ(shared_cores_time(10, 13, 4, 0), 10);  // a cluster
+}
+
+// The hand case above with both ranks on one core: rank 0 (16 rows) and rank 1 (32 rows) were
+// timed at half a core each (f16 and 2 f16). Rank 0 finishes at f16, when rank 1 has done half
+// its work; the rest takes 0.5 f16 on the whole core: rank 1 ends at 1.5 f16, rank 0 waits 0.5 f16.
+TEST(Projection, RanksSharingACoreShareOutTheExpertTime) {
+  const Config cfg = small_config();
+  const Scenario sc = make_scenario(cfg, 2, 2);
+  HandSource src({4, 0, 4, 4});
+  Machine M = test_machine();
+  M.beta_intra = 1e30;
+  M.mem_bw = 1e30;
+  const double f16 = expert_forward_time(16, 64, 256, 4, M);
+  M.shared_cores = 1;
+  const Projection p = project(cfg, sc, M, src, 1);
+  EXPECT_NEAR(p.time_expert, 1.5 * f16, 1e-15);
+  EXPECT_NEAR(p.time_combine_wait, 0.5 * f16, 1e-15);
+  EXPECT_NEAR(p.time_combine, M.alpha_intra + 0.5 * f16, 1e-15);
+  M.shared_cores = 2;  // a core per rank: unchanged
+  const Projection q = project(cfg, sc, M, src, 1);
+  EXPECT_NEAR(q.time_expert, 2 * f16, 1e-15);
+}
+
 TEST(Projection, TheBatchCostsItsCalibratedTimePerValue) {
   const Config cfg = small_config();
   const Scenario sc = make_scenario(cfg, 2, 2);

@@ -162,6 +162,10 @@ struct ClusterConfig {
   double step_overhead_us = 0.0;        // fixed time per step outside the modelled phases
   double optimizer_ns_per_param = 0.0;  // optimizer step per parameter; 0 = memory-bound formula
   double data_ns_per_value = 0.0;       // synthetic batch generation per token x input feature
+  // Cores that all ranks of a run share (one machine: an emulated cluster, an oversubscribed
+  // laptop); 0 = every rank has a core of its own (a cluster). The expert times are then shared
+  // out as by the scheduler (simulate::shared_cores_time).
+  std::int64_t shared_cores = 0;
   double intra_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the intra alpha-beta fit
   double inter_fit_rel_rms = 0.0;  // calibrate: relative RMS residual of the inter alpha-beta fit
   double gemm_fit_rel_rms = 0.0;   // calibrate: relative RMS spread of the GEMM rates measured

@@ -34,6 +34,7 @@ struct Machine {
   double step_overhead = 0;                // s per step outside the modelled phases
   double optimizer_per_param = 0;          // s per parameter of an optimizer step (0: memory bound)
   double data_per_value = 0;               // s per token x input feature of the synthetic batch
+  std::int64_t shared_cores = 0;           // cores all ranks share (0: a core per rank)
   std::vector<ExpertCurve> expert_curves;  // measured shapes at the run's precision (may be empty)
 };
 
@@ -130,6 +131,14 @@ double data_time(double n, double input_dim, const Machine& M);
 // accesses for adam (read p g m v, write p m v), 5 for sgd with momentum (read p g v, write
 // p v), or the calibrated time per parameter (sqrt and division make adam compute bound).
 double optimizer_time(double params, double elem, OptimizerKind opt, const Machine& M);
+
+// shared_cores_time(t_max, t_sum, P, C): when all P ranks share C < P cores (cluster.shared_cores,
+// an emulated cluster on one machine), the expert times t_r were timed with every rank busy, at
+// C/P of a core each: a rank alone needs W_r = t_r C / P. The scheduler shares the cores out
+// (processor sharing: no rank runs on more than one core), so the busiest rank finishes at
+//   max(W_max, sum W / C) = max(t_max C / P, t_sum / P)
+// — the less loaded ranks finish early and leave it more than its share. C = 0 or P <= C: t_max.
+double shared_cores_time(double t_max, double t_sum, std::int64_t P, std::int64_t C);
 
 // rank_wait_time(busiest, least) = busiest - least: a collective timed on every rank and reported
 // as the maximum over ranks includes the wait of the rank that arrived first, i.e. the spread of
