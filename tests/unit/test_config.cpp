@@ -1111,8 +1111,7 @@ TEST(ConfigValidate, SimulateAndClusterKeys) {
   EXPECT_NE(with("--simulate.base_ranks=0").find("simulate.base_ranks = 0"), std::string::npos);
   EXPECT_NE(with("--cluster.inter_bandwidth_GBps=0").find("cluster.inter_bandwidth_GBps = 0"),
             std::string::npos);
-  EXPECT_NE(with("--cluster.shared_cores=-1").find("cluster.shared_cores = -1"),
-            std::string::npos);
+  EXPECT_NE(with("--cluster.shared_cores=-1").find("cluster.shared_cores = -1"), std::string::npos);
   EXPECT_NE(with("--cluster.inter_burst_bytes=-1").find("cluster.inter_burst_bytes = -1"),
             std::string::npos);
   // a bucket needs a burst rate above the link's rate; without a bucket the rate is unused
