@@ -285,9 +285,12 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     }
     notes << "# " << s << "\n";
   };
-  // Ranks sharing one machine's cores (an emulated cluster on one machine): every rank has the
-  // same boot id. Then the expert times below are timed with all ranks busy on those cores, and
-  // simulate shares them out (cluster.shared_cores).
+  // Ranks sharing one machine's cores: every rank has the same boot id, and either the "nodes"
+  // are emulated (several MPI_COMM_TYPE_SHARED groups on one kernel: network namespaces) or the
+  // ranks outnumber the CPUs. Then the expert times below are timed with all ranks busy on those
+  // cores, and simulate shares them out (cluster.shared_cores). One real node with a core per rank
+  // writes 0: a machine file calibrated on one node of a cluster is projected to many nodes,
+  // whose ranks do not share that node's cores.
   std::int64_t shared_cores = 0;
   {
     const std::string id = boot_id();
@@ -297,7 +300,7 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
     const std::int64_t cpus = comm.allreduce(usable_cpus(), comm::ReduceOp::max);
     const std::int64_t unknown =
         comm.allreduce(static_cast<std::int64_t>(id.empty() ? 1 : 0), comm::ReduceOp::max);
-    if (lo == hi && unknown == 0) shared_cores = cpus;
+    if (lo == hi && unknown == 0 && (nodes >= 2 || P > cpus)) shared_cores = cpus;
   }
   say("moesim calibrate on " + hostname() + " at " + utc() + ": " + std::to_string(P) + " ranks, " +
       std::to_string(nodes) + " node(s), up to " + std::to_string(R) +
@@ -305,7 +308,8 @@ int run_calibrate(const Config& cfg, const comm::Comm& comm) {
       MOESIM_GIT_COMMIT);
   say(shared_cores > 0 ? "all ranks on one machine (one boot id): they share its " +
                              std::to_string(shared_cores) + " cores"
-                       : std::string("ranks on several machines: a core per rank assumed"));
+                       : std::string("a core per rank (several machines, or one node with at "
+                                     "least as many CPUs as ranks)"));
 
   const std::vector<std::size_t> sizes{8, 512, 4096, 32768, 262144, 1048576, 4194304};
   auto level_pingpong = [&](int peer, const char* level, Fit& fit) {

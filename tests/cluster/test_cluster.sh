@@ -75,6 +75,14 @@ work=$(mktemp -d)
 if (cd "$work" && timeout 150 mpirun -n 4 "$moesim" calibrate "$root/experiments/quickstart.ini" \
   --model.d_model=32 --model.d_ff=64 --cluster.output=m.ini >cal.log 2>&1); then
   beta=$(sed -n 's/^inter_bandwidth_GBps = //p' "$work/m.ini")
+  # the 2 emulated nodes are network namespaces of one kernel: the ranks share its CPUs
+  cores=$(sed -n 's/^shared_cores = //p' "$work/m.ini")
+  if [[ $cores == "$(nproc)" ]]; then
+    echo "  ok    calibrate on 2 emulated nodes: shared_cores = $cores (one boot id)"
+  else
+    echo "  FAIL  calibrate on 2 emulated nodes: shared_cores = '$cores' (want $(nproc))"
+    fail=1
+  fi
   if grep --quiet "^# alltoallv inter fit" "$work/m.ini" &&
     /usr/bin/python3 -c 'import sys; b = float(sys.argv[1]); sys.exit(0 if 0.15 <= b <= 0.30 else 1)' "${beta:-0}"; then
     echo "  ok    calibrate on 2 nodes: inter level from alltoallv across nodes, beta $beta GB/s per node (link 0.25)"
