@@ -2,6 +2,7 @@
 // (blank lines, mtp records, several ranks), the (step, layer) grouping, and every kind of
 // malformed line rejected with file, line and what is wrong.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -15,16 +16,25 @@ using moesim::io::TraceFormatError;
 
 namespace {
 
-std::string write_file(const std::string& name, const std::string& text) {
-  const std::string path = ::testing::TempDir() + "moesim_trace_" + name + ".jsonl";
-  std::ofstream(path) << text;
-  return path;
-}
+// A trace file in the test's temporary directory, removed when the test is done. The name
+// carries the process id: two test runs at once (CI's two builds, two clones) must not read each
+// other's files, and none may be left behind (they were, under fixed names, until 2026-11-30).
+struct TraceFile {
+  std::string path;
+  TraceFile(const std::string& name, const std::string& text)
+      : path(::testing::TempDir() + "moesim_trace_" + name + "_" + std::to_string(::getpid()) +
+             ".jsonl") {
+    std::ofstream(path) << text;
+  }
+  ~TraceFile() { std::remove(path.c_str()); }
+  TraceFile(const TraceFile&) = delete;
+  TraceFile& operator=(const TraceFile&) = delete;
+};
 
 std::string error_of(const std::string& name, const std::string& text) {
-  const std::string path = write_file(name, text);
+  const TraceFile file(name, text);
   try {
-    (void)read_routing_trace_jsonl(path);
+    (void)read_routing_trace_jsonl(file.path);
   } catch (const TraceFormatError& e) {
     return e.what();
   }
@@ -44,8 +54,8 @@ const char* kGood =
 }  // namespace
 
 TEST(RoutingTraceJsonl, ReadsMegatronRecords) {
-  const std::string path = write_file("good", kGood);
-  const auto trace = read_routing_trace_jsonl(path);
+  const TraceFile file("good", kGood);
+  const auto trace = read_routing_trace_jsonl(file.path);
   ASSERT_EQ(trace.records.size(), 3U);
   EXPECT_EQ(trace.skipped_mtp, 1);
   EXPECT_EQ(trace.max_expert, 7);
@@ -60,7 +70,7 @@ TEST(RoutingTraceJsonl, ReadsMegatronRecords) {
   EXPECT_EQ(trace.records[2].tokens, 1);
 
   // Grouped by (step, layer), ranks in order: step 1 layer 0 = rank 0's token, then rank 1's.
-  const auto groups = choices_by_step_layer(trace, path);
+  const auto groups = choices_by_step_layer(trace, file.path);
   ASSERT_EQ(groups.size(), 2U);
   EXPECT_EQ(groups[0].step, 0);
   EXPECT_EQ(groups[0].layer, 2);
@@ -133,7 +143,7 @@ TEST(RoutingTraceJsonl, MalformedLinesNameFileLineAndProblem) {
   };
   for (const Case& c : cases) {
     const std::string msg = error_of(c.name, c.text);
-    EXPECT_NE(msg.find("moesim_trace_" + c.name + ".jsonl"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("moesim_trace_" + c.name + "_"), std::string::npos) << msg;
     EXPECT_NE(msg.find(c.expected), std::string::npos) << c.name << ": " << msg;
   }
   const std::string missing = ::testing::TempDir() + "moesim_trace_does_not_exist.jsonl";
@@ -142,14 +152,13 @@ TEST(RoutingTraceJsonl, MalformedLinesNameFileLineAndProblem) {
 }
 
 TEST(RoutingTraceJsonl, OneStepLayerMustKeepOneTopK) {
-  const std::string path =
-      write_file("mixed_k", R"({"step": 0, "layer": 0, "rank": 0, "top_indices": [[0, 1]]})"
-                            "\n"
-                            R"({"step": 0, "layer": 0, "rank": 1, "top_indices": [[0]]})"
-                            "\n");
-  const auto trace = read_routing_trace_jsonl(path);
+  const TraceFile file("mixed_k", R"({"step": 0, "layer": 0, "rank": 0, "top_indices": [[0, 1]]})"
+                                  "\n"
+                                  R"({"step": 0, "layer": 0, "rank": 1, "top_indices": [[0]]})"
+                                  "\n");
+  const auto trace = read_routing_trace_jsonl(file.path);
   try {
-    (void)choices_by_step_layer(trace, path);
+    (void)choices_by_step_layer(trace, file.path);
     ADD_FAILURE() << "no error";
   } catch (const TraceFormatError& e) {
     EXPECT_NE(std::string(e.what()).find(":2: topk = 1 but line 1"), std::string::npos) << e.what();
