@@ -65,6 +65,14 @@ struct LayerExchange {
     return pack + exchange_time(first, M, tokens) +
            (two_stage ? exchange_time(second, M) + extra : 0.0);
   }
+  // One exchange after `idle` seconds of idle link: the bucket (`tokens`) is refilled, used and
+  // drained in that order; returns the exchange's time.
+  double after_idle(double idle, double& tokens, const Machine& M) const {
+    tokens = bucket_refill(tokens, idle, M);
+    const double t = time(tokens, M);
+    tokens = bucket_drain(tokens, first.inter_bytes, M);
+    return t;
+  }
 };
 
 // What the backward pass needs of each layer, kept from the forward pass of the same step.
@@ -394,12 +402,8 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
         to_experts = back = 0.5 * fwd_exposed;
         tokens = 0.0;
       } else {
-        tokens = bucket_refill(tokens, idle + gate_fwd, M);
-        to_experts = ex.time(tokens, M);
-        tokens = bucket_drain(tokens, ex.first.inter_bytes, M);
-        tokens = bucket_refill(tokens, expert_fwd, M);
-        back = ex.time(tokens, M);
-        tokens = bucket_drain(tokens, ex.first.inter_bytes, M);
+        to_experts = ex.after_idle(idle + gate_fwd, tokens, M);
+        back = ex.after_idle(expert_fwd, tokens, M);
       }
       idle = 0.0;
       out.time_dispatch += counts + to_experts;
@@ -426,13 +430,8 @@ Projection project(const Config& cfg, const Scenario& sc, const Machine& M0, Loa
     for (std::int64_t layer = L - 1; layer >= 0; --layer) {
       const LayerRecord& lr = rec[static_cast<std::size_t>(layer)];
       if (lr.pipelined) continue;
-      tokens = bucket_refill(tokens, lr.bwd_local, M);
-      double t = lr.ex.time(tokens, M);
-      tokens = bucket_drain(tokens, lr.ex.first.inter_bytes, M);
-      tokens = bucket_refill(tokens, lr.expert_bwd, M);
-      t += lr.ex.time(tokens, M);
-      tokens = bucket_drain(tokens, lr.ex.first.inter_bytes, M);
-      out.time_backward += t;
+      const double to = lr.ex.after_idle(lr.bwd_local, tokens, M);
+      out.time_backward += to + lr.ex.after_idle(lr.expert_bwd, tokens, M);
     }
     // ---- outside the layers (once per step) ----
     // the batch (data.task), input projection and head forward, their backward; gradient sync;
